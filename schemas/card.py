@@ -1,0 +1,110 @@
+"""The declarative source card: everything about a dataset that is not code.
+
+A card is a YAML file (``sources/cards/*.yaml`` for the shipped ones, any path for a user's own).
+It names the adapter (a format family) that reads the files, and gives licence, modality, body region,
+intensity preset, the label id -> canonical term map, the box policy, the split rules and the
+adapter's layout options (paths / globs).  See docs/adding-a-source.md.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+class BoxPolicy(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    mode: Literal["component", "label"] = "component"
+    min_pixels: int = Field(0, ge=0, description="drop connected components smaller than this")
+    min_fraction: float = Field(0.0, ge=0.0, lt=1.0, description="... or smaller than this image fraction")
+    connectivity: Literal[1, 2] = 1  # 1 = 4-connected, 2 = 8-connected
+    min_box_px: int = Field(2, ge=1, description="rule validator: smallest box side in pixels")
+
+
+class IntensitySpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    preset: str | None = None  # CT window name: abdomen, lung, bone, brain, soft_tissue, liver, mediastinum
+    percentiles: tuple[float, float] = (0.5, 99.5)  # MR/PET/US window on foreground
+
+
+class SplitSpec(BaseModel):
+    """How a dataset's official split is read.  ``none``: no official split (patient-hash split)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    mode: Literal["none", "path_regex", "map"] = "none"
+    # path_regex: {"train": "regex", "test": "regex"} tested against the case's primary path
+    patterns: dict[str, str] = Field(default_factory=dict)
+    # map: case_id -> split
+    cases: dict[str, str] = Field(default_factory=dict)
+
+
+class SourceCard(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]*$")
+    title: str
+    adapter: str  # registered adapter id (medreg sources lists them)
+    licence: str
+    licence_note: str = ""
+    citation: str = ""
+    homepage: str = ""
+    modality: str  # CT, MR, XR, US, endoscopy, fundus, dermoscopy, ...
+    body_region: str | None = None
+    root: str = "."  # data folder: relative to the samples root (or absolute / ~)
+    intensity: IntensitySpec = Field(default_factory=IntensitySpec)
+    label_map: str | None = None  # a named shipped label map (e.g. totalseg_total)
+    labels: dict[str, str] = Field(default_factory=dict)  # dataset label (id or name) -> term
+    ignore_labels: list[str] = Field(default_factory=list)  # dataset labels deliberately not emitted
+    resolve_labels_with_glossary: bool = False  # unknown label names resolved through glossary aliases
+    box_policy: BoxPolicy = Field(default_factory=BoxPolicy)
+    split: SplitSpec = Field(default_factory=SplitSpec)
+    layout: dict[str, Any] = Field(default_factory=dict)  # adapter options
+    card_path: str | None = Field(default=None, exclude=True)
+
+    @field_validator("labels", mode="before")
+    @classmethod
+    def _keys_to_str(cls, v: Any) -> Any:
+        if isinstance(v, dict):
+            return {str(k): str(t) for k, t in v.items()}
+        return v
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> SourceCard:
+        path = Path(path)
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except yaml.YAMLError as exc:
+            raise ValueError(f"{path}: not valid YAML ({exc}); fix the syntax") from exc
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: a source card must be a YAML mapping with name, adapter, licence, ...")
+        card = cls.model_validate(data)
+        card.card_path = str(path)
+        return card
+
+    def label_table(self) -> dict[str, str]:
+        """The full dataset-label -> term table (named label map first, explicit labels override)."""
+        table: dict[str, str] = {}
+        if self.label_map:
+            from pipeline.language.glossary import load_label_map  # data lives beside the glossary
+
+            table.update({str(k): v for k, v in load_label_map(self.label_map).items()})
+        table.update(self.labels)
+        for lab in self.ignore_labels:
+            table.pop(str(lab), None)
+        return table
+
+    def resolve_root(self, samples_root: Path | None) -> Path:
+        p = Path(self.root).expanduser()
+        if p.is_absolute():
+            return p
+        if samples_root is not None:
+            return samples_root / p
+        if self.card_path:
+            return Path(self.card_path).parent / p
+        return p

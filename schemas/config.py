@@ -1,0 +1,132 @@
+"""The release config (YAML), validated by pydantic.  ``examples/demo.yaml`` is the reference example."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any, Literal
+
+import orjson
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from schemas.card import BoxPolicy
+
+
+class SourceUse(BaseModel):
+    """One source in a release: a shipped card name or a path to a card YAML, with overrides."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    card: str
+    root: str | None = None  # override the card's data folder
+    max_cases: int | None = Field(None, ge=1)
+    box_policy: BoxPolicy | None = None  # override the card's box policy
+    tasks: dict[str, float] | None = None  # override the release task mix for this source
+    langs: list[Literal["en", "zh"]] | None = None
+
+
+class SlicingConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    axes: list[Literal["axial", "coronal", "sagittal"]] = ["axial"]
+    min_spacing_mm: float = Field(10.0, ge=0.0, description="minimum distance between emitted slices")
+    max_slices_per_case: int = Field(8, ge=1)
+    min_label_pixels: int = Field(20, ge=1, description="a slice is a candidate if a label has this many px")
+
+
+class TaskConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    # samples per slice per language for each task; a fractional part is a probability
+    mix: dict[Literal["region_to_text", "text_to_region", "grounded_report"], float] = {
+        "region_to_text": 1.0,
+        "text_to_region": 1.0,
+        "grounded_report": 1.0,
+    }
+    langs: list[Literal["en", "zh"]] = ["en", "zh"]
+    negative_ratio: float = Field(0.05, ge=0.0, le=1.0)
+    max_regions_per_sample: int = Field(8, ge=1)
+
+
+class SplitConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    ratios: dict[str, float] = {"train": 0.8, "validation": 0.1, "test": 0.1}
+    keep_official: bool = True
+
+    @field_validator("ratios")
+    @classmethod
+    def _sum_to_one(cls, v: dict[str, float]) -> dict[str, float]:
+        if not v or abs(sum(v.values()) - 1.0) > 1e-6 or any(x < 0 for x in v.values()):
+            raise ValueError(f"split ratios must be non-negative and sum to 1, got {v}")
+        return v
+
+
+class OutputConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    rows_per_shard: int = Field(1000, ge=1)
+    png_compress_level: int = Field(1, ge=0, le=9)
+    formats: list[Literal["internvl", "llava"]] = ["internvl"]
+    report: bool = True
+    gallery_size: int = Field(24, ge=0)
+
+
+class RunnerConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["thread", "dask", "ray"] = "thread"
+    max_workers: int = Field(2, ge=1)
+    cache: bool = True
+    retries: int = Field(0, ge=0)
+
+
+class ReleaseConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    version: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
+    seed: int = 0
+    samples_root: str | None = None  # default: MEDREG_SAMPLES, ../shared/data, or the download cache
+    sources: list[SourceUse] = Field(min_length=1)
+    slicing: SlicingConfig = Field(default_factory=SlicingConfig)
+    tasks: TaskConfig = Field(default_factory=TaskConfig)
+    splits: SplitConfig = Field(default_factory=SplitConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+    runner: RunnerConfig = Field(default_factory=RunnerConfig)
+    validation: dict[str, Any] = Field(default_factory=dict)  # schemas.validation.ValidationConfig
+
+    @model_validator(mode="after")
+    def _check_validation(self) -> ReleaseConfig:
+        if self.validation:
+            from schemas.validation import ValidationConfig
+
+            ValidationConfig.model_validate(self.validation)
+        return self
+
+    def canonical_json(self) -> bytes:
+        """Stable serialisation (sorted keys) used for the config hash and the manifest."""
+        return orjson.dumps(self.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS)
+
+    def config_hash(self) -> str:
+        return hashlib.sha256(self.canonical_json()).hexdigest()
+
+
+def load_config(path: str | Path) -> ReleaseConfig:
+    """Read and validate a release config; errors name the file and the offending key."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"release config {path} not found; see examples/demo.yaml for a template")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{path}: not valid YAML: {exc}") from exc
+    try:
+        return ReleaseConfig.model_validate(data)
+    except ValidationError as exc:
+        lines = [f"{path}: invalid release config:"]
+        for err in exc.errors():
+            loc = ".".join(str(x) for x in err["loc"])
+            lines.append(f"  {loc}: {err['msg']}")
+        raise ValueError("\n".join(lines)) from None

@@ -1,0 +1,115 @@
+"""SA-Med2D-20M release layout: slice PNGs, one PNG per structure instance, JSON indexes.
+
+Layout options: ``index_files`` ({split: json file}; a train file maps image -> [masks], a test file maps
+mask -> image), ``path_prefix`` (stripped from JSON paths, default ``data_demo/``), ``patient_regex``,
+``case_rules``.  Mask files are ``<image-stem>_<structure>_<NNN>.png`` where ``NNN`` is the instance
+index and the structure name may contain underscores: it is split from the right.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.readers import ReadError
+from pipeline.readers.image2d import read_image, read_mask
+from pipeline.types import CaseRef, LabelLayer, Study
+from sources.base import SourceAdapter
+
+_INSTANCE = re.compile(r"^(?P<structure>.+)_(?P<instance>\d{3,})$")
+
+
+def structure_of(mask_name: str, image_stem: str) -> tuple[str, int]:
+    """``s0619_32_hip_left_001.png`` with stem ``s0619_32`` -> (``hip_left``, 1)."""
+    stem = Path(mask_name).stem
+    if not stem.startswith(image_stem + "_"):
+        raise ValueError(f"mask {mask_name} does not start with its image stem {image_stem}_")
+    m = _INSTANCE.match(stem[len(image_stem) + 1 :])
+    if not m:
+        raise ValueError(f"mask {mask_name}: expected <image-stem>_<structure>_<NNN>.png")
+    return m.group("structure"), int(m.group("instance"))
+
+
+class SamMed2DAdapter(SourceAdapter):
+    name = "sam_med2d"
+    formats = ("png",)
+    description = "SA-Med2D-20M layout: slice PNG + one PNG per structure instance + JSON index"
+
+    def _strip(self, p: str) -> Path:
+        prefix = self.card.layout.get("path_prefix", "data_demo/")
+        return self.root / (p[len(prefix) :] if prefix and p.startswith(prefix) else p)
+
+    def discover(self) -> list[CaseRef]:
+        index_files: dict[str, str] = self.card.layout.get(
+            "index_files", {"train": "image2label_train.json", "test": "label2image_test.json"}
+        )
+        masks_of: dict[Path, list[Path]] = defaultdict(list)
+        split_of: dict[Path, str] = {}
+        for split, fname in index_files.items():
+            path = self.root / fname
+            if not path.is_file():
+                continue
+            data = json.loads(path.read_text(encoding="utf-8"))
+            for key, val in data.items():
+                if isinstance(val, list):  # image -> [masks]
+                    img = self._strip(key)
+                    masks_of[img].extend(self._strip(v) for v in val)
+                else:  # mask -> image
+                    img = self._strip(val)
+                    masks_of[img].append(self._strip(key))
+                split_of.setdefault(img, split)
+        if not masks_of:
+            raise FileNotFoundError(f"{self.root}: no SA-Med2D index JSON ({', '.join(index_files.values())})")
+        refs = []
+        for img, masks in masks_of.items():
+            cid = img.stem
+            refs.append(
+                CaseRef(
+                    source=self.card.name,
+                    case_id=cid,
+                    patient_id=self.patient_of(cid, img.as_posix()),
+                    paths={"image": str(img)},
+                    official_split=split_of.get(img),
+                    extra={"files": sorted(str(m) for m in set(masks))},
+                )
+            )
+        return sorted(refs, key=lambda r: r.case_id)
+
+    def load(self, ref: CaseRef) -> Study:
+        image = read_image(ref.paths["image"])
+        stem = Path(ref.paths["image"]).stem
+        layers: list[LabelLayer] = []
+        notes: list[str] = []
+        for mpath in ref.extra["files"]:
+            try:
+                structure, _inst = structure_of(Path(mpath).name, stem)
+            except ValueError as exc:
+                raise ReadError(str(exc), file=mpath, hint="rename the mask to <image-stem>_<structure>_<NNN>.png")
+            term = self.term_for(structure)
+            if term is None:
+                notes.append(f"structure {structure!r} ({Path(mpath).name}) has no glossary term; skipped")
+                continue
+            mask = read_mask(mpath)
+            if mask.shape != image.shape[:2]:
+                raise ReadError(
+                    f"mask {Path(mpath).name} is {mask.shape[1]}x{mask.shape[0]} but image {Path(ref.paths['image']).name} "
+                    f"is {image.shape[1]}x{image.shape[0]}",
+                    file=mpath,
+                    hint="mask and image must have the same size",
+                )
+            layers.append(LabelLayer(mask[None], {1: term}, instance=True, origin=mpath))
+        attrs = self.case_attrs(ref.case_id)
+        return Study(
+            ref=ref,
+            modality=attrs["modality"],
+            image=image[None],
+            is_3d=False,
+            layers=layers,
+            rescaled=False,
+            notes=notes,
+            transform={"body_region": attrs["body_region"], "display": "as stored (already windowed 8-bit)"},
+        )
