@@ -71,22 +71,16 @@ class NiftiLabelmapAdapter(SourceAdapter):
             notes.append(note)
         vol, geom = to_canonical(image, img_aff)
         lab, _ = to_canonical(labels, img_aff)
-        names: dict[int, str] = {}
-        present = np.unique(lab)
-        for v in present.tolist():
-            if v == 0:
-                continue
-            term = self.term_for(str(v))
-            if term is not None:
-                names[int(v)] = term
-            else:
-                notes.append(f"label id {v} in {Path(ref.paths['labels']).name} has no term in card {self.card.name}")
+        # every id the card knows; ids present in the file without a term are reported by the
+        # pipeline (which finds present ids in its single pass over the volume)
+        from sources.base import _label_table
+
+        names = {int(k): v for k, v in _label_table(self.card).items() if k.isdigit()}
         if not names:
             raise ReadError(
-                f"{Path(ref.paths['labels']).name}: no label id maps to a term of card {self.card.name} "
-                f"(ids present: {present.tolist()[:20]})",
-                file=ref.paths["labels"],
-                hint="check the card's label_map/labels against the label file",
+                f"card {self.card.name} maps no integer label id to a term",
+                file=self.card.card_path,
+                hint="set label_map or labels: {id: term} in the card",
             )
         return Study(
             ref=ref,
