@@ -1,0 +1,353 @@
+"""The controlled bilingual vocabulary: canonical term ids, display names, synonyms, mirrors, label maps.
+
+Data lives beside this module (``data/glossary/*.yaml``, ``data/<label-map>.yaml``) and is validated at
+load by the pydantic models in :mod:`schemas.language`.  Everything here is read-only after loading and
+cached per process: :func:`load_glossary` and :func:`load_label_map` are cheap to call repeatedly.
+
+Resolution (:meth:`Glossary.resolve`) matches a free-text label against term ids, display names, synonyms
+and dataset aliases.  Matching ignores case, punctuation, underscores, ``+`` and camel case
+(``SpinalCord`` == ``spinal cord`` == ``spinal_cord``) and, for multi-word English names, word order
+(``kidney, right`` == ``right kidney``).  Two different terms may never share a matching key: that is a
+load-time error, so a label resolves to at most one term.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import yaml
+
+from schemas.language import CATEGORY_FAMILY, GlossaryFileSpec, GlossarySpec, LabelMapSpec, TermSpec
+
+DATA_DIR = Path(__file__).resolve().parent / "data"
+GLOSSARY_DIR = DATA_DIR / "glossary"
+
+__all__ = [
+    "DATA_DIR",
+    "Glossary",
+    "Term",
+    "list_label_maps",
+    "load_glossary",
+    "load_label_map",
+    "normalise_name",
+]
+
+
+# ----------------------------------------------------------------------------------------- normalising
+
+_CAMEL = re.compile(r"(?<=[a-z])(?=[A-Z])")
+_NON_WORD = re.compile(r"[\W_]+", re.UNICODE)
+_CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff]")
+
+
+def normalise_name(text: str) -> str:
+    """Matching key of a name: NFKC, camel case split, case-folded, punctuation -> single spaces.
+
+    Spaces next to CJK characters are dropped (``左 肾`` == ``左肾``).
+    """
+    s = unicodedata.normalize("NFKC", text)
+    s = _CAMEL.sub(" ", s)
+    s = _NON_WORD.sub(" ", s.casefold()).strip()
+    if _CJK.search(s):
+        s = re.sub(r"\s*([\u3400-\u4dbf\u4e00-\u9fff])\s*", r"\1", s)
+    return s
+
+
+def _order_free(key: str) -> str | None:
+    """Word-order-free key for multi-word Latin names (``kidney right`` -> ``kidney right``)."""
+    words = key.split(" ")
+    if len(words) < 2 or _CJK.search(key):
+        return None
+    return " ".join(sorted(words))
+
+
+# ----------------------------------------------------------------------------------------- terms
+
+
+@dataclass(frozen=True, slots=True)
+class Term:
+    """A glossary term, flattened for fast lookups."""
+
+    id: str
+    names: dict[str, str]  # lang -> display name
+    synonyms: dict[str, tuple[str, ...]]  # lang -> synonyms
+    category: str
+    family: str
+    laterality: str | None
+    mirror: str | None
+    parent: str | None
+    body_regions: tuple[str, ...]
+    codes: dict[str, str]
+    aliases: tuple[str, ...]
+
+    @property
+    def en(self) -> str:
+        return self.names["en"]
+
+    @property
+    def zh(self) -> str:
+        return self.names["zh"]
+
+    @classmethod
+    def from_spec(cls, tid: str, spec: TermSpec) -> Term:
+        return cls(
+            id=tid,
+            names=spec.display_names(),
+            synonyms={k: tuple(v) for k, v in spec.synonym_lists().items()},
+            category=spec.category,
+            family=CATEGORY_FAMILY[spec.category],
+            laterality=spec.laterality,
+            mirror=spec.mirror,
+            parent=spec.parent,
+            body_regions=tuple(spec.body_region),
+            codes=dict(spec.codes),
+            aliases=tuple(spec.aliases),
+        )
+
+
+class Glossary:
+    """Read-only view of the validated glossary."""
+
+    def __init__(self, spec: GlossarySpec, origin: str = "") -> None:
+        self.origin = origin
+        self.terms: dict[str, Term] = {tid: Term.from_spec(tid, t) for tid, t in spec.terms.items()}
+        self.languages: tuple[str, ...] = tuple(
+            sorted(set.intersection(*(set(t.names) for t in self.terms.values())))
+        ) if self.terms else ("en", "zh")
+        # display cache: (id, lang) -> name
+        self._display: dict[tuple[str, str], str] = {
+            (tid, lang): name for tid, t in self.terms.items() for lang, name in t.names.items()
+        }
+        self._build_index()
+        self._same_region: dict[str, tuple[str, ...]] = {}
+
+    # ---------------------------------------------------------------- index
+
+    def _build_index(self) -> None:
+        # per language: key -> term; "*" holds language-neutral keys (ids, aliases)
+        exact: dict[str, dict[str, str]] = {}
+        loose: dict[str, dict[str, set[str]]] = {}
+        clashes: list[str] = []
+
+        def put(lang: str, name: str, tid: str, what: str) -> None:
+            key = normalise_name(name)
+            if not key:
+                clashes.append(f"{tid}: {what} {name!r} is empty after normalising")
+                return
+            table = exact.setdefault(lang, {})
+            other = table.get(key)
+            if other is not None and other != tid:
+                clashes.append(f"{what} {name!r} of {tid!r} matches {other!r} too (key {key!r})")
+                return
+            table[key] = tid
+            of = _order_free(key)
+            if of is not None:
+                loose.setdefault(lang, {}).setdefault(of, set()).add(tid)
+
+        for tid, t in self.terms.items():
+            put("*", tid, tid, "term id")
+            for a in t.aliases:
+                put("*", a, tid, "alias")
+            for lang, name in t.names.items():
+                put(lang, name, tid, f"{lang} display name")
+            for lang, syns in t.synonyms.items():
+                for s in syns:
+                    put(lang, s, tid, f"{lang} synonym")
+        # a key of one language must not point to another term through another language's table
+        keys_to_terms: dict[str, set[str]] = {}
+        for table in exact.values():
+            for k, tid in table.items():
+                keys_to_terms.setdefault(k, set()).add(tid)
+        for k, tids in sorted(keys_to_terms.items()):
+            if len(tids) > 1:
+                clashes.append(f"key {k!r} matches several terms: {sorted(tids)}")
+        if clashes:
+            raise ValueError("glossary names are ambiguous:\n  " + "\n  ".join(clashes))
+        self._exact_any: dict[str, str] = {k: next(iter(v)) for k, v in keys_to_terms.items()}
+        self._exact = exact
+        # order-free keys are used only when they are unambiguous
+        self._loose_any: dict[str, str] = {}
+        merged: dict[str, set[str]] = {}
+        for table in loose.values():
+            for k, tids in table.items():
+                merged.setdefault(k, set()).update(tids)
+        self._loose_any = {k: next(iter(v)) for k, v in merged.items() if len(v) == 1}
+        self._loose = {
+            lang: {k: next(iter(v)) for k, v in table.items() if len(v) == 1 and len(merged[k]) == 1}
+            for lang, table in loose.items()
+        }
+
+    # ---------------------------------------------------------------- lookups
+
+    def __contains__(self, tid: object) -> bool:
+        return tid in self.terms
+
+    def __len__(self) -> int:
+        return len(self.terms)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.terms)
+
+    def term(self, tid: str) -> Term:
+        try:
+            return self.terms[tid]
+        except KeyError:
+            hint = self.resolve(tid)
+            extra = f" (did you mean {hint!r}?)" if hint else ""
+            raise KeyError(f"{tid!r} is not a glossary term id{extra}; see pipeline/language/data/glossary/") from None
+
+    def display(self, tid: str, lang: str) -> str:
+        """Display name of ``tid`` in ``lang`` (the text written inside ``<ref>``)."""
+        try:
+            return self._display[(tid, lang)]
+        except KeyError:
+            self.term(tid)  # raises the helpful error for an unknown id
+            raise KeyError(f"term {tid!r} has no {lang!r} display name") from None
+
+    def resolve(self, text: str, lang: str | None = None) -> str | None:
+        """Term id for a label / name / synonym / alias, or ``None``.
+
+        With ``lang`` only that language's names (plus ids and aliases) are matched.
+        """
+        if not text:
+            return None
+        if text in self.terms:
+            return text
+        key = normalise_name(text)
+        if not key:
+            return None
+        if lang is None:
+            tid = self._exact_any.get(key)
+            if tid is not None:
+                return tid
+            of = _order_free(key)
+            return self._loose_any.get(of) if of is not None else None
+        for table in (self._exact.get(lang, {}), self._exact.get("*", {})):
+            tid = table.get(key)
+            if tid is not None:
+                return tid
+        of = _order_free(key)
+        if of is None:
+            return None
+        return self._loose.get(lang, {}).get(of) or self._loose.get("*", {}).get(of)
+
+    def mirror(self, tid: str) -> str | None:
+        return self.term(tid).mirror
+
+    def laterality(self, tid: str) -> str | None:
+        return self.term(tid).laterality
+
+    def category(self, tid: str) -> str:
+        return self.term(tid).category
+
+    def family(self, tid: str) -> str:
+        """Category family (soft_anatomy, skeleton, vessel, muscle, abnormality, device)."""
+        return self.term(tid).family
+
+    def ancestors(self, tid: str) -> list[str]:
+        """Parent, grand-parent, ... of ``tid`` (nearest first)."""
+        out: list[str] = []
+        p = self.term(tid).parent
+        while p is not None:
+            out.append(p)
+            p = self.terms[p].parent
+        return out
+
+    def related(self, a: str, b: str) -> bool:
+        """True when one term contains the other (same term, ancestor or descendant)."""
+        return a == b or a in self.ancestors(b) or b in self.ancestors(a)
+
+    def same_region_terms(self, tid: str) -> list[str]:
+        """Other terms sharing a body region and the category family with ``tid`` (sorted ids).
+
+        These are a term's plausible confusions: hard absent-target negatives, distractors for judges.
+        Ancestors and descendants of ``tid`` are left out (they are not confusions but containment).
+        """
+        cached = self._same_region.get(tid)
+        if cached is None:
+            t = self.term(tid)
+            regions = set(t.body_regions)
+            cached = tuple(
+                sorted(
+                    o.id
+                    for o in self.terms.values()
+                    if o.id != tid
+                    and o.family == t.family
+                    and regions.intersection(o.body_regions)
+                    and not self.related(tid, o.id)
+                )
+            )
+            self._same_region[tid] = cached
+        return list(cached)
+
+
+# ----------------------------------------------------------------------------------------- loading
+
+
+def _read_yaml(path: Path) -> object:
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{path.name}: not valid YAML ({exc})") from exc
+
+
+def _load_spec(directory: Path) -> GlossarySpec:
+    merged: dict[str, TermSpec] = {}
+    where: dict[str, str] = {}
+    files = sorted(directory.glob("*.yaml"))
+    if not files:
+        raise FileNotFoundError(f"no glossary files (*.yaml) in {directory}")
+    for path in files:
+        data = _read_yaml(path) or {}
+        try:
+            part = GlossaryFileSpec.model_validate(data).root
+        except ValueError as exc:
+            raise ValueError(f"glossary file {path.name}: {exc}") from exc
+        for tid, spec in part.items():
+            if tid in merged:
+                raise ValueError(f"term {tid!r} is defined in both {where[tid]} and {path.name}")
+            merged[tid] = spec
+            where[tid] = path.name
+    return GlossarySpec(terms=merged)
+
+
+@lru_cache(maxsize=4)
+def _load_glossary_cached(directory: str) -> Glossary:
+    return Glossary(_load_spec(Path(directory)), origin=directory)
+
+
+def load_glossary(directory: str | Path | None = None) -> Glossary:
+    """The validated glossary (cached per directory; the shipped one by default)."""
+    return _load_glossary_cached(str(Path(directory) if directory else GLOSSARY_DIR))
+
+
+def list_label_maps() -> list[str]:
+    """Names of the shipped label maps (``data/<name>.yaml``), for :func:`load_label_map`."""
+    return sorted(p.stem for p in DATA_DIR.glob("*.yaml"))
+
+
+@lru_cache(maxsize=32)
+def _load_label_map_cached(name: str) -> tuple[tuple[int, str], ...]:
+    path = DATA_DIR / f"{name}.yaml"
+    if not path.is_file() or "/" in name or "\\" in name:
+        raise FileNotFoundError(f"no label map {name!r}; shipped label maps: {', '.join(list_label_maps())}")
+    data = _read_yaml(path)
+    try:
+        mapping = LabelMapSpec.model_validate(data).root
+    except ValueError as exc:
+        raise ValueError(f"label map {name}: {exc}") from exc
+    glossary = load_glossary()
+    unknown = sorted({t for t in mapping.values() if t not in glossary})
+    if unknown:
+        raise ValueError(f"label map {name}: terms not in the glossary: {unknown}")
+    return tuple(sorted(mapping.items()))
+
+
+def load_label_map(name: str) -> dict[int, str]:
+    """A shipped ``label id -> term id`` map by name (e.g. ``totalseg_total``, ``totalseg_total_mr``)."""
+    return dict(_load_label_map_cached(name))
