@@ -1,0 +1,36 @@
+"""Shared fixtures: the real public sample data and one Prefect test harness for the few flow tests."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLES = Path(os.environ.get("MEDREG_SAMPLES", REPO.parent / "shared" / "data"))
+
+
+def samples_dir() -> Path:
+    if not SAMPLES.is_dir():
+        raise RuntimeError(
+            f"sample data folder {SAMPLES} is missing: set MEDREG_SAMPLES or run `medreg fetch-samples --dest DIR`"
+        )
+    return SAMPLES
+
+
+@pytest.fixture(scope="session")
+def samples() -> Path:
+    return samples_dir()
+
+
+@pytest.fixture(scope="session")
+def prefect_harness(tmp_path_factory):
+    """One embedded Prefect server for the whole session, with its own PREFECT_HOME."""
+    home = tmp_path_factory.mktemp("prefect-home")
+    os.environ["PREFECT_HOME"] = str(home)
+    os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield home
