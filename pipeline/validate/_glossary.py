@@ -1,0 +1,109 @@
+"""Access to the canonical-term glossary (pipeline.language.glossary) with a suffix fallback.
+
+Validators only need five questions answered: a term's display name, its laterality, its mirror
+partner, its same-region alternatives and which term a piece of text names.  When the glossary module
+is not importable (or does not know a term) the answers fall back to term-id conventions:
+``*_left``/``*_right`` suffixes (also ``_left_``/``_right_`` infixes such as ``rib_left_7``) and
+``term.replace("_", " ")`` as display name.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+_LR = re.compile(r"(^|_)(left|right)(_|$)")
+
+
+def _suffix_laterality(term: str) -> str | None:
+    m = _LR.search(term)
+    return m.group(2) if m else None
+
+
+def _suffix_mirror(term: str) -> str | None:
+    m = _LR.search(term)
+    if not m:
+        return None
+    other = "right" if m.group(2) == "left" else "left"
+    return term[: m.start(2)] + other + term[m.end(2) :]
+
+
+class TermInfo:
+    """Uniform, exception-free view of a glossary object (or of none)."""
+
+    def __init__(self, glossary: Any | None = None, *, use_default: bool = True) -> None:
+        if glossary is None and use_default:
+            glossary = load_default_glossary()
+        self.g = glossary
+
+    def _call(self, method: str, *args: Any) -> Any:
+        if self.g is None or not hasattr(self.g, method):
+            return None
+        try:
+            return getattr(self.g, method)(*args)
+        except (KeyError, ValueError, LookupError):
+            return None
+
+    def laterality(self, term: str) -> str | None:
+        """'left' / 'right' / None."""
+        val = self._call("laterality", term)
+        if val is not None:
+            val = str(val).lower()
+            return val if val in ("left", "right") else None
+        if self.g is not None and self._call("display", term, "en") is not None:
+            return None  # glossary knows the term and says it has no side
+        return _suffix_laterality(term)
+
+    def mirror(self, term: str) -> str | None:
+        val = self._call("mirror", term)
+        if val:
+            return str(val)
+        return _suffix_mirror(term)
+
+    def display(self, term: str, lang: str = "en") -> str:
+        val = self._call("display", term, lang)
+        if val:
+            return str(val)
+        if lang == "en":
+            return term.replace("_", " ")
+        return self.display(term, "en")
+
+    def same_region_terms(self, term: str) -> list[str]:
+        val = self._call("same_region_terms", term)
+        return [str(t) for t in val if str(t) != term] if val else []
+
+    def resolve(self, text: str, lang: str | None = None) -> str | None:
+        if not text:
+            return None
+        val = self._call("resolve", text, lang) if lang is not None else self._call("resolve", text)
+        if val:
+            return str(val)
+        # fallback: the text is a term id or its underscore-less display form, or "left kidney" style
+        t = re.sub(r"\s+", " ", text.strip().lower()).strip(" .")
+        cand = t.replace(" ", "_")
+        m = re.match(r"^(left|right)_(.+)$", cand)
+        if m:
+            cand = f"{m.group(2)}_{m.group(1)}"
+        return cand if cand and re.fullmatch(r"[a-z0-9_]+", cand) else None
+
+
+_DEFAULT: Any = None
+_LOADED = False
+
+
+def load_default_glossary() -> Any | None:
+    """pipeline.language.glossary.load_glossary() once per process, or None with a one-time notice."""
+    global _DEFAULT, _LOADED
+    if not _LOADED:
+        _LOADED = True
+        try:
+            from pipeline.language.glossary import load_glossary  # type: ignore[import-not-found]
+
+            _DEFAULT = load_glossary()
+        except Exception as exc:  # noqa: BLE001 - any failure means: use the suffix fallback
+            log.warning("glossary unavailable (%s); validators use term-id suffix rules", exc)
+            _DEFAULT = None
+    return _DEFAULT

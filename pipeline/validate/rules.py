@@ -1,0 +1,190 @@
+"""Rule validator ``rules``: cheap CPU checks run on every sample.
+
+Codes (stable; ``reason`` is ``"code: detail"`` joined by ``"; "``):
+
+* ``size_mismatch``   (fail) the image array is not ``height x width`` of the row.
+* ``box_outside``     (fail) ``box_px`` leaves the image or has ``x_min > x_max`` / ``y_min > y_max``.
+* ``degenerate_box``  (fail) the 0..999 box is out of range or not ``x1 < x2, y1 < y2``.
+* ``box_mismatch``    (fail) the 0..999 box differs from ``normalise_box(box_px)`` by more than
+  ``box_tolerance``.
+* ``too_small``       (``too_small_verdict``) box side < ``min_side_px`` or box area < ``min_area_px``.
+* ``blank``           (fail) the pixels inside the box have std < ``blank_std`` (constant region).
+* ``laterality``      (fail) a right-sided structure's box centre is not image-left of its left-sided
+  partner's in the same image (radiological display; axes ``laterality_pair_axes``).
+* ``laterality_centre`` (``centre_verdict``) on axial/coronal CT/MR/PET a right-sided structure's centre
+  lies right of the image centre by more than ``centre_margin`` x width (mirror: left-sided structure
+  left of the centre).
+* ``box_not_in_meta`` (fail) a box written in the conversation is not one of the row's region boxes.
+* ``box_missing_in_text`` (``missing_text_box_verdict``) a region box of the row appears nowhere in the conversation.
+* ``no_image_token``  (fail) the first human turn has no ``<image>`` placeholder.
+* ``no_regions``      (pass) nothing to check beyond the text.
+
+Score: 1.0 pass, 0.5 flag, 0.0 fail.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from pipeline.answers import parse_boxes
+from pipeline.coords import normalise_box
+from pipeline.validate._glossary import TermInfo
+from pipeline.validate.base import RegionFinding, ValidationItem, summarise
+from schemas.records import ValidationResult
+from schemas.validation import RulesConfig
+
+_SCORE = {"pass": 1.0, "flag": 0.5, "fail": 0.0}
+
+
+class RulesValidator:
+    name = "rules"
+    version = "1"
+
+    def __init__(self, config: RulesConfig | None = None, *, glossary: Any | None = None) -> None:
+        self.config = config or RulesConfig()
+        self.terms = TermInfo(glossary)
+        self.config_hash = self.config.config_hash()
+
+    def validate(self, items: list[ValidationItem]) -> list[ValidationResult]:
+        return [self._one(it) for it in items]
+
+    # ------------------------------------------------------------------ one row
+    def _one(self, item: ValidationItem) -> ValidationResult:
+        cfg = self.config
+        row = item.row
+        meta = item.meta
+        findings: list[RegionFinding] = []
+        w, h = int(row.get("width", 0)), int(row.get("height", 0))
+        ih, iw = item.image.shape[:2]
+        if (ih, iw) != (h, w):
+            findings.append(RegionFinding("fail", "size_mismatch", f"image is {iw}x{ih}, row says {w}x{h}"))
+
+        convs = row.get("conversations") or []
+        first_human = next((t.get("value", "") for t in convs if t.get("from") == "human"), None)
+        if first_human is not None and "<image>" not in first_human:
+            findings.append(RegionFinding("fail", "no_image_token", "first human turn has no <image>"))
+
+        grey = item.grey()
+        centres: dict[str, list[float]] = {}
+        for reg in item.regions:
+            term = str(reg.get("term", "?"))
+            geo_ok = self._check_geometry(reg, term, w, h, findings)
+            if not geo_ok:
+                continue
+            x0, y0, x1, y1 = (int(v) for v in reg["box_px"])
+            if (ih, iw) == (h, w):
+                crop = grey[y0 : y1 + 1, x0 : x1 + 1]
+                std = float(crop.std()) if crop.size else 0.0
+                if std < cfg.blank_std:
+                    findings.append(
+                        RegionFinding("fail", "blank", f"{term} box {list(reg['box_px'])} pixel std {std:.2f} < {cfg.blank_std:g}")
+                    )
+            centres.setdefault(term, []).append((x0 + x1 + 1) / 2.0)
+
+        findings.extend(self._laterality(meta, centres, w))
+
+        if cfg.check_text_boxes and convs:
+            findings.extend(self._text_boxes(item, convs))
+
+        if not item.regions and not any(f.verdict != "pass" for f in findings):
+            return summarise(self, [], 1.0, ok_reason="no_regions")
+        verdicts = [f.verdict for f in findings]
+        v = "fail" if "fail" in verdicts else "flag" if "flag" in verdicts else "pass"
+        return summarise(self, findings, _SCORE[v])
+
+    def _check_geometry(self, reg: dict[str, Any], term: str, w: int, h: int, out: list[RegionFinding]) -> bool:
+        cfg = self.config
+        ok = True
+        bp = reg.get("box_px")
+        bn = reg.get("box")
+        if not bp or len(bp) != 4:
+            out.append(RegionFinding("fail", "box_outside", f"{term} has no pixel box"))
+            return False
+        x0, y0, x1, y1 = (int(v) for v in bp)
+        if not (0 <= x0 <= x1 < w and 0 <= y0 <= y1 < h):
+            out.append(RegionFinding("fail", "box_outside", f"{term} box_px {list(bp)} not inside {w}x{h}"))
+            ok = False
+        if not bn or len(bn) != 4 or not all(0 <= int(v) <= 999 for v in bn) or not (bn[0] < bn[2] and bn[1] < bn[3]):
+            out.append(RegionFinding("fail", "degenerate_box", f"{term} box {bn} is not 0<=x1<x2<=999, 0<=y1<y2<=999"))
+            ok = False
+        if not ok:
+            return False
+        expect = normalise_box((x0, y0, x1, y1), w, h)
+        diff = max(abs(int(a) - b) for a, b in zip(bn, expect, strict=True))
+        if diff > cfg.box_tolerance:
+            out.append(
+                RegionFinding("fail", "box_mismatch", f"{term} box {list(bn)} vs normalise_box(box_px) {list(expect)}")
+            )
+        bw, bh = x1 - x0 + 1, y1 - y0 + 1
+        if bw < cfg.min_side_px or bh < cfg.min_side_px or bw * bh < cfg.min_area_px:
+            out.append(
+                RegionFinding(
+                    cfg.too_small_verdict,
+                    "too_small",
+                    f"{term} box is {bw}x{bh} px (min side {cfg.min_side_px}, min area {cfg.min_area_px})",
+                )
+            )
+        return True
+
+    def _laterality(self, meta: dict[str, Any], centres: dict[str, list[float]], w: int) -> list[RegionFinding]:
+        cfg = self.config
+        axis = str(meta.get("axis", ""))
+        modality = str(meta.get("modality", ""))
+        out: list[RegionFinding] = []
+        mean_c = {t: float(np.mean(cs)) for t, cs in centres.items()}
+        if axis in cfg.laterality_pair_axes:
+            for term, cx in mean_c.items():
+                if self.terms.laterality(term) != "right":
+                    continue
+                partner = self.terms.mirror(term)
+                if partner is None or partner not in mean_c:
+                    continue
+                px = mean_c[partner]
+                if not cx < px:
+                    out.append(
+                        RegionFinding(
+                            "fail",
+                            "laterality",
+                            f"{term} centre x={cx:.0f} is right of {partner} x={px:.0f} (patient right must be image left)",
+                        )
+                    )
+        if axis in cfg.laterality_centre_axes and modality in cfg.laterality_centre_modalities and w > 0:
+            half = w / 2.0
+            tol = cfg.centre_margin * w
+            for term, cx in mean_c.items():
+                side = self.terms.laterality(term)
+                if side == "right" and cx > half + tol:
+                    out.append(
+                        RegionFinding(
+                            cfg.centre_verdict,
+                            "laterality_centre",
+                            f"{term} centre x={cx:.0f} is right of the image centre {half:.0f} (+{tol:.0f})",
+                        )
+                    )
+                elif side == "left" and cx < half - tol:
+                    out.append(
+                        RegionFinding(
+                            cfg.centre_verdict,
+                            "laterality_centre",
+                            f"{term} centre x={cx:.0f} is left of the image centre {half:.0f} (-{tol:.0f})",
+                        )
+                    )
+        return out
+
+    def _text_boxes(self, item: ValidationItem, convs: list[dict[str, Any]]) -> list[RegionFinding]:
+        meta_boxes = {tuple(int(v) for v in r.get("box", ())) for r in item.regions}
+        text_boxes: set[tuple[int, ...]] = set()
+        for turn in convs:
+            text_boxes.update(parse_boxes(str(turn.get("value", ""))))
+        out: list[RegionFinding] = []
+        extra = sorted(text_boxes - meta_boxes)
+        if extra:
+            out.append(RegionFinding("fail", "box_not_in_meta", f"text boxes {[list(b) for b in extra]} are not region boxes"))
+        missing = sorted(meta_boxes - text_boxes)
+        if missing:
+            out.append(
+                RegionFinding(self.config.missing_text_box_verdict, "box_missing_in_text", f"region boxes {[list(b) for b in missing]} not in the text")
+            )
+        return out

@@ -1,0 +1,163 @@
+"""Configuration of the validation stage (which validators run, their thresholds, the keep/flag/drop
+policy) and the per-row decision it produces.  docs/validation.md explains every field."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+
+Action = Literal["keep", "flag", "drop"]
+VerdictName = Literal["pass", "flag", "fail"]
+
+
+class _Cfg(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    # Fields that never change a verdict (speed, placement, transport); left out of config_hash().
+    _runtime_fields: ClassVar[frozenset[str]] = frozenset()
+
+    def config_hash(self) -> str:
+        """sha256 of the fields that can change a verdict (runtime-only fields excluded)."""
+        data = self.model_dump(mode="json", exclude=set(self._runtime_fields))
+        blob = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+class RulesConfig(_Cfg):
+    """Cheap CPU checks run on every sample."""
+
+    min_side_px: int = Field(3, ge=1, description="a box narrower or shorter than this (pixels) is too small")
+    min_area_px: int = Field(9, ge=0, description="a box with fewer pixels than this is too small")
+    too_small_verdict: Literal["flag", "fail"] = "fail"
+    blank_std: float = Field(1.0, ge=0, description="std of the uint8 pixels inside the box below this = blank")
+    box_tolerance: int = Field(
+        2, ge=0, description="max difference (0..999 units) between meta box and normalise_box(box_px)"
+    )
+    check_text_boxes: bool = Field(True, description="boxes written in the conversation must be meta boxes")
+    missing_text_box_verdict: Literal["pass", "flag"] = Field(
+        "flag", description="verdict when a region box of the row is not written in its conversation"
+    )
+    laterality_pair_axes: list[str] = Field(
+        default_factory=lambda: ["axial", "coronal", "2d"],
+        description="axes on which a *_right structure must lie image-left of its *_left partner",
+    )
+    laterality_centre_modalities: list[str] = Field(default_factory=lambda: ["CT", "MR", "PET"])
+    laterality_centre_axes: list[str] = Field(default_factory=lambda: ["axial", "coronal"])
+    centre_margin: float = Field(
+        0.05, ge=0, le=0.5, description="fraction of the width a *_right centre may lie right of the image centre"
+    )
+    centre_verdict: Literal["flag", "fail"] = "flag"
+
+
+class StatsConfig(_Cfg):
+    """Robust (median/MAD) z-scores of box features per group, fitted on the release's own rows."""
+
+    min_samples: int = Field(5, ge=2, description="fewer distinct regions in a group -> pass ('too few')")
+    z_flag: float = Field(4.0, gt=0, description="max robust z above this -> flag")
+    z_fail: float | None = Field(None, description="max robust z above this -> fail (None: never fail)")
+    group_by: list[Literal["modality", "axis", "term", "source", "body_region"]] = Field(
+        default_factory=lambda: ["modality", "axis", "term"]
+    )
+    features: list[Literal["log_area", "log_aspect", "cx", "cy", "intensity"]] = Field(
+        default_factory=lambda: ["log_area", "log_aspect", "cx", "cy", "intensity"]
+    )
+
+
+class ClipConfig(_Cfg):
+    """Embedding judge: crop of each box vs text prompts of the true term and its alternatives."""
+
+    _runtime_fields: ClassVar[frozenset[str]] = frozenset({"batch_size", "device", "margin_px_min"})
+
+    model_path: str | None = Field(None, description="local directory of a transformers CLIP-style checkpoint")
+    prompt: str = "a {modality} image of the {name}"
+    lang: Literal["en", "zh"] = "en"
+    top_k: int = Field(1, ge=1, description="pass if the true term ranks within the top k")
+    crop_margin: float = Field(0.1, ge=0, description="crop margin as a fraction of the box size")
+    margin_px_min: int = 2
+    max_alternatives: int = Field(16, ge=1)
+    alternatives: Literal["glossary", "batch", "glossary+batch"] = "glossary+batch"
+    fail_below: float | None = Field(None, description="softmax prob of the true term below this -> fail")
+    batch_size: int = Field(64, ge=1)
+    device: Literal["auto", "cuda", "cpu"] = "auto"
+
+
+class GroundingConfig(_Cfg):
+    """Grounding judge: ask a VLM the text->region and region->text questions."""
+
+    _runtime_fields: ClassVar[frozenset[str]] = frozenset(
+        {"base_url", "api_key", "api_key_env", "concurrency", "timeout_s", "max_retries", "backoff_s",
+         "backoff_max_s", "cache_dir", "batch_size", "device"}
+    )
+
+    backend: Literal["openai", "transformers"] = "openai"
+    # openai-compatible server (vLLM, SGLang, LMDeploy, TGI, a hosted API)
+    base_url: str | None = Field(None, description="e.g. http://gpu-host:8000/v1; env OPENAI_BASE_URL if unset")
+    model: str = Field("medrega", description="served model name (vllm serve ... --served-model-name)")
+    api_key: SecretStr | None = None
+    api_key_env: str = "OPENAI_API_KEY"
+    concurrency: int = Field(8, ge=1)
+    timeout_s: float = Field(60.0, gt=0)
+    max_retries: int = Field(4, ge=0)
+    backoff_s: float = Field(1.0, ge=0)
+    backoff_max_s: float = Field(30.0, ge=0)
+    # local transformers model
+    model_path: str | None = None
+    trust_remote_code: bool = False
+    batch_size: int = Field(8, ge=1)
+    device: Literal["auto", "cuda", "cpu"] = "auto"
+    # what to ask and how to score
+    tasks: list[Literal["text_to_region", "region_to_text"]] = Field(
+        default_factory=lambda: ["text_to_region", "region_to_text"]
+    )
+    lang: Literal["en", "zh"] = "en"
+    t2r_prompt: str = "Please output the bounding box of the <ref>{name}</ref> in this {modality} image."
+    r2t_prompt: str = (
+        "What is the anatomical structure in the region <box>{boxes}</box> of this {modality} image? "
+        "Answer with its name only."
+    )
+    max_terms_per_row: int = Field(2, ge=1)
+    max_new_tokens: int = Field(128, ge=1)
+    temperature: float = 0.0
+    iou_pass: float = Field(0.5, ge=0, le=1)
+    iou_fail: float | None = Field(None, description="IoU score below this -> fail (None: flag only)")
+    cache_dir: str | None = Field(None, description="answer cache directory (a rerun asks nothing twice)")
+
+
+class PolicyConfig(_Cfg):
+    """Verdict -> action.  The most severe action over all validators wins (drop > flag > keep)."""
+
+    default: dict[VerdictName, Action] = Field(
+        default_factory=lambda: {"pass": "keep", "flag": "flag", "fail": "drop"}
+    )
+    per_validator: dict[str, dict[VerdictName, Action]] = Field(
+        default_factory=dict, description="overrides, e.g. {'clip': {'fail': 'flag'}}"
+    )
+
+    def action(self, validator: str, verdict: VerdictName) -> Action:
+        over = self.per_validator.get(validator, {})
+        return over.get(verdict, self.default.get(verdict, "keep"))
+
+
+class ValidationConfig(_Cfg):
+    """The validation stage of a release config."""
+
+    validators: list[Literal["rules", "stats", "clip", "grounding"]] = Field(
+        default_factory=lambda: ["rules", "stats"]
+    )
+    rules: RulesConfig = Field(default_factory=RulesConfig)
+    stats: StatsConfig = Field(default_factory=StatsConfig)
+    clip: ClipConfig = Field(default_factory=ClipConfig)
+    grounding: GroundingConfig = Field(default_factory=GroundingConfig)
+    policy: PolicyConfig = Field(default_factory=PolicyConfig)
+    cache_dir: str | None = Field(None, description="verdict cache directory (None: no cache)")
+
+
+class Decision(BaseModel):
+    """What happens to one row: keep, keep-but-flag, or drop; with the reasons (``validator: reason``)."""
+
+    action: Action
+    reasons: list[str] = Field(default_factory=list)
+    codes: list[str] = Field(default_factory=list)  # "validator:code" (stable, countable: manifest.dropped)
