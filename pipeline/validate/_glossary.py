@@ -81,13 +81,70 @@ class TermInfo:
         val = self._call("resolve", text, lang) if lang is not None else self._call("resolve", text)
         if val:
             return str(val)
-        # fallback: the text is a term id or its underscore-less display form, or "left kidney" style
+        if self.g is not None:
+            return None
+        # no glossary: the text is a term id, its underscore-less form, or "left kidney" style (<= 4 words)
         t = re.sub(r"\s+", " ", text.strip().lower()).strip(" .")
+        t = re.sub(r"^(?:(?:it|this)\s+is\s+)?(?:the|a|an)\s+", "", t)
+        if len(t.split(" ")) > 4:
+            return None
         cand = t.replace(" ", "_")
         m = re.match(r"^(left|right)_(.+)$", cand)
         if m:
             cand = f"{m.group(2)}_{m.group(1)}"
         return cand if cand and re.fullmatch(r"[a-z0-9_]+", cand) else None
+
+
+    def term_ids(self) -> list[str]:
+        """Every term id the glossary knows ([] without a glossary)."""
+        if self.g is None:
+            return []
+        try:
+            return sorted(str(t) for t in self.g)
+        except TypeError:
+            return []
+
+    def names(self, extra_terms: list[str] | tuple[str, ...] = ()) -> list[tuple[str, str]]:
+        """(lower-cased name, term id) for the display names (EN, ZH) and ids of all known terms."""
+        key = tuple(extra_terms)
+        cache = self.__dict__.setdefault("_names_cache", {})
+        if key not in cache:
+            pairs: set[tuple[str, str]] = set()
+            for t in [*self.term_ids(), *extra_terms]:
+                pairs.add((t.lower(), t))
+                pairs.add((t.replace("_", " ").lower(), t))
+                m = re.match(r"^(.+)_(left|right)$", t)
+                if m:  # "left kidney" for kidney_left
+                    pairs.add((f"{m.group(2)} {m.group(1).replace('_', ' ')}".lower(), t))
+                for lang in ("en", "zh"):
+                    pairs.add((self.display(t, lang).lower(), t))
+            cache[key] = sorted(pairs)
+        return cache[key]
+
+    def find_terms(self, text: str, extra_terms: list[str] | tuple[str, ...] = ()) -> list[str]:
+        """Terms whose names occur in ``text``, by position; at one position the longest name wins
+        (``right kidney`` beats ``kidney``).  English names match on word boundaries."""
+        low = text.lower()
+        hits: list[tuple[int, int, str]] = []
+        for name, tid in self.names(extra_terms):
+            if not name:
+                continue
+            if re.search(r"[\u3400-\u9fff]", name):
+                pos = low.find(name)
+            else:
+                m = re.search(r"(?<![a-z0-9])" + re.escape(name) + r"(?![a-z0-9])", low)
+                pos = m.start() if m else -1
+            if pos >= 0:
+                hits.append((pos, pos + len(name), tid))
+        out: list[str] = []
+        covered_to = -1
+        for start, end, tid in sorted(hits, key=lambda h: (h[0], -(h[1] - h[0]), h[2])):
+            if start < covered_to:
+                continue  # inside a longer name already taken
+            covered_to = end
+            if tid not in out:
+                out.append(tid)
+        return out
 
 
 _DEFAULT: Any = None

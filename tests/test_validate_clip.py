@@ -1,0 +1,254 @@
+"""Embedding judge with a tiny randomly initialised CLIP built offline (no download, no weights).
+
+The model is saved with save_pretrained into tmp_path and loaded back through the project's real
+loader (pipeline.validate.clip.load_clip: AutoProcessor/AutoModel, local_files_only).  Its verdicts
+are meaningless (random weights); the tests check shapes, batching, device, determinism and that the
+verdict follows from the scores.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+tokenizers = pytest.importorskip("tokenizers")
+
+from pipeline.coords import normalise_box  # noqa: E402
+from pipeline.validate import ValidationItem, run_validators  # noqa: E402
+from pipeline.validate import clip as clipmod  # noqa: E402
+from pipeline.validate.clip import ClipJudge, load_clip, square_crop  # noqa: E402
+from schemas.validation import ClipConfig  # noqa: E402
+
+PROJ = 16
+WORDS = (
+    "a an the of image ct mr liver spleen kidney left right stomach aorta gallbladder pancreas "
+    "adrenal gland colon duodenum esophagus"
+).split()
+
+
+def build_tiny_clip(path) -> None:
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, PreTrainedTokenizerFast
+
+    vocab = {"<pad>": 0, "<unk>": 1, "<bos>": 2, "<eos>": 3}
+    for w in WORDS:
+        vocab.setdefault(w, len(vocab))
+    tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tk.normalizer = normalizers.Lowercase()
+    tk.pre_tokenizer = pre_tokenizers.Whitespace()
+    tk.post_processor = processors.TemplateProcessing(
+        single="<bos> $A <eos>", special_tokens=[("<bos>", 2), ("<eos>", 3)]
+    )
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=tk, pad_token="<pad>", unk_token="<unk>", bos_token="<bos>", eos_token="<eos>",
+        model_max_length=16,
+    )
+    cfg = CLIPConfig(
+        text_config=dict(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=2, max_position_embeddings=16, eos_token_id=3, bos_token_id=2,
+                         pad_token_id=0),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                           image_size=32, patch_size=8),
+        projection_dim=PROJ,
+    )
+    torch.manual_seed(0)
+    model = CLIPModel(cfg)
+    ip = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    model.save_pretrained(path)
+    CLIPProcessor(image_processor=ip, tokenizer=tok).save_pretrained(path)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("tiny-clip")
+    build_tiny_clip(d)
+    return d
+
+
+TERMS = ["liver", "spleen", "kidney_right", "kidney_left", "stomach", "aorta"]
+
+
+def make_items(n: int = 9) -> list[ValidationItem]:
+    rng = np.random.default_rng(7)
+    out = []
+    for i in range(n):
+        h, w = 60 + i, 80
+        img = rng.integers(0, 255, size=(h, w), dtype=np.uint8)
+        regions = []
+        for j, term in enumerate(TERMS[: 2 + i % 4]):
+            bp = [2 + 10 * j, 3 + j, 12 + 10 * j + i % 3, 20 + j]
+            regions.append({"term": term, "box": list(normalise_box(bp, w, h)), "box_px": bp, "area": 50})
+        row = {"id": f"r{i}", "image": f"{i}.png", "width": w, "height": h, "conversations": [],
+               "meta": {"modality": "CT" if i % 3 else "MR", "axis": "axial", "regions": regions}}
+        out.append(ValidationItem(row, img if i % 2 else np.stack([img] * 3, axis=2)))
+    return out
+
+
+def judge(model_dir, **kw: Any) -> ClipJudge:
+    return ClipJudge(ClipConfig(model_path=str(model_dir), device="cpu", **kw), glossary=None)
+
+
+def test_loader_reads_local_checkpoint(model_dir, tmp_path) -> None:
+    model, ip, tok = load_clip(model_dir, "cpu")
+    assert type(model).__name__ == "CLIPModel" and not model.training
+    assert next(model.parameters()).device.type == "cpu"
+    assert tok("a CT image of the liver")["input_ids"][0] == 2
+    with pytest.raises(FileNotFoundError):
+        load_clip(tmp_path / "missing")
+    with pytest.raises(ValueError, match="model_path"):
+        ClipJudge(ClipConfig())
+
+
+def test_feature_shapes_and_norm(model_dir) -> None:
+    j = judge(model_dir, batch_size=3)
+    crops = [np.full((20 + i, 20 + i, 3), 10 * i, np.uint8) for i in range(5)]
+    f = j.image_features(crops)
+    assert tuple(f.shape) == (5, PROJ) and f.dtype == torch.float32
+    assert torch.allclose(f.norm(dim=-1), torch.ones(5), atol=1e-5)
+    t = j.text_features(["a CT image of the liver", "a CT image of the spleen"])
+    assert tuple(t.shape) == (2, PROJ)
+    assert j.device == "cpu"
+
+
+def test_batch_size_does_not_change_results(model_dir) -> None:
+    items = make_items()
+    r1 = judge(model_dir, batch_size=1).validate(items)
+    r7 = judge(model_dir, batch_size=7).validate(items)
+    assert [r.verdict for r in r1] == [r.verdict for r in r7]
+    assert [r.reason.split(" p=")[0] for r in r1] == [r.reason.split(" p=")[0] for r in r7]
+    np.testing.assert_allclose([r.score for r in r1], [r.score for r in r7], rtol=1e-5, atol=1e-6)
+    j1, j7 = judge(model_dir, batch_size=1), judge(model_dir, batch_size=7)
+    crops = [square_crop(it.image, reg["box_px"], 0.1, 2) for it in items for reg in it.regions]
+    torch.testing.assert_close(j1.image_features(crops), j7.image_features(crops), rtol=1e-5, atol=1e-6)
+
+
+def test_deterministic_across_judges(model_dir) -> None:
+    items = make_items()
+    a = [r.model_dump() for r in judge(model_dir).validate(items)]
+    b = [r.model_dump() for r in judge(model_dir).validate(items)]
+    assert a == b
+
+
+def test_cpu_notice_once(model_dir, monkeypatch, caplog) -> None:
+    monkeypatch.setattr(clipmod, "_CPU_NOTICE_SHOWN", False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with caplog.at_level(logging.WARNING, logger="pipeline.validate.clip"):
+        for _ in range(2):
+            j = ClipJudge(ClipConfig(model_path=str(model_dir), device="auto"), glossary=None)
+            j.validate(make_items(2))
+            assert j.device == "cpu"
+    assert sum("no CUDA device" in r.message for r in caplog.records) == 1
+    with pytest.raises(RuntimeError, match="cuda"):
+        ClipJudge(ClipConfig(model_path=str(model_dir), device="cuda"), glossary=None).load()
+
+
+def test_scores_follow_from_embeddings(model_dir) -> None:
+    """score = softmax prob of the true term over [true]+alternatives at the model's logit scale."""
+    items = make_items(3)
+    j = judge(model_dir, top_k=1)
+    res = j.validate(items)
+    model, *_ = load_clip(model_dir)
+    scale = float(model.logit_scale.detach().exp())
+    for it, r in zip(items, res, strict=True):
+        probs = []
+        mod = it.meta["modality"]
+        for reg in it.regions:
+            cands = [reg["term"], *j.alternatives(reg["term"], mod)]
+            img = j.image_features([square_crop(it.image, reg["box_px"], 0.1, 2)])[0]
+            txt = j.text_features([j.prompt(c, mod) for c in cands])
+            p = torch.softmax(scale * (txt @ img), dim=0)
+            probs.append(float(p[0]))
+            rank = 1 + int((p > p[0]).sum())
+            assert (rank > 1) == (f"{reg['term']} rank {rank}/" in r.reason)
+        assert r.score == pytest.approx(min(probs), abs=1e-5)
+        assert r.verdict == ("pass" if "clip_rank" not in r.codes else "flag")
+
+
+def test_verdict_logic_with_controlled_embeddings(model_dir, monkeypatch) -> None:
+    """Crops embed exactly like the text of a chosen term: the verdict must follow the rank."""
+    items = make_items(2)
+    j = judge(model_dir, top_k=1, fail_below=0.01, alternatives="batch")
+    j.fit(items)
+    basis: dict[str, torch.Tensor] = {}
+
+    def text_features(prompts: list[str]) -> torch.Tensor:
+        for p in prompts:
+            basis.setdefault(p, torch.nn.functional.normalize(torch.randn(PROJ, generator=torch.Generator().manual_seed(len(basis))), dim=0))
+        return torch.stack([basis[p] for p in prompts])
+
+    looks_like = {("r0", "liver"): "liver", ("r0", "spleen"): "liver", ("r1", "liver"): "liver", ("r1", "spleen"): "spleen"}
+    order = [(it.row_id, reg["term"]) for it in items for reg in it.regions]
+
+    def image_features(crops: list[np.ndarray]) -> torch.Tensor:
+        out = []
+        for (rid, term), _c in zip(order, crops, strict=True):
+            mod = next(it.meta["modality"] for it in items if it.row_id == rid)
+            out.append(text_features([j.prompt(looks_like.get((rid, term), term), mod)])[0])
+        return torch.stack(out)
+
+    monkeypatch.setattr(j, "text_features", text_features)
+    monkeypatch.setattr(j, "image_features", image_features)
+    monkeypatch.setattr(j, "load", lambda: None)
+    monkeypatch.setattr(j, "_scale", lambda: 100.0)
+    r0, r1 = j.validate(items)
+    assert r0.verdict == "fail" and r0.codes == ["clip_rank"]  # spleen crop looks like liver: p ~ 0
+    assert "spleen rank 2/2" in r0.reason and "(top: liver)" in r0.reason
+    assert r1.verdict == "pass" and r1.score > 0.99
+
+
+def test_alternatives_mirror_cooccurring_glossary(model_dir) -> None:
+    class G:
+        def laterality(self, t: str) -> str | None:
+            return {"kidney_right": "right", "kidney_left": "left"}.get(t)
+
+        def mirror(self, t: str) -> str | None:
+            return {"kidney_right": "kidney_left", "kidney_left": "kidney_right"}.get(t)
+
+        def display(self, t: str, lang: str) -> str:
+            return t.replace("_", " ")
+
+        def same_region_terms(self, t: str) -> list[str]:
+            return ["gallbladder", "pancreas", t]
+
+    j = ClipJudge(ClipConfig(model_path=str(model_dir), device="cpu", max_alternatives=4), glossary=G())
+    assert j.needs_fit
+    run_validators(make_items(6), [])  # nothing to run: no fit
+    j.fit(make_items(6))
+    assert not j.needs_fit
+    alts = j.alternatives("kidney_right", "CT")
+    assert alts[0] == "kidney_left" and len(alts) == 4 and "kidney_right" not in alts
+    assert set(alts[1:]) <= {"liver", "spleen", "stomach", "aorta", "gallbladder", "pancreas"}
+    j2 = ClipJudge(ClipConfig(model_path=str(model_dir), device="cpu", alternatives="glossary"), glossary=G())
+    assert j2.alternatives("liver", "CT") == ["gallbladder", "pancreas"] and not j2.needs_fit
+
+
+def test_square_crop() -> None:
+    img = np.arange(100 * 120, dtype=np.uint32).reshape(100, 120).astype(np.uint8)
+    c = square_crop(img, [10, 20, 29, 29], 0.0, 0)
+    assert c.shape == (20, 20, 3) and c.dtype == np.uint8
+    assert np.array_equal(c[5, :, 0], img[20, 10:30])  # box rows 20..29 centred in a 20-row window
+    edge = square_crop(img, [0, 0, 9, 9], 0.5, 2)
+    assert edge.shape == (20, 20, 3) and edge[0, 0, 0] == 0  # padded with black outside the image
+    assert np.array_equal(edge[5:, 5:, 1], img[:15, :15])
+
+
+def test_through_build_validators_and_cache(model_dir, tmp_path) -> None:
+    from pipeline.validate import VerdictCache, apply_policy, build_validators
+    from schemas.validation import ValidationConfig
+
+    cfg = ValidationConfig(validators=["clip"], clip=ClipConfig(model_path=str(model_dir), device="cpu"),
+                           policy={"per_validator": {"clip": {"flag": "keep"}}})
+    items = make_items(5)
+    cache = VerdictCache(tmp_path / "v")
+    first = run_validators(items, build_validators(cfg), cache=cache)
+    assert cache.computed == 5 and all(r[0].validator == "clip" for r in first)
+    cache.reset_counts()
+    second = run_validators(items, build_validators(cfg), cache=cache)  # fresh judge: same fit, same keys
+    assert (cache.computed, cache.cached) == (0, 5)
+    assert [r[0].model_dump() for r in second] == [r[0].model_dump() for r in first]
+    assert all(apply_policy(r, cfg).action in ("keep", "drop") for r in first)
