@@ -111,6 +111,9 @@ _BUILTIN: dict[str, str] = {
     "nifti_labelmap": "sources.nifti:NiftiLabelmapAdapter",
     "sam_med2d": "sources.sam_med2d:SamMed2DAdapter",
     "mask_folder_2d": "sources.mask_folder:MaskFolderAdapter",
+    "dicom_seg": "sources.dicom:DicomSegAdapter",
+    "dicom_rtstruct": "sources.dicom:DicomRtstructAdapter",
+    "dicom_nifti_labels": "sources.dicom:DicomNiftiLabelsAdapter",
 }
 
 

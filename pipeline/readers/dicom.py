@@ -1,0 +1,728 @@
+"""DICOM image series reading (CT, MR, PET, ...: one 3-D volume per SeriesInstanceUID).
+
+What this reader guarantees
+---------------------------
+* Files are grouped by ``SeriesInstanceUID``; the requested series is read, or the only one, or the
+  largest one (a note names the choice and the others).  SEG, RTSTRUCT and other non-image objects in
+  the folder are ignored here (they have their own readers).
+* Slices are sorted by their position along the slice normal ``n = row_dir x col_dir`` (from
+  ImageOrientationPatient): ``key = dot(ImagePositionPatient, n)``.  Never by file name or
+  InstanceNumber.
+* RescaleSlope/RescaleIntercept are applied per slice (int16 when the result is integral and fits,
+  else int32/float32).
+* Compressed transfer syntaxes are decoded by pydicom's pixel handlers (pylibjpeg, pyjpegls, ...);
+  uncompressed little-endian pixel data are read straight from the file into numpy.
+* Gaps and non-uniform slice spacing become notes; mixed orientations, missing ImagePositionPatient /
+  ImageOrientationPatient / PixelSpacing, differing Rows/Columns and duplicate positions raise
+  :class:`ReadError` naming the file with a hint.
+* Enhanced (multi-frame) CT/MR files are read frame by frame from their functional groups.
+
+Privacy: only geometry/intensity tags and the identifiers needed to map annotations (Series/SOP/
+Frame-of-Reference UIDs) are kept, plus the raw ``PatientID`` for patient-level splits (the pipeline
+hashes it before anything is written).  Names, dates, descriptions and the like never leave this
+module.
+
+Array layout: ``array[k, r, c]`` with ``k`` the sorted slice index (ascending position along ``n``),
+``r`` the stored row and ``c`` the stored column; ``affine_lps`` maps ``(k, r, c, 1)`` to LPS mm.
+Use :meth:`DicomSeries.to_canonical` (``geometry.lps_to_ras_affine`` + ``geometry.to_canonical``) for
+the display-canonical layout of ``pipeline.types``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import pydicom
+from pydicom.errors import InvalidDicomError
+
+from pipeline.geometry import CanonicalGeometry, lps_to_ras_affine, to_canonical
+from pipeline.readers import ReadError
+
+SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
+RTSTRUCT_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.481.3"
+_NON_IMAGE_MODALITIES = {"SEG", "RTSTRUCT", "RTPLAN", "RTDOSE", "SR", "KO", "PR", "REG", "RWV", "DOC"}
+_NATIVE_LE = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"}  # implicit / explicit VR little endian
+_ORIENT_TOL = 1e-3  # direction cosines
+_DEFER = 2048  # bytes: larger values (PixelData, big sequences of private data) are read on demand
+
+# The only header fields this module looks at.  Everything else is parsed lazily by pydicom and
+# never converted or copied.
+HEADER_TAGS = (
+    "SOPClassUID", "SOPInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID", "Modality", "PatientID",
+    "ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "SliceThickness",
+    "SpacingBetweenSlices", "Rows", "Columns", "BitsAllocated", "BitsStored", "PixelRepresentation",
+    "SamplesPerPixel", "PhotometricInterpretation", "RescaleSlope", "RescaleIntercept", "NumberOfFrames",
+)
+
+
+def _vec(value: Sequence | None, n: int) -> np.ndarray | None:
+    if value is None:
+        return None
+    try:
+        arr = np.asarray([float(v) for v in value], dtype=float)
+    except (TypeError, ValueError):
+        return None
+    if arr.shape != (n,) or not np.all(np.isfinite(arr)):
+        return None
+    return arr
+
+
+@dataclass
+class SliceHeader:
+    """Geometry and intensity facts of one 2-D image (a file, or one frame of an enhanced file)."""
+
+    path: str
+    frame: int | None  # frame index in a multi-frame file, None for single-frame files
+    sop_uid: str
+    ipp: np.ndarray | None
+    iop: np.ndarray | None
+    pixel_spacing: np.ndarray | None  # (row spacing, column spacing) mm
+    rows: int
+    cols: int
+    slope: float = 1.0
+    intercept: float = 0.0
+    slice_thickness: float | None = None
+    spacing_between: float | None = None
+
+    @property
+    def name(self) -> str:
+        return Path(self.path).name + (f" (frame {self.frame + 1})" if self.frame is not None else "")
+
+
+@dataclass
+class FileInfo:
+    """Header facts of one DICOM file (no pixels)."""
+
+    path: str
+    sop_class: str
+    sop_uid: str
+    series_uid: str
+    modality: str
+    patient_id: str
+    frame_of_reference_uid: str
+    transfer_syntax: str
+    has_pixels: bool
+    slices: list[SliceHeader]
+    bits_allocated: int = 16
+    bits_stored: int = 16
+    pixel_representation: int = 0
+    samples_per_pixel: int = 1
+    photometric: str = "MONOCHROME2"
+    n_frames: int = 1
+    pixel_tell: int | None = None  # file offset of the (uncompressed, deferred) pixel data value
+    pixel_length: int | None = None
+
+    @property
+    def is_image(self) -> bool:
+        return (
+            self.has_pixels
+            and self.sop_class not in (SEG_SOP_CLASS, RTSTRUCT_SOP_CLASS)
+            and self.modality not in _NON_IMAGE_MODALITIES
+        )
+
+
+def _float(ds, keyword: str, default: float | None = None) -> float | None:
+    v = ds.get(keyword)
+    if v is None or v == "":
+        return default
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return default
+
+
+def _first(seq_parent, seq_kw: str):
+    seq = seq_parent.get(seq_kw) if seq_parent is not None else None
+    if seq:
+        return seq[0]
+    return None
+
+
+def _frame_slices(ds, path: str, n_frames: int) -> list[SliceHeader]:
+    """Per-frame geometry of an enhanced multi-frame image from its functional groups."""
+    shared = _first(ds, "SharedFunctionalGroupsSequence")
+    per = ds.get("PerFrameFunctionalGroupsSequence") or []
+    rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+
+    def group(i: int, kw: str):
+        item = per[i] if i < len(per) else None
+        g = _first(item, kw)
+        return g if g is not None else _first(shared, kw)
+
+    out = []
+    for i in range(n_frames):
+        pos = group(i, "PlanePositionSequence")
+        ori = group(i, "PlaneOrientationSequence")
+        mea = group(i, "PixelMeasuresSequence")
+        pvt = group(i, "PixelValueTransformationSequence")
+        out.append(
+            SliceHeader(
+                path=path,
+                frame=i,
+                sop_uid=str(ds.get("SOPInstanceUID", "")),
+                ipp=_vec(pos.get("ImagePositionPatient") if pos is not None else None, 3),
+                iop=_vec(ori.get("ImageOrientationPatient") if ori is not None else ds.get("ImageOrientationPatient"), 6),
+                pixel_spacing=_vec(mea.get("PixelSpacing") if mea is not None else ds.get("PixelSpacing"), 2),
+                rows=rows,
+                cols=cols,
+                slope=_float(pvt, "RescaleSlope", 1.0) if pvt is not None else _float(ds, "RescaleSlope", 1.0),
+                intercept=_float(pvt, "RescaleIntercept", 0.0) if pvt is not None else _float(ds, "RescaleIntercept", 0.0),
+                slice_thickness=_float(mea, "SliceThickness") if mea is not None else None,
+                spacing_between=_float(mea, "SpacingBetweenSlices") if mea is not None else None,
+            )
+        )
+    return out
+
+
+def read_file_info(path: str | Path, *, ds=None) -> FileInfo:
+    """Header facts of one file (pixel data not read).  Raises ReadError when it is not DICOM."""
+    path = str(path)
+    if ds is None:
+        try:
+            ds = pydicom.dcmread(path, defer_size=_DEFER)
+        except InvalidDicomError as exc:
+            raise ReadError(f"{Path(path).name} is not a DICOM file ({exc})", file=path,
+                            hint="remove non-DICOM files from the series folder or list the files explicitly") from exc
+        except (OSError, EOFError, ValueError, KeyError, TypeError) as exc:
+            raise ReadError(f"cannot read DICOM {Path(path).name}: {type(exc).__name__}: {exc}", file=path,
+                            hint="the file is truncated or damaged; re-download it") from exc
+    meta = getattr(ds, "file_meta", None)
+    ts = str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
+    sop_class = str(ds.get("SOPClassUID", "") or (meta.get("MediaStorageSOPClassUID", "") if meta is not None else ""))
+    has_pixels = 0x7FE00010 in ds or 0x7FE00008 in ds or 0x7FE00009 in ds
+    n_frames = int(ds.get("NumberOfFrames", 1) or 1)
+    info = FileInfo(
+        path=path,
+        sop_class=sop_class,
+        sop_uid=str(ds.get("SOPInstanceUID", "")),
+        series_uid=str(ds.get("SeriesInstanceUID", "")),
+        modality=str(ds.get("Modality", "")),
+        patient_id=str(ds.get("PatientID", "") or ""),
+        frame_of_reference_uid=str(ds.get("FrameOfReferenceUID", "")),
+        transfer_syntax=ts,
+        has_pixels=has_pixels,
+        slices=[],
+        bits_allocated=int(ds.get("BitsAllocated", 16) or 16),
+        bits_stored=int(ds.get("BitsStored", ds.get("BitsAllocated", 16)) or 16),
+        pixel_representation=int(ds.get("PixelRepresentation", 0) or 0),
+        samples_per_pixel=int(ds.get("SamplesPerPixel", 1) or 1),
+        photometric=str(ds.get("PhotometricInterpretation", "MONOCHROME2")),
+        n_frames=n_frames,
+    )
+    if not info.is_image:
+        return info
+    if 0x7FE00010 in ds:
+        raw = ds.get_item(0x7FE00010, keep_deferred=True)
+        tell = getattr(raw, "value_tell", None)
+        if tell is not None and getattr(raw, "value", 1) is None and ts in _NATIVE_LE:
+            info.pixel_tell, info.pixel_length = int(tell), int(raw.length)
+    if n_frames > 1 or "PerFrameFunctionalGroupsSequence" in ds:
+        info.slices = _frame_slices(ds, path, n_frames)
+    else:
+        info.slices = [
+            SliceHeader(
+                path=path,
+                frame=None,
+                sop_uid=info.sop_uid,
+                ipp=_vec(ds.get("ImagePositionPatient"), 3),
+                iop=_vec(ds.get("ImageOrientationPatient"), 6),
+                pixel_spacing=_vec(ds.get("PixelSpacing"), 2),
+                rows=int(ds.get("Rows", 0) or 0),
+                cols=int(ds.get("Columns", 0) or 0),
+                slope=_float(ds, "RescaleSlope", 1.0),
+                intercept=_float(ds, "RescaleIntercept", 0.0),
+                slice_thickness=_float(ds, "SliceThickness"),
+                spacing_between=_float(ds, "SpacingBetweenSlices"),
+            )
+        ]
+    return info
+
+
+def list_files(paths: str | Path | Iterable[str | Path]) -> list[Path]:
+    """A folder (recursively), one file, or a list of files/folders -> sorted candidate files.
+
+    Hidden files, DICOMDIR and obvious non-DICOM side-cars (NIfTI, text, images) are skipped.
+    """
+    if isinstance(paths, (str, Path)):
+        paths = [paths]
+    out: list[Path] = []
+    for p in paths:
+        p = Path(p)
+        if p.is_dir():
+            for root, dirs, files in os.walk(p):
+                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+                for f in files:
+                    q = Path(root) / f
+                    if _candidate(q):
+                        out.append(q)
+        elif p.is_file():
+            out.append(p)
+        else:
+            raise ReadError(f"not found: {p}", file=str(p), hint="check the card's layout paths")
+    return sorted(set(out))
+
+
+_SKIP_SUFFIXES = (".nii", ".nii.gz", ".gz", ".txt", ".md", ".json", ".csv", ".png", ".jpg", ".jpeg", ".xml",
+                  ".yaml", ".yml", ".zip", ".nrrd", ".mha", ".mhd", ".py", ".html")
+
+
+def _candidate(p: Path) -> bool:
+    name = p.name
+    if name.startswith(".") or name.upper() == "DICOMDIR" or name in ("SHA256SUMS", "LICENSE", "README"):
+        return False
+    return not name.lower().endswith(_SKIP_SUFFIXES)
+
+
+def scan_files(files: Sequence[str | Path], *, strict: bool = False, workers: int | None = None) -> tuple[list[FileInfo], list[str]]:
+    """Header facts of every readable DICOM file; unreadable/non-DICOM files are listed as notes
+    (or raise with ``strict``)."""
+    infos: list[FileInfo] = []
+    skipped: list[str] = []
+
+    def one(f):
+        try:
+            return read_file_info(f)
+        except ReadError as exc:
+            if strict:
+                raise
+            return exc
+
+    results = _map(one, [str(f) for f in files], workers)
+    for f, r in zip(files, results):
+        if isinstance(r, ReadError):
+            skipped.append(Path(f).name)
+        else:
+            infos.append(r)
+    return infos, skipped
+
+
+def _map(fn, items: list, workers: int | None):
+    if workers is None:
+        workers = min(8, (os.cpu_count() or 1) * 2)
+    if workers <= 1 or len(items) < 16:
+        return [fn(x) for x in items]
+    with ThreadPoolExecutor(max_workers=workers) as ex:
+        return list(ex.map(fn, items, chunksize=max(1, len(items) // (workers * 4))))
+
+
+@dataclass
+class SeriesGroup:
+    """Files of one SeriesInstanceUID (header facts only)."""
+
+    series_uid: str
+    files: list[FileInfo]
+
+    @property
+    def n_slices(self) -> int:
+        return sum(len(f.slices) for f in self.files)
+
+    @property
+    def modality(self) -> str:
+        return self.files[0].modality if self.files else ""
+
+    @property
+    def patient_id(self) -> str:
+        return self.files[0].patient_id if self.files else ""
+
+
+def group_series(infos: Sequence[FileInfo]) -> dict[str, SeriesGroup]:
+    groups: dict[str, list[FileInfo]] = defaultdict(list)
+    for info in infos:
+        if info.is_image:
+            groups[info.series_uid].append(info)
+    return {uid: SeriesGroup(uid, sorted(fs, key=lambda f: f.path)) for uid, fs in sorted(groups.items())}
+
+
+def choose_series(groups: dict[str, SeriesGroup], series_uid: str | None, where: str) -> tuple[SeriesGroup, list[str]]:
+    notes: list[str] = []
+    if not groups:
+        raise ReadError(f"no DICOM image series found in {where}", file=where,
+                        hint="the folder holds no CT/MR/PET image files (only SEG/RTSTRUCT or non-DICOM files?)")
+    if series_uid is not None:
+        if series_uid not in groups:
+            raise ReadError(
+                f"series {series_uid} not found in {where}; it holds {len(groups)} series: "
+                + ", ".join(f"{u} ({g.n_slices} slices)" for u, g in groups.items()),
+                file=where, hint="check the SeriesInstanceUID the annotation refers to, or add the missing files")
+        return groups[series_uid], notes
+    if len(groups) == 1:
+        return next(iter(groups.values())), notes
+    ranked = sorted(groups.values(), key=lambda g: (-g.n_slices, g.series_uid))
+    chosen = ranked[0]
+    notes.append(
+        f"{where} holds {len(groups)} image series; read the largest, {chosen.series_uid} ({chosen.n_slices} slices); "
+        "others: " + ", ".join(f"{g.series_uid} ({g.n_slices})" for g in ranked[1:])
+    )
+    return chosen, notes
+
+
+@dataclass
+class DicomSeries:
+    """One image series as a sorted volume with its geometry."""
+
+    array: np.ndarray  # (K, R, C), sorted by position along ``normal`` (ascending)
+    affine_lps: np.ndarray  # voxel (k, r, c) -> LPS mm
+    series_uid: str
+    frame_of_reference_uid: str
+    modality: str
+    patient_id: str  # raw PatientID: hash before it reaches any output
+    files: list[str]  # per slice, sorted order
+    frames: list[int | None]
+    sop_uids: list[str]
+    positions: np.ndarray  # (K, 3) ImagePositionPatient per slice, LPS mm
+    row_dir: np.ndarray  # direction of increasing column index (IOP[0:3])
+    col_dir: np.ndarray  # direction of increasing row index (IOP[3:6])
+    normal: np.ndarray
+    pixel_spacing: tuple[float, float]  # (row spacing, column spacing) mm
+    slice_spacing: float
+    rescaled: bool
+    photometric: str = "MONOCHROME2"
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(self.array.shape)  # type: ignore[return-value]
+
+    @property
+    def slice_offsets(self) -> np.ndarray:
+        """Position of each slice along the normal (mm)."""
+        return self.positions @ self.normal
+
+    @property
+    def sop_to_index(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for i, (uid, fr) in enumerate(zip(self.sop_uids, self.frames)):
+            if fr is None:
+                out.setdefault(uid, i)
+        return out
+
+    @property
+    def affine_ras(self) -> np.ndarray:
+        return lps_to_ras_affine(self.affine_lps)
+
+    def index_at(self, point_lps: np.ndarray, tol: float | None = None) -> int | None:
+        """Slice index whose plane contains ``point_lps`` (within ``tol`` mm along the normal)."""
+        if tol is None:
+            tol = max(0.01, 0.25 * self.slice_spacing)
+        d = float(np.asarray(point_lps, float) @ self.normal)
+        offs = self.slice_offsets
+        i = int(np.argmin(np.abs(offs - d)))
+        return i if abs(offs[i] - d) <= tol else None
+
+    def to_rc(self, points_lps: np.ndarray, k: int) -> np.ndarray:
+        """(N, 3) LPS points on slice ``k`` -> (N, 2) continuous (row, col) pixel coordinates."""
+        rel = np.asarray(points_lps, float) - self.positions[k]
+        return np.stack([rel @ self.col_dir / self.pixel_spacing[0], rel @ self.row_dir / self.pixel_spacing[1]], axis=1)
+
+    def to_canonical(self, array: np.ndarray | None = None) -> tuple[np.ndarray, CanonicalGeometry]:
+        """``array`` (default the image; any array on this grid, e.g. labels) in display-canonical layout."""
+        return to_canonical(self.array if array is None else array, self.affine_ras)
+
+
+def _check_geometry(slices: list[SliceHeader]) -> None:
+    first = slices[0]
+    for s in slices:
+        for attr, tag, what in (
+            ("ipp", "ImagePositionPatient (0020,0032)", "a spatially located image"),
+            ("iop", "ImageOrientationPatient (0020,0037)", "a spatially located image"),
+            ("pixel_spacing", "PixelSpacing (0028,0030)", "a calibrated cross-sectional image"),
+        ):
+            if getattr(s, attr) is None:
+                raise ReadError(
+                    f"{s.name}: {tag} is missing or malformed, so the slice cannot be placed in the volume",
+                    file=s.path,
+                    hint=f"the file is not {what} (scout, secondary capture, over-anonymised or damaged?); "
+                    "remove it from the series folder or restore the tag",
+                )
+        if (s.rows, s.cols) != (first.rows, first.cols):
+            raise ReadError(
+                f"{s.name} is {s.rows}x{s.cols} (rows x columns) but {first.name} is {first.rows}x{first.cols}",
+                file=s.path,
+                hint="a series must have one matrix size; the folder mixes series or holds a scout/localizer",
+            )
+        if not np.allclose(s.iop, first.iop, atol=_ORIENT_TOL):
+            raise ReadError(
+                f"{s.name} has ImageOrientationPatient {np.round(s.iop, 4).tolist()} but {first.name} has "
+                f"{np.round(first.iop, 4).tolist()}: mixed orientations in one series",
+                file=s.path,
+                hint="remove scout/localizer images, or split the stacks (e.g. axial + reformats) into separate series",
+            )
+        if not np.allclose(s.pixel_spacing, first.pixel_spacing, rtol=1e-3, atol=1e-4):
+            raise ReadError(
+                f"{s.name} has PixelSpacing {s.pixel_spacing.tolist()} but {first.name} has {first.pixel_spacing.tolist()}",
+                file=s.path,
+                hint="a series must have one pixel spacing; the folder mixes series",
+            )
+
+
+def sort_slices(slices: list[SliceHeader]) -> tuple[list[SliceHeader], np.ndarray, dict]:
+    """Sort slices along the normal; returns (sorted slices, normal, geometry facts incl. notes)."""
+    _check_geometry(slices)
+    iop = slices[0].iop
+    row_dir, col_dir = iop[:3] / np.linalg.norm(iop[:3]), iop[3:] / np.linalg.norm(iop[3:])
+    normal = np.cross(row_dir, col_dir)
+    normal /= np.linalg.norm(normal)
+    keys = np.array([float(s.ipp @ normal) for s in slices])
+    order = np.argsort(keys, kind="stable")
+    slices = [slices[i] for i in order]
+    keys = keys[order]
+    notes: list[str] = []
+    facts: dict = {"row_dir": row_dir, "col_dir": col_dir, "normal": normal, "notes": notes}
+    first = slices[0]
+    if len(slices) == 1:
+        step = first.spacing_between or first.slice_thickness or 1.0
+        facts["spacing"] = float(step)
+        facts["step"] = normal * float(step)
+        notes.append(f"single-slice series: slice spacing {step:g} mm taken from the header")
+        return slices, normal, facts
+    diffs = np.diff(keys)
+    dup = np.flatnonzero(diffs < 1e-3)
+    if dup.size:
+        a, b = slices[dup[0]], slices[dup[0] + 1]
+        raise ReadError(
+            f"{a.name} and {b.name} lie at the same position ({keys[dup[0]]:.3f} mm along the slice normal)",
+            file=b.path,
+            hint="the series holds several acquisitions (phases, echoes, time points or duplicates) at the same "
+            "positions; split them into separate folders or remove the duplicates",
+        )
+    nominal = float(np.median(diffs))
+    gaps = np.flatnonzero(diffs > 1.5 * nominal)
+    for g in gaps[:5]:
+        notes.append(
+            f"gap in the series: {diffs[g]:.3f} mm between {slices[g].name} and {slices[g + 1].name} "
+            f"(nominal {nominal:.3f} mm; about {int(round(diffs[g] / nominal)) - 1} slice(s) missing)"
+        )
+    if gaps.size > 5:
+        notes.append(f"... {gaps.size - 5} more gaps")
+    if not gaps.size and diffs.max() - diffs.min() > max(1e-3, 0.01 * nominal):
+        notes.append(
+            f"non-uniform slice spacing: {diffs.min():.3f}..{diffs.max():.3f} mm (median {nominal:.3f} mm); "
+            "the volume uses the mean spacing"
+        )
+    span = slices[-1].ipp - slices[0].ipp
+    step = span / (len(slices) - 1)
+    along = float(step @ normal)
+    tilt = float(np.degrees(np.arccos(np.clip(abs(along) / np.linalg.norm(step), 0, 1))))
+    if tilt > 0.1:
+        notes.append(f"slice positions are sheared by {tilt:.2f} deg from the normal (gantry tilt); the affine keeps the shear")
+    facts["spacing"] = float(abs(along))
+    facts["step"] = step
+    if gaps.size:
+        facts["spacing"] = nominal
+        facts["step"] = step * (nominal / along) if along else normal * nominal
+        notes.append("the volume affine uses the nominal spacing; slices after a gap are placed at nominal steps")
+    return slices, normal, facts
+
+
+def _read_native(info: FileInfo) -> np.ndarray | None:
+    """Uncompressed little-endian pixel data straight from the file (None when not applicable)."""
+    if info.pixel_tell is None or info.samples_per_pixel != 1 or info.bits_allocated not in (8, 16, 32):
+        return None
+    rows, cols = info.slices[0].rows, info.slices[0].cols
+    n = rows * cols * info.n_frames
+    itemsize = info.bits_allocated // 8
+    if info.pixel_length < n * itemsize:
+        return None
+    kind = "i" if info.pixel_representation == 1 else "u"
+    dtype = np.dtype(f"<{kind}{itemsize}")
+    arr = np.fromfile(info.path, dtype=dtype, count=n, offset=info.pixel_tell)
+    if arr.size != n:
+        return None
+    bs = info.bits_stored
+    if bs < info.bits_allocated:
+        if kind == "u":
+            arr &= dtype.type((1 << bs) - 1)
+        else:
+            shift = info.bits_allocated - bs
+            arr = (arr << shift) >> shift
+    return arr.reshape(info.n_frames, rows, cols)
+
+
+def _read_pixels(info: FileInfo) -> np.ndarray:
+    """(frames, R, C) stored values of one file."""
+    arr = _read_native(info)
+    if arr is not None:
+        return arr
+    if info.samples_per_pixel != 1:
+        raise ReadError(
+            f"{Path(info.path).name}: {info.samples_per_pixel} samples per pixel ({info.photometric}); "
+            "only greyscale cross-sectional series are supported",
+            file=info.path, hint="colour DICOM (ultrasound, secondary capture) is not a CT/MR/PET series")
+    try:
+        ds = pydicom.dcmread(info.path)
+        arr = ds.pixel_array
+    except Exception as exc:  # decoder plugins raise many types (RuntimeError, NotImplementedError, ...)
+        raise ReadError(
+            f"cannot decode pixel data of {Path(info.path).name} (transfer syntax {info.transfer_syntax}): "
+            f"{type(exc).__name__}: {exc}",
+            file=info.path,
+            hint="install the decoder for this transfer syntax (pylibjpeg, pylibjpeg-libjpeg, pylibjpeg-openjpeg, "
+            "pylibjpeg-rle, pyjpegls), or the file is damaged",
+        ) from exc
+    if arr.ndim == 2:
+        arr = arr[None]
+    return arr
+
+
+def _rescale(stack: np.ndarray, slopes: np.ndarray, intercepts: np.ndarray) -> tuple[np.ndarray, bool]:
+    identity = bool(np.all(slopes == 1.0) and np.all(intercepts == 0.0))
+    if identity:
+        if stack.dtype == np.uint16 and stack.size and int(stack.max()) <= np.iinfo(np.int16).max:
+            return stack.astype(np.int16), False
+        return stack, False
+    integral = bool(np.all(slopes == np.round(slopes)) and np.all(intercepts == np.round(intercepts)))
+    if integral:
+        lo, hi = (int(stack.min()), int(stack.max())) if stack.size else (0, 0)
+        cand = [lo * s + b for s in slopes for b in intercepts] + [hi * s + b for s in slopes for b in intercepts]
+        target = np.int16 if min(cand) >= -32768 and max(cand) <= 32767 else np.int32
+        if np.all(slopes == 1.0) and np.all(intercepts == intercepts[0]):
+            out = stack.astype(target)
+            out += target(intercepts[0])
+            return out, True
+        out = stack.astype(np.int32) * slopes.astype(np.int32)[:, None, None] + intercepts.astype(np.int32)[:, None, None]
+        return out.astype(target), True
+    out = stack.astype(np.float32)
+    out *= slopes.astype(np.float32)[:, None, None]
+    out += intercepts.astype(np.float32)[:, None, None]
+    return out, True
+
+
+def read_series(
+    paths: str | Path | Iterable[str | Path],
+    *,
+    series_uid: str | None = None,
+    workers: int | None = None,
+) -> DicomSeries:
+    """Read one image series from a folder, a file, or a list of files/folders.
+
+    ``series_uid`` picks a series when the files hold several (default: the only one, else the largest,
+    with a note).  See the module docstring for what is checked.
+    """
+    if isinstance(paths, (str, Path)):
+        where = str(paths)
+    else:
+        paths = list(paths)
+        where = str(Path(os.path.commonpath([str(p) for p in paths]))) if paths else "?"
+    files = list_files(paths)
+    infos, skipped = scan_files(files, workers=workers)
+    groups = group_series(infos)
+    group, notes = choose_series(groups, series_uid, where)
+    return read_group(group, notes=notes + ([f"skipped {len(skipped)} non-DICOM file(s): {', '.join(skipped[:5])}"] if skipped else []), workers=workers)
+
+
+def read_group(group: SeriesGroup, *, notes: list[str] | None = None, workers: int | None = None) -> DicomSeries:
+    """Pixels + geometry of one grouped series."""
+    notes = list(notes or [])
+    slices = [s for f in group.files for s in f.slices]
+    slices, normal, facts = sort_slices(slices)
+    notes.extend(facts["notes"])
+    by_path = {f.path: f for f in group.files}
+    index = {(s.path, s.frame): k for k, s in enumerate(slices)}
+    first = slices[0]
+    rows, cols = first.rows, first.cols
+    multi = any(f.n_frames > 1 for f in group.files)
+
+    # read pixels (file by file; frames of a multi-frame file land at their sorted indices)
+    def load(info: FileInfo):
+        return info, _read_pixels(info)
+
+    results = _map(load, group.files, workers)
+    dtype = np.result_type(*[r[1].dtype for r in results])
+    stack = np.empty((len(slices), rows, cols), dtype=dtype)
+    for info, px in results:
+        if px.shape[1:] != (rows, cols) or px.shape[0] != max(1, len(info.slices)):
+            raise ReadError(
+                f"{Path(info.path).name}: pixel data shape {px.shape} does not match Rows/Columns/NumberOfFrames",
+                file=info.path, hint="the file is damaged or its header is wrong")
+        for s, frame in zip(info.slices, px):
+            stack[index[(s.path, s.frame)]] = frame
+    slopes = np.array([s.slope for s in slices], dtype=float)
+    intercepts = np.array([s.intercept for s in slices], dtype=float)
+    array, rescaled = _rescale(stack, slopes, intercepts)
+    ps = first.pixel_spacing
+    aff = np.eye(4)
+    aff[:3, 0] = facts["step"]
+    aff[:3, 1] = facts["col_dir"] * ps[0]
+    aff[:3, 2] = facts["row_dir"] * ps[1]
+    aff[:3, 3] = first.ipp
+    photometric = by_path[first.path].photometric
+    if photometric == "MONOCHROME1":
+        notes.append("PhotometricInterpretation MONOCHROME1: low values display bright (values kept as stored)")
+    if multi:
+        notes.append("enhanced multi-frame image: frames placed by their PlanePositionSequence")
+    return DicomSeries(
+        array=array,
+        affine_lps=aff,
+        series_uid=group.series_uid,
+        frame_of_reference_uid=group.files[0].frame_of_reference_uid,
+        modality=group.modality,
+        patient_id=group.patient_id,
+        files=[s.path for s in slices],
+        frames=[s.frame for s in slices],
+        sop_uids=[s.sop_uid for s in slices],
+        positions=np.stack([s.ipp for s in slices]),
+        row_dir=facts["row_dir"],
+        col_dir=facts["col_dir"],
+        normal=normal,
+        pixel_spacing=(float(ps[0]), float(ps[1])),
+        slice_spacing=float(facts["spacing"]),
+        rescaled=rescaled,
+        photometric=photometric,
+        notes=notes,
+    )
+
+
+@dataclass
+class DicomIndex:
+    """Everything DICOM under some paths, headers only: image series, SEGs and RTSTRUCTs."""
+
+    series: dict[str, SeriesGroup]
+    segs: list  # list[pipeline.readers.dicom_seg.SegHeader]
+    rtstructs: list  # list[pipeline.readers.rtstruct.RtStructHeader]
+    skipped: list[str]  # non-DICOM / unreadable files (names)
+
+
+def index_dicom(paths: str | Path | Iterable[str | Path], *, workers: int | None = None) -> DicomIndex:
+    """Header-only scan of a folder (recursively) or files: groups image series by SeriesInstanceUID
+    and reads the references of SEG and RTSTRUCT objects (no pixel data, no contour rasterisation)."""
+    from pipeline.readers.dicom_seg import LABELMAP_SEG_SOP_CLASS, read_seg_header
+    from pipeline.readers.rtstruct import read_rtstruct_header
+
+    files = list_files(paths)
+
+    def one(f: Path):
+        try:
+            ds = pydicom.dcmread(str(f), defer_size=_DEFER)
+        except (InvalidDicomError, OSError, EOFError, ValueError, KeyError, TypeError):
+            return None
+        sop_class = str(ds.get("SOPClassUID", ""))
+        modality = str(ds.get("Modality", ""))
+        try:
+            if sop_class in (SEG_SOP_CLASS, LABELMAP_SEG_SOP_CLASS) or modality == "SEG":
+                return read_seg_header(str(f), ds)
+            if sop_class == RTSTRUCT_SOP_CLASS or modality == "RTSTRUCT":
+                return read_rtstruct_header(str(f), ds)
+            return read_file_info(str(f), ds=ds)
+        except (ReadError, ValueError, TypeError, KeyError, AttributeError):
+            return None
+
+    from pipeline.readers.dicom_seg import SegHeader
+    from pipeline.readers.rtstruct import RtStructHeader
+
+    infos, segs, rts, skipped = [], [], [], []
+    for f, r in zip(files, _map(one, files, workers)):
+        if r is None:
+            skipped.append(f.name)
+        elif isinstance(r, SegHeader):
+            segs.append(r)
+        elif isinstance(r, RtStructHeader):
+            rts.append(r)
+        else:
+            infos.append(r)
+    return DicomIndex(group_series(infos), segs, rts, skipped)

@@ -1,0 +1,245 @@
+"""RT Structure Sets (RTSTRUCT) rasterised on the geometry of their image series.
+
+* Each CLOSED_PLANAR contour is matched to a slice by the position of its points along the slice normal
+  (within a tolerance) and, failing that, by the SOP Instance UID in its ContourImageSequence.
+* Points (patient mm, LPS) map to continuous (row, col) through the matched slice's
+  ImagePositionPatient, ImageOrientationPatient and PixelSpacing.
+* Polygons are filled with the even-odd rule at pixel centres: a pixel is inside when its centre is
+  inside the polygon.  All contours of one ROI on one slice are filled together, so a contour drawn
+  inside another one cuts a hole (XOR), as the standard intends for CLOSED_PLANAR.
+* POINT, OPEN_PLANAR and OPEN_NONPLANAR contours are not areas and are skipped with a note.
+* An RTSTRUCT that references another series (by SeriesInstanceUID and SOP Instance UIDs) raises
+  ReadError.
+
+Only ROI numbers, names, interpreted types, codes and contour geometry are read; no patient data.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from pydicom.errors import InvalidDicomError
+
+from pipeline.readers import ReadError
+from pipeline.readers.dicom import RTSTRUCT_SOP_CLASS, DicomSeries
+from pipeline.readers.dicom_seg import Code, _code, _pack
+
+
+@dataclass
+class RoiInfo:
+    number: int
+    name: str
+    interpreted_type: str = ""  # ORGAN, EXTERNAL, PTV, CTV, GTV, AVOIDANCE, ...
+    code: Code | None = None  # RTROIIdentificationCodeSequence
+    n_contours: int = 0
+    geometric_types: tuple[str, ...] = ()
+
+
+@dataclass
+class RtStructHeader:
+    path: str
+    frame_of_reference_uid: str
+    referenced_series_uids: list[str]
+    referenced_sop_uids: list[str]
+    rois: dict[int, RoiInfo]
+
+
+@dataclass
+class RtStructVolume:
+    """ROIs on the series grid (series sorted order ``(K, R, C)``), packed like SEG segments: each layer
+    holds ROI numbers without overlap (an ROI that overlaps another, e.g. an organ inside BODY, goes to
+    another layer)."""
+
+    header: RtStructHeader
+    layers: list[np.ndarray]
+    layer_rois: list[list[int]]
+    overlaps: list[tuple[int, int]]
+    notes: list[str] = field(default_factory=list)
+
+    def mask(self, number: int) -> np.ndarray:
+        for arr, rois in zip(self.layers, self.layer_rois):
+            if number in rois:
+                return arr == number
+        return np.zeros(self.layers[0].shape if self.layers else (0, 0, 0), dtype=bool)
+
+    def number_of(self, name: str) -> int | None:
+        for n, roi in self.header.rois.items():
+            if roi.name == name:
+                return n
+        return None
+
+
+def _open(path: str | Path):
+    path = str(path)
+    try:
+        ds = pydicom.dcmread(path)
+    except (InvalidDicomError, OSError, EOFError, ValueError, KeyError, TypeError) as exc:
+        raise ReadError(f"cannot read RTSTRUCT {Path(path).name}: {type(exc).__name__}: {exc}", file=path,
+                        hint="the file is truncated or not DICOM; re-download it") from exc
+    if str(ds.get("SOPClassUID", "")) != RTSTRUCT_SOP_CLASS and ds.get("Modality") != "RTSTRUCT":
+        raise ReadError(f"{Path(path).name} is not an RT Structure Set (modality {ds.get('Modality', '?')})",
+                        file=path, hint="check the card's layout (rtstruct glob)")
+    return ds
+
+
+def read_rtstruct_header(path: str | Path, ds=None) -> RtStructHeader:
+    if ds is None:
+        ds = _open(path)
+    rois: dict[int, RoiInfo] = {}
+    for it in ds.get("StructureSetROISequence") or []:
+        n = int(it.get("ROINumber", 0) or 0)
+        rois[n] = RoiInfo(number=n, name=str(it.get("ROIName", "") or "").strip())
+    for it in ds.get("RTROIObservationsSequence") or []:
+        n = int(it.get("ReferencedROINumber", -1) or -1)
+        if n in rois:
+            rois[n].interpreted_type = str(it.get("RTROIInterpretedType", "") or "")
+            seq = it.get("RTROIIdentificationCodeSequence") or []
+            rois[n].code = _code(seq[0]) if seq else None
+    for it in ds.get("ROIContourSequence") or []:
+        n = int(it.get("ReferencedROINumber", -1) or -1)
+        if n in rois:
+            cs = it.get("ContourSequence") or []
+            rois[n].n_contours = len(cs)
+            rois[n].geometric_types = tuple(sorted({str(c.get("ContourGeometricType", "")) for c in cs}))
+    series_uids, sops, frame_ref = [], [], ""
+    for fr in ds.get("ReferencedFrameOfReferenceSequence") or []:
+        frame_ref = frame_ref or str(fr.get("FrameOfReferenceUID", ""))
+        for st in fr.get("RTReferencedStudySequence") or []:
+            for se in st.get("RTReferencedSeriesSequence") or []:
+                if se.get("SeriesInstanceUID"):
+                    series_uids.append(str(se.SeriesInstanceUID))
+                for im in se.get("ContourImageSequence") or []:
+                    if im.get("ReferencedSOPInstanceUID"):
+                        sops.append(str(im.ReferencedSOPInstanceUID))
+    for it in ds.get("ROIContourSequence") or []:
+        for c in it.get("ContourSequence") or []:
+            for im in c.get("ContourImageSequence") or []:
+                if im.get("ReferencedSOPInstanceUID"):
+                    sops.append(str(im.ReferencedSOPInstanceUID))
+    return RtStructHeader(
+        path=str(path),
+        frame_of_reference_uid=frame_ref or str(ds.get("FrameOfReferenceUID", "")),
+        referenced_series_uids=list(dict.fromkeys(series_uids)),
+        referenced_sop_uids=list(dict.fromkeys(sops)),
+        rois=rois,
+    )
+
+
+def fill_even_odd(polygons: list[np.ndarray], shape: tuple[int, int]) -> np.ndarray:
+    """Rasterise polygons given as (N, 2) continuous (row, col) vertices with the even-odd rule.
+
+    A pixel is foreground when its centre ``(r, c)`` lies inside an odd number of polygons (several
+    polygons XOR: a polygon inside another makes a hole).  Scanline algorithm, vectorised over edges
+    and rows; a centre exactly on a left edge is inside, on a right edge outside (half-open).
+    """
+    R, C = shape
+    diff = np.zeros((R, C + 1), dtype=np.int32)
+    r0s, c0s, r1s, c1s = [], [], [], []
+    for p in polygons:
+        p = np.asarray(p, dtype=float)
+        if len(p) < 3:
+            continue
+        q = np.roll(p, -1, axis=0)
+        r0s.append(p[:, 0]); c0s.append(p[:, 1]); r1s.append(q[:, 0]); c1s.append(q[:, 1])
+    if not r0s:
+        return np.zeros(shape, dtype=bool)
+    r0, c0, r1, c1 = (np.concatenate(a) for a in (r0s, c0s, r1s, c1s))
+    keep = r0 != r1  # horizontal edges never cross a scanline under the half-open rule
+    r0, c0, r1, c1 = r0[keep], c0[keep], r1[keep], c1[keep]
+    lo, hi = np.minimum(r0, r1), np.maximum(r0, r1)
+    # integer rows y with lo <= y < hi
+    ystart = np.maximum(np.ceil(lo), 0).astype(np.int64)
+    yend = np.minimum(np.ceil(hi) - 1, R - 1).astype(np.int64)
+    n = np.maximum(yend - ystart + 1, 0)
+    if n.sum() == 0:
+        return np.zeros(shape, dtype=bool)
+    edge = np.repeat(np.arange(len(r0)), n)
+    offs = np.arange(n.sum()) - np.repeat(np.cumsum(n) - n, n)
+    y = ystart[edge] + offs
+    x = c0[edge] + (y - r0[edge]) * (c1[edge] - c0[edge]) / (r1[edge] - r0[edge])
+    order = np.lexsort((x, y))
+    y, x = y[order], x[order]
+    # crossings come in pairs per row (each closed polygon crosses a row an even number of times)
+    ya, xa, xb = y[0::2], x[0::2], x[1::2]
+    start = np.clip(np.ceil(xa), 0, C).astype(np.int64)
+    stop = np.clip(np.ceil(xb), 0, C).astype(np.int64)  # exclusive
+    ok = stop > start
+    np.add.at(diff, (ya[ok], start[ok]), 1)
+    np.add.at(diff, (ya[ok], stop[ok]), -1)
+    return np.cumsum(diff[:, :C], axis=1) > 0
+
+
+def read_rtstruct(path: str | Path, series: DicomSeries, *, rois: list[int] | None = None) -> RtStructVolume:
+    """Rasterise the ROIs (all, or the numbers in ``rois``) of the RTSTRUCT at ``path`` on ``series``."""
+    path = str(path)
+    name = Path(path).name
+    ds = _open(path)
+    hdr = read_rtstruct_header(path, ds)
+    notes: list[str] = []
+    series_sops = set(series.sop_uids)
+    matched = set(hdr.referenced_sop_uids) & series_sops
+    same_series = series.series_uid in hdr.referenced_series_uids
+    if (hdr.referenced_series_uids or hdr.referenced_sop_uids) and not same_series and not matched:
+        raise ReadError(
+            f"{name} references series {', '.join(hdr.referenced_series_uids) or '?'} "
+            f"({len(hdr.referenced_sop_uids)} image(s)), but the image series read is {series.series_uid}; "
+            "none of its images is referenced",
+            file=path,
+            hint="the structure set was drawn on another series: point the card at that series, or add its files",
+        )
+    if not (hdr.referenced_series_uids or hdr.referenced_sop_uids):
+        if hdr.frame_of_reference_uid and series.frame_of_reference_uid and hdr.frame_of_reference_uid != series.frame_of_reference_uid:
+            raise ReadError(f"{name} references no image and its FrameOfReferenceUID differs from the series'",
+                            file=path, hint="the structure set belongs to another scan")
+        notes.append(f"{name} references no image; contours matched to slices by position only")
+    elif hdr.frame_of_reference_uid and series.frame_of_reference_uid and hdr.frame_of_reference_uid != series.frame_of_reference_uid:
+        notes.append(f"{name}: FrameOfReferenceUID differs from the series' although its images are referenced")
+    sop_index = series.sop_to_index
+    K, R, C = series.shape
+    polys: dict[int, dict[int, list[np.ndarray]]] = {}
+    skipped_types: dict[str, int] = {}
+    off_slice = 0
+    disagree = 0
+    for it in ds.get("ROIContourSequence") or []:
+        n = int(it.get("ReferencedROINumber", -1) or -1)
+        if n not in hdr.rois or (rois is not None and n not in rois):
+            continue
+        for c in it.get("ContourSequence") or []:
+            gtype = str(c.get("ContourGeometricType", "") or "").upper()
+            if gtype not in ("CLOSED_PLANAR", "CLOSEDPLANAR_XOR"):
+                skipped_types[gtype] = skipped_types.get(gtype, 0) + 1
+                continue
+            data = c.get("ContourData")
+            if not data or len(data) < 9 or len(data) % 3:
+                continue
+            pts = np.asarray([float(v) for v in data], dtype=float).reshape(-1, 3)
+            k_pos = series.index_at(pts.mean(axis=0))
+            k_uid = None
+            for im in c.get("ContourImageSequence") or []:
+                k_uid = sop_index.get(str(im.get("ReferencedSOPInstanceUID", "")))
+                if k_uid is not None:
+                    break
+            if k_pos is not None and k_uid is not None and k_pos != k_uid:
+                disagree += 1
+            k = k_pos if k_pos is not None else k_uid
+            if k is None:
+                off_slice += 1
+                continue
+            polys.setdefault(n, {}).setdefault(k, []).append(series.to_rc(pts, k))
+    masks: dict[int, dict[int, np.ndarray]] = {}
+    for n, by_slice in polys.items():
+        masks[n] = {k: fill_even_odd(ps, (R, C)) for k, ps in sorted(by_slice.items())}
+    for gtype, cnt in sorted(skipped_types.items()):
+        notes.append(f"{name}: {cnt} {gtype or 'untyped'} contour(s) skipped (not closed areas)")
+    if off_slice:
+        notes.append(f"{name}: {off_slice} contour(s) lie on no slice of the series and were skipped")
+    if disagree:
+        notes.append(f"{name}: {disagree} contour(s) reference an image at another position; placed by position")
+    for n, roi in hdr.rois.items():
+        if (rois is None or n in rois) and n not in masks and roi.n_contours:
+            notes.append(f"{name}: ROI {roi.name!r} has no closed contour on the series")
+    layers, layer_rois, overlaps = _pack(masks, (K, R, C))
+    return RtStructVolume(hdr, layers, layer_rois, overlaps, notes)

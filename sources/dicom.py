@@ -1,0 +1,347 @@
+"""DICOM image series with their annotations: DICOM-SEG, RTSTRUCT, or a NIfTI label map.
+
+Adapters
+--------
+* ``dicom_seg``          CT/MR series + DICOM Segmentation object(s)
+* ``dicom_rtstruct``     CT/MR series + RT Structure Set
+* ``dicom_nifti_labels`` CT/MR series + NIfTI integer label map (aligned in physical space)
+
+Layout options (card ``layout``)
+--------------------------------
+* ``cases``: explicit list of ``{id, series, seg | rtstruct | labels}`` — ``series`` is a folder (or a
+  file glob) relative to the root; the annotation is a file relative to the root.  Optional ``patient``.
+* otherwise **scan mode** (``dicom_seg`` / ``dicom_rtstruct``): every file under the root (or under
+  ``layout.scan``, a folder relative to the root) is indexed header-only; each SEG (RTSTRUCT) becomes a
+  case, paired with the image series it references (by SeriesInstanceUID or referenced SOP
+  Instance UIDs).  The case id is the annotation's path relative to the root, without extension,
+  ``/`` replaced by ``__``.
+* ``patient_regex``: first group of the case id/path = patient id.  Without it the series'
+  PatientID is used (hashed before any output), else the case id.
+
+Labels
+------
+A segment's term comes from its coded concept first — card ``labels`` keys like ``"SCT:10200004"`` or
+``"SRT:T-62000"`` (scheme designator : code value), then a small built-in code table
+(:data:`DEFAULT_CODES`) — with ``_left``/``_right`` appended for a laterality modifier; then from its
+SegmentLabel (card ``labels``, then the glossary).  RTSTRUCT ROIs resolve by ROI name (card ``labels``,
+then the glossary), then by their identification code.  Structures without a term are skipped with
+a note.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.align import align_labels_to_image
+from pipeline.readers import ReadError
+from pipeline.readers.dicom import DicomIndex, DicomSeries, index_dicom, list_files, read_series
+from pipeline.readers.dicom_seg import read_seg
+from pipeline.readers.nifti import read_nifti
+from pipeline.readers.rtstruct import read_rtstruct
+from pipeline.types import CaseRef, LabelLayer, Study
+from sources.base import SourceAdapter
+
+# SNOMED CT / SNOMED-RT codes of common segmented structures -> canonical term.  Card ``labels``
+# override and extend this table.
+DEFAULT_CODES: dict[str, str] = {
+    "SCT:10200004": "liver", "SRT:T-62000": "liver",
+    "SCT:78961009": "spleen", "SRT:T-C3000": "spleen",
+    "SCT:64033007": "kidney", "SRT:T-71000": "kidney",
+    "SCT:15776009": "pancreas", "SRT:T-65000": "pancreas",
+    "SCT:28231008": "gallbladder", "SRT:T-63000": "gallbladder",
+    "SCT:69695003": "stomach", "SRT:T-57000": "stomach",
+    "SCT:15825003": "aorta", "SRT:T-42000": "aorta",
+    "SCT:80891009": "heart", "SRT:T-32000": "heart",
+    "SCT:39607008": "lung", "SRT:T-28000": "lung",
+    "SCT:2748008": "spinal_cord", "SRT:T-A7010": "spinal_cord",
+    "SCT:89837001": "urinary_bladder", "SRT:T-74000": "urinary_bladder",
+    "SCT:41216001": "prostate", "SRT:T-92000": "prostate",
+    "SCT:12738006": "brain", "SRT:T-A0100": "brain",
+}
+_MODALITY = {"PT": "PET", "MR": "MR", "CT": "CT", "NM": "NM", "US": "US"}
+
+
+def _safe_id(rel: str) -> str:
+    stem = re.sub(r"\.(dcm|dicom|ima)$", "", rel, flags=re.I)
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", stem.replace("/", "__")).strip("_") or "case"
+
+
+class _DicomBase(SourceAdapter):
+    """Shared discover/load plumbing: a series plus one annotation file per case."""
+
+    role: str = ""  # "seg" / "rtstruct" / "labels"
+
+    # discovery ---------------------------------------------------------------------------------
+    def discover(self) -> list[CaseRef]:
+        lay = self.card.layout
+        if "cases" in lay:
+            refs = [self._explicit(c) for c in lay["cases"]]
+        else:
+            refs = self._scan()
+        return sorted(refs, key=lambda r: r.case_id)
+
+    def _series_files(self, spec: str) -> list[Path]:
+        p = self.root / spec
+        if p.is_dir() or p.is_file():
+            return list_files(p)
+        return [q for q in self.glob(spec)]
+
+    def _explicit(self, c: dict) -> CaseRef:
+        cid = str(c["id"])
+        if self.role not in c or "series" not in c:
+            raise ValueError(f"card {self.card.name}: each layout.cases entry needs `id`, `series` and `{self.role}`")
+        ann = self.root / c[self.role]
+        files = self._series_files(str(c["series"]))
+        patient = str(c.get("patient") or self._patient(cid, ann, files))
+        return CaseRef(
+            source=self.card.name,
+            case_id=cid,
+            patient_id=patient,
+            paths={"series": str(self.root / c["series"]), self.role: str(ann)},
+            official_split=self.official_split(ann.as_posix(), cid),
+            extra={"files": [str(f) for f in files]},
+        )
+
+    def _patient(self, cid: str, ann: Path, files: list[Path], dicom_pid: str | None = None) -> str:
+        if self.card.layout.get("patient_regex"):
+            return self.patient_of(cid, ann.as_posix())
+        if dicom_pid is None and files:
+            from pipeline.readers.dicom import read_file_info
+
+            try:
+                dicom_pid = read_file_info(files[0]).patient_id
+            except ReadError:
+                dicom_pid = None
+        return dicom_pid or cid
+
+    def _index(self) -> DicomIndex:
+        scan = self.root / str(self.card.layout.get("scan", "."))
+        if not scan.exists():
+            raise ValueError(f"card {self.card.name}: scan folder {scan} does not exist (layout.scan / root)")
+        return index_dicom(scan)
+
+    def _scan(self) -> list[CaseRef]:
+        idx = self._index()
+        anns = idx.segs if self.role == "seg" else idx.rtstructs
+        by_sop: dict[str, str] = {}
+        for uid, g in idx.series.items():
+            for f in g.files:
+                by_sop[f.sop_uid] = uid
+        refs = []
+        for h in anns:
+            uid = next((u for u in h.referenced_series_uids if u in idx.series), None)
+            if uid is None:
+                uid = next((by_sop[s] for s in h.referenced_sop_uids if s in by_sop), None)
+            ann = Path(h.path)
+            rel = ann.relative_to(self.root).as_posix()
+            cid = _safe_id(rel)
+            group = idx.series.get(uid) if uid else None
+            files = [Path(f.path) for f in group.files] if group else []
+            series_dir = Path(_common_dir(files)) if files else ann.parent
+            refs.append(
+                CaseRef(
+                    source=self.card.name,
+                    case_id=cid,
+                    patient_id=self._patient(cid, ann, files, group.patient_id if group else None),
+                    paths={"series": str(series_dir), self.role: str(ann)},
+                    official_split=self.official_split(rel, cid),
+                    extra={"files": [str(f) for f in files]},
+                )
+            )
+        return refs
+
+    # loading -----------------------------------------------------------------------------------
+    def _read_series(self, ref: CaseRef) -> DicomSeries:
+        files = ref.extra.get("files") or []
+        if not files:
+            raise ReadError(
+                f"no image series found for {Path(ref.paths[self.role]).name} under {self.root.name}",
+                file=ref.paths[self.role],
+                hint="the series it references is not in the dataset folder; download it next to the annotation",
+            )
+        return read_series(files)
+
+    def _term(self, label: str) -> str | None:
+        try:
+            return self.term_for(label)
+        except ImportError:  # glossary module not available: card labels only
+            table = self.card.label_table()
+            return table.get(label)
+
+    def _study(self, ref: CaseRef, series: DicomSeries, layers: list[LabelLayer], notes: list[str]) -> Study:
+        vol, geom = series.to_canonical()
+        attrs = self.case_attrs(ref.case_id)
+        modality = _MODALITY.get(series.modality, attrs["modality"]) if series.modality else attrs["modality"]
+        ras0 = geom.affine[:3, 3]
+        return Study(
+            ref=ref,
+            modality=modality,
+            image=vol,
+            spacing=geom.spacing,
+            is_3d=True,
+            layers=layers,
+            origin_mm=(float(-ras0[0]), float(-ras0[1]), float(ras0[2])),
+            intensity_preset=self.card.intensity.preset,
+            rescaled=series.rescaled or modality == "CT",
+            notes=list(series.notes) + notes,
+            transform={
+                "reader": "dicom_series",
+                "source_orientation": "".join(geom.source_codes),
+                "canonical": "SPL",
+                "oblique_deg": round(geom.oblique_deg, 3),
+                "spacing_mm": [round(s, 4) for s in geom.spacing],
+                "slices": int(series.shape[0]),
+                "body_region": attrs["body_region"],
+                "annotation": self.role,
+            },
+        )
+
+    def _layers(self, series: DicomSeries, packed: list[np.ndarray], packed_ids: list[list[int]],
+                names: dict[int, str], origin: str) -> list[LabelLayer]:
+        out = []
+        for arr, ids in zip(packed, packed_ids):
+            keep = {i: names[i] for i in ids if i in names}
+            if not keep:
+                continue
+            drop = [i for i in ids if i not in names]
+            if drop:
+                arr = np.where(np.isin(arr, drop), 0, arr).astype(arr.dtype)
+            canon, _ = series.to_canonical(arr)
+            out.append(LabelLayer(canon, keep, origin=origin))
+        return out
+
+
+def _common_dir(files: list[Path]) -> str:
+    import os
+
+    return os.path.commonpath([str(f.parent) for f in files])
+
+
+class DicomSegAdapter(_DicomBase):
+    name = "dicom_seg"
+    formats = ("dicom", "dicom-seg")
+    description = "CT/MR DICOM series + DICOM-SEG (binary/fractional/labelmap; frames mapped by UID or position)"
+    role = "seg"
+
+    def segment_term(self, seg) -> str | None:
+        table = {**DEFAULT_CODES, **self.card.label_table()}
+        term = None
+        for key in seg.code_keys():
+            if key in table:
+                term = table[key]
+                break
+        if term is not None:
+            lat = seg.laterality
+            if lat and not re.search(r"(^|_)(left|right)(_|$)", term):
+                term = f"{term}_{lat}"
+            return term
+        for text in (seg.label, seg.property_type.meaning if seg.property_type else ""):
+            if text:
+                term = self._term(text)
+                if term is not None:
+                    return term
+        return None
+
+    def load(self, ref: CaseRef) -> Study:
+        series = self._read_series(ref)
+        vol = read_seg(ref.paths["seg"], series)
+        notes = list(vol.notes)
+        names: dict[int, str] = {}
+        for n, seg in sorted(vol.header.segments.items()):
+            term = self.segment_term(seg)
+            if term is None:
+                code = seg.property_type.key if seg.property_type else "no code"
+                notes.append(f"segment {n} ({seg.label!r}, {code}) has no term in card {self.card.name}; skipped")
+            else:
+                names[n] = term
+        layers = self._layers(series, vol.layers, vol.layer_segments, names, ref.paths["seg"])
+        if not layers:
+            raise ReadError(
+                f"{Path(ref.paths['seg']).name}: no segment maps to a term of card {self.card.name} (segments: "
+                + ", ".join(f"{n} {s.label!r} {s.property_type.key if s.property_type else ''}"
+                            for n, s in vol.header.segments.items()) + ")",
+                file=ref.paths["seg"],
+                hint="add the segment codes (e.g. 'SCT:10200004': liver) or labels to the card's labels",
+            )
+        if vol.overlaps:
+            notes.append(f"overlapping segments {vol.overlaps}: stored as {len(layers)} label layers")
+        return self._study(ref, series, layers, notes)
+
+
+class DicomRtstructAdapter(_DicomBase):
+    name = "dicom_rtstruct"
+    formats = ("dicom", "rtstruct")
+    description = "CT/MR DICOM series + RT Structure Set (closed planar contours, even-odd fill)"
+    role = "rtstruct"
+
+    def roi_term(self, roi) -> str | None:
+        term = self._term(roi.name)
+        if term is None and roi.code is not None:
+            table = {**DEFAULT_CODES, **self.card.label_table()}
+            term = table.get(roi.code.key) or self._term(roi.code.meaning)
+        return term
+
+    def load(self, ref: CaseRef) -> Study:
+        series = self._read_series(ref)
+        from pipeline.readers.rtstruct import read_rtstruct_header
+
+        hdr = read_rtstruct_header(ref.paths["rtstruct"])
+        names: dict[int, str] = {}
+        notes: list[str] = []
+        for n, roi in sorted(hdr.rois.items()):
+            term = self.roi_term(roi)
+            if term is None:
+                notes.append(f"ROI {roi.name!r} has no term in card {self.card.name}; skipped")
+            else:
+                names[n] = term
+        if not names:
+            raise ReadError(
+                f"{Path(ref.paths['rtstruct']).name}: no ROI maps to a term of card {self.card.name} "
+                f"(ROIs: {', '.join(r.name for r in hdr.rois.values())})",
+                file=ref.paths["rtstruct"], hint="add the ROI names to the card's labels")
+        vol = read_rtstruct(ref.paths["rtstruct"], series, rois=sorted(names))
+        notes.extend(vol.notes)
+        layers = self._layers(series, vol.layers, vol.layer_rois, names, ref.paths["rtstruct"])
+        if not layers:
+            raise ReadError(f"{Path(ref.paths['rtstruct']).name}: no named ROI has a closed contour on the series",
+                            file=ref.paths["rtstruct"], hint="the contours lie outside the series")
+        return self._study(ref, series, layers, notes)
+
+
+class DicomNiftiLabelsAdapter(_DicomBase):
+    name = "dicom_nifti_labels"
+    formats = ("dicom", "nifti")
+    description = "CT/MR DICOM series + NIfTI integer label map (aligned in physical space)"
+    role = "labels"
+
+    def discover(self) -> list[CaseRef]:
+        if "cases" not in self.card.layout:
+            raise ValueError(f"card {self.card.name}: dicom_nifti_labels needs layout.cases [{{id, series, labels}}]")
+        return super().discover()
+
+    def load(self, ref: CaseRef) -> Study:
+        series = self._read_series(ref)
+        labels, lab_aff = read_nifti(ref.paths["labels"], integer_labels=True)
+        arr, note = align_labels_to_image(labels, lab_aff, series.shape, series.affine_ras,
+                                          label_file=ref.paths["labels"], image_file=series.files[0])
+        m = np.linalg.inv(lab_aff) @ series.affine_ras
+        exact = np.allclose(m[:3, :3], np.round(m[:3, :3]), atol=1e-4) and np.allclose(m[:3, 3], np.round(m[:3, 3]), atol=1e-3)
+        notes = [f"label map {Path(ref.paths['labels']).name} reoriented onto the series grid (exact voxel match)"
+                 if exact else note]
+        names: dict[int, str] = {}
+        for v in np.unique(arr).tolist():
+            if v == 0:
+                continue
+            term = self._term(str(v))
+            if term is None:
+                notes.append(f"label id {v} in {Path(ref.paths['labels']).name} has no term in card {self.card.name}")
+            else:
+                names[int(v)] = term
+        if not names:
+            raise ReadError(f"{Path(ref.paths['labels']).name}: no label id maps to a term of card {self.card.name}",
+                            file=ref.paths["labels"], hint="check the card's labels against the label file")
+        canon, _ = series.to_canonical(arr)
+        return self._study(ref, series, [LabelLayer(canon, names, origin=ref.paths["labels"])], notes)
