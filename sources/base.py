@@ -114,6 +114,8 @@ _BUILTIN: dict[str, str] = {
     "dicom_seg": "sources.dicom:DicomSegAdapter",
     "dicom_rtstruct": "sources.dicom:DicomRtstructAdapter",
     "dicom_nifti_labels": "sources.dicom:DicomNiftiLabelsAdapter",
+    "cxr14_csv": "sources.detection:Cxr14CsvAdapter",
+    "coco_json": "sources.detection:CocoJsonAdapter",
 }
 
 
