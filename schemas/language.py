@@ -337,6 +337,9 @@ NAME_REQUIRED = {
     ("text_to_region", "answer_absent"): {"term", "Term"},
 }
 
+#: How system prompts spell the box format (allowed verbatim in every language).
+BOX_FORMAT = "[x1, y1, x2, y2]"
+
 _PAIRS = {"(": ")", "[": "]", "{": "}", "（": "）", "【": "】", "「": "」", "《": "》", "“": "”"}
 _ASCII_PUNCT_ZH = set(",.?!:;()")
 _FULLWIDTH_PUNCT = set("，。？！：；（）、【】「」《》“”")
@@ -378,8 +381,8 @@ def check_language(text: str, lang: str) -> None:
     # look only at the literal text, not at the placeholders
     literal = "".join(lit for lit, _f, _s, _c in _FORMATTER.parse(text))
     if lang == "zh":
-        if not _CJK.search(literal):
-            raise ValueError("a zh template must contain Chinese text")
+        if literal.strip() and not _CJK.search(literal):
+            raise ValueError("a zh template must contain Chinese text (or be placeholders only)")
         bad = _ASCII_PUNCT_ZH.intersection(literal)
         if bad:
             raise ValueError(f"zh template uses ASCII punctuation {''.join(sorted(bad))!r}: use full-width marks")
@@ -433,7 +436,8 @@ class TemplateBankSpec(BaseModel):
                 if "{" in sp.text or "}" in sp.text or "<" in sp.text or ">" in sp.text:
                     raise ValueError("system prompts are fixed text: no placeholders and no tags")
                 check_balanced(sp.text)
-                check_language(sp.text, self.lang)
+                # the box format "[x1, y1, x2, y2]" is quoted verbatim in every language
+                check_language(sp.text.replace(BOX_FORMAT, ""), self.lang)
             except ValueError as exc:
                 errors.append(f"{sp.id}: {exc}")
         for t in self.templates:
