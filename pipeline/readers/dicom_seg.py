@@ -426,13 +426,14 @@ def _read_physical(path, ds, hdr: SegHeader, frames: list[_Frame], iop, ps, thic
     row_dir, col_dir = iop[:3], iop[3:]
     normal = np.cross(row_dir, col_dir)
     offs = np.array([fr.ipp @ normal for fr in frames])
-    planes = np.unique(np.round(offs, 3))
+    d0 = float(offs.min())
+    planes = np.unique(np.round(offs - d0, 3))
     if planes.size > 1:
         step = float(np.min(np.diff(planes)))
     else:
         step = float(thick or series.slice_spacing or 1.0)
-    kk = np.rint((offs - planes[0]) / step).astype(int)
-    if np.abs((offs - planes[0]) - kk * step).max() > 0.1 * step:
+    kk = np.rint((offs - d0) / step).astype(int)
+    if np.abs((offs - d0) - kk * step).max() > 0.1 * step:
         notes.append(f"{name}: frame planes are not evenly spaced; placed at the nearest step of {step:.3f} mm")
     nk = int(kk.max()) + 1
     origin_frame = frames[int(np.argmin(offs))]
@@ -440,13 +441,18 @@ def _read_physical(path, ds, hdr: SegHeader, frames: list[_Frame], iop, ps, thic
     aff[:3, 0] = normal * step
     aff[:3, 1] = col_dir * ps[0]
     aff[:3, 2] = row_dir * ps[1]
-    aff[:3, 3] = origin_frame.ipp - normal * (origin_frame.ipp @ normal - planes[0])
+    aff[:3, 3] = origin_frame.ipp
     shape = (nk, hdr.rows, hdr.cols)
     masks = _accumulate(path, hdr, frames, [int(k) for k in kk], shape)
     layers, layer_segs, overlaps = _pack(masks, shape)
     out_layers = []
+    # pad one empty voxel on every side: a target voxel centre that falls a hair (float noise) or up to
+    # half a voxel outside the SEG's first/last sample still belongs to that edge voxel
+    shift = np.eye(4)
+    shift[:3, 3] = -1.0
+    aff_p = aff @ shift
     for arr in layers:
-        res, note = align_labels_to_image(arr, aff, series.shape, series.affine_lps, label_file=path,
+        res, note = align_labels_to_image(np.pad(arr, 1), aff_p, series.shape, series.affine_lps, label_file=path,
                                           image_file=series.files[0] if series.files else "")
         out_layers.append(res.astype(np.uint16))
     notes.append(f"{name}: the SEG grid ({hdr.rows}x{hdr.cols}, {nk} planes, spacing {ps.tolist()} mm) differs from "
