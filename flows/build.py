@@ -110,7 +110,10 @@ def build_release(config_path: str, out: str = "out", on_case: Any = None) -> di
     store = ImageStore(store_dir)
     prepared = prepare_sources(cfg, samples_root)
     cfg_json = case_config_json(cfg)
-    storage = LocalFileSystem(basepath=str((store_dir / "prefect-results").resolve()))
+    results_dir = str((store_dir / "prefect-results").resolve())
+    block_name = "medreg-results-" + stable_id(results_dir, length=12)
+    LocalFileSystem(basepath=results_dir).save(block_name, overwrite=True)  # result storage lives server-side
+    storage = f"local-file-system/{block_name}"
     runner_task = case_task.with_options(
         result_storage=storage,
         cache_policy=(INPUTS + TASK_SOURCE).configure(key_storage=str((store_dir / "prefect-keys").resolve())),

@@ -51,7 +51,10 @@ def _layer_regions(study: Study, label_slices: list[np.ndarray], policy: BoxPoli
             connectivity=policy.connectivity,
             instance=layer.instance,
         )
-        regions.extend(_to_regions(found, w, h))
+        regions.extend(
+            r for r in _to_regions(found, w, h)
+            if r.box_px[2] - r.box_px[0] + 1 >= policy.min_box_px and r.box_px[3] - r.box_px[1] + 1 >= policy.min_box_px
+        )
     return regions
 
 

@@ -22,7 +22,7 @@ class BoxPolicy(BaseModel):
     min_pixels: int = Field(0, ge=0, description="drop connected components smaller than this")
     min_fraction: float = Field(0.0, ge=0.0, lt=1.0, description="... or smaller than this image fraction")
     connectivity: Literal[1, 2] = 1  # 1 = 4-connected, 2 = 8-connected
-    min_box_px: int = Field(2, ge=1, description="rule validator: smallest box side in pixels")
+    min_box_px: int = Field(3, ge=1, description="regions whose box is narrower or shorter than this are not emitted")
 
 
 class IntensitySpec(BaseModel):

@@ -66,11 +66,13 @@ class SourceAdapter(ABC):
     def case_attrs(self, case_id: str) -> dict[str, str]:
         """Per-case modality/body region from ``layout.case_rules`` ([{regex, modality, body_region}]),
         first match wins; defaults from the card."""
-        attrs = {"modality": self.card.modality, "body_region": self.card.body_region or ""}
+        attrs = {"modality": self.card.modality, "body_region": self.card.body_region or "", "display": "none"}
         for rule in self.card.layout.get("case_rules", []):
             if re.search(rule["regex"], case_id):
-                attrs.update({k: v for k, v in rule.items() if k in ("modality", "body_region")})
+                attrs.update({k: v for k, v in rule.items() if k in ("modality", "body_region", "display")})
                 break
+        if attrs["display"] not in DISPLAY_OPS:
+            raise ValueError(f"card {self.card.name}: case_rules display must be one of {sorted(DISPLAY_OPS)}")
         return attrs
 
     def glob(self, pattern: str) -> list[Path]:
@@ -92,6 +94,20 @@ class SourceAdapter(ABC):
                 if term is not None:
                     return term
         return None
+
+
+DISPLAY_OPS = {"none", "rot180", "flip_lr", "flip_ud"}
+
+
+def apply_display(arr, op: str):  # noqa: ANN001, ANN201 - numpy array in, view out
+    """Fix a 2-D export stored off the radiological convention; ``arr`` is ``(H, W)`` or ``(H, W, 3)``."""
+    if op == "rot180":
+        return arr[::-1, ::-1]
+    if op == "flip_lr":
+        return arr[:, ::-1]
+    if op == "flip_ud":
+        return arr[::-1]
+    return arr
 
 
 def _label_table(card: SourceCard) -> dict[str, str]:

@@ -23,7 +23,7 @@ import numpy as np
 from pipeline.readers import ReadError
 from pipeline.readers.image2d import read_image, read_mask
 from pipeline.types import CaseRef, LabelLayer, Study
-from sources.base import SourceAdapter
+from sources.base import SourceAdapter, apply_display
 
 
 class MaskFolderAdapter(SourceAdapter):
@@ -101,6 +101,10 @@ class MaskFolderAdapter(SourceAdapter):
             if names:
                 layers.append(LabelLayer(arr[None], names, instance=(kind == "instance"), origin=mpath))
         attrs = self.case_attrs(ref.case_id)
+        if attrs["display"] != "none":
+            image = np.ascontiguousarray(apply_display(image, attrs["display"]))
+            for layer in layers:
+                layer.array = np.ascontiguousarray(apply_display(layer.array[0], attrs["display"]))[None]
         return Study(
             ref=ref,
             modality=attrs["modality"],
@@ -109,7 +113,7 @@ class MaskFolderAdapter(SourceAdapter):
             layers=layers,
             rescaled=False,
             notes=notes,
-            transform={"body_region": attrs["body_region"], "display": "as stored"},
+            transform={"body_region": attrs["body_region"], "display": attrs["display"]},
         )
 
 

@@ -18,7 +18,7 @@ import numpy as np
 from pipeline.readers import ReadError
 from pipeline.readers.image2d import read_image, read_mask
 from pipeline.types import CaseRef, LabelLayer, Study
-from sources.base import SourceAdapter
+from sources.base import SourceAdapter, apply_display
 
 _INSTANCE = re.compile(r"^(?P<structure>.+)_(?P<instance>\d{3,})$")
 
@@ -103,6 +103,10 @@ class SamMed2DAdapter(SourceAdapter):
                 )
             layers.append(LabelLayer(mask[None], {1: term}, instance=True, origin=mpath))
         attrs = self.case_attrs(ref.case_id)
+        if attrs["display"] != "none":
+            image = np.ascontiguousarray(apply_display(image, attrs["display"]))
+            for layer in layers:
+                layer.array = np.ascontiguousarray(apply_display(layer.array[0], attrs["display"]))[None]
         return Study(
             ref=ref,
             modality=attrs["modality"],
@@ -111,5 +115,5 @@ class SamMed2DAdapter(SourceAdapter):
             layers=layers,
             rescaled=False,
             notes=notes,
-            transform={"body_region": attrs["body_region"], "display": "as stored (already windowed 8-bit)"},
+            transform={"body_region": attrs["body_region"], "display": attrs["display"], "intensity": "as stored (8-bit)"},
         )
