@@ -1,0 +1,26 @@
+"""Run every CPU benchmark in one process-free sequence (each prints its own ratios).
+
+    python -m benchmarks.run_all [--quick]
+
+B6 (model judges on GPU) runs through benchmarks/gpu_check.sh on a GPU machine.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+BENCHES = ["benchmarks.b1_boxes", "benchmarks.b2_end_to_end", "benchmarks.b7_dicom_series", "benchmarks.b8_samples"]
+
+
+def main() -> int:
+    extra = [a for a in sys.argv[1:] if a == "--quick"]
+    rc = 0
+    for mod in BENCHES:
+        print(f"\n=== {mod} ===", flush=True)
+        rc |= subprocess.call([sys.executable, "-m", mod, *extra])
+    return rc
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
