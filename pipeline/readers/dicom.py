@@ -355,9 +355,11 @@ def choose_series(groups: dict[str, SeriesGroup], series_uid: str | None, where:
         return next(iter(groups.values())), notes
     ranked = sorted(groups.values(), key=lambda g: (-g.n_slices, g.series_uid))
     chosen = ranked[0]
+    # notes reach the run report: name series by a file, never by UID (UIDs can embed dates)
     notes.append(
-        f"{where} holds {len(groups)} image series; read the largest, {chosen.series_uid} ({chosen.n_slices} slices); "
-        "others: " + ", ".join(f"{g.series_uid} ({g.n_slices})" for g in ranked[1:])
+        f"{Path(where).name or where} holds {len(groups)} image series; read the largest ({chosen.n_slices} slices, "
+        f"e.g. {Path(chosen.files[0].path).name}); others: "
+        + ", ".join(f"{g.n_slices} slices (e.g. {Path(g.files[0].path).name})" for g in ranked[1:])
     )
     return chosen, notes
 
