@@ -69,7 +69,7 @@ class StatsConfig(_Cfg):
 class ClipConfig(_Cfg):
     """Embedding judge: crop of each box vs text prompts of the true term and its alternatives."""
 
-    _runtime_fields: ClassVar[frozenset[str]] = frozenset({"batch_size", "device", "margin_px_min"})
+    _runtime_fields: ClassVar[frozenset[str]] = frozenset({"batch_size", "device", "preprocess_workers"})
 
     model_path: str | None = Field(None, description="local directory of a transformers CLIP-style checkpoint")
     prompt: str = "a {modality} image of the {name}"
@@ -81,6 +81,7 @@ class ClipConfig(_Cfg):
     alternatives: Literal["glossary", "batch", "glossary+batch"] = "glossary+batch"
     fail_below: float | None = Field(None, description="softmax prob of the true term below this -> fail")
     batch_size: int = Field(64, ge=1)
+    preprocess_workers: int = Field(4, ge=1, description="threads preparing crop batches ahead of the model")
     device: Literal["auto", "cuda", "cpu"] = "auto"
 
 

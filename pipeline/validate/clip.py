@@ -19,7 +19,7 @@ The model is any transformers checkpoint exposing ``get_image_features`` / ``get
 (CLIPModel, SiglipModel, ...), loaded from a local directory with ``local_files_only=True`` and no
 remote code.  Inference runs under ``torch.inference_mode`` in eval mode (deterministic for a given
 device), on CUDA with bf16 autocast when available, otherwise on CPU with a one-time warning.
-Crops are preprocessed on a helper thread while the previous batch runs on the device.
+Crops are preprocessed by ``preprocess_workers`` threads ahead of the batch running on the device.
 """
 
 from __future__ import annotations
@@ -247,11 +247,13 @@ class ClipJudge:
             ]
 
         feats: list[Any] = []
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            nxt = pool.submit(prep, chunks[0]) if chunks else None
+        workers = max(1, self.config.preprocess_workers)
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            pending = [pool.submit(prep, c) for c in chunks[: workers + 1]]
             for j in range(len(chunks)):
-                pv = nxt.result()  # type: ignore[union-attr]
-                nxt = pool.submit(prep, chunks[j + 1]) if j + 1 < len(chunks) else None
+                pv = pending.pop(0).result()
+                if j + workers + 1 < len(chunks):  # keep the preprocessing pipeline full
+                    pending.append(pool.submit(prep, chunks[j + workers + 1]))
                 pv = pv.to(self.device, non_blocking=True)
                 with torch.inference_mode(), self._autocast():
                     f = _features(self._model.get_image_features(pixel_values=pv))
