@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
@@ -122,6 +122,10 @@ class GroundingConfig(_Cfg):
     max_terms_per_row: int = Field(2, ge=1)
     max_new_tokens: int = Field(128, ge=1)
     temperature: float = 0.0
+    extra_body: dict[str, Any] = Field(
+        default_factory=dict,
+        description="extra request fields for the openai backend, e.g. {'skip_special_tokens': false} on vLLM",
+    )
     iou_pass: float = Field(0.5, ge=0, le=1)
     iou_fail: float | None = Field(None, description="IoU score below this -> fail (None: flag only)")
     cache_dir: str | None = Field(None, description="answer cache directory (a rerun asks nothing twice)")

@@ -145,12 +145,19 @@ def test_perfect_model_passes_and_wire_format(tmp_path) -> None:
     assert req["path"] == "/v1/chat/completions" and req["auth"] == "Bearer test-key"
     body = req["body"]
     assert body["model"] == "medrega" and body["max_tokens"] == 128 and body["temperature"] == 0.0
+    assert "skip_special_tokens" not in body
     url = body["messages"][0]["content"][0]["image_url"]["url"]
     assert url.startswith("data:image/png;base64,")
     from PIL import Image
 
     png = Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1])))
     assert np.array_equal(np.asarray(png), it.image)
+
+
+def test_extra_body_reaches_the_server() -> None:
+    with FakeServer(oracle) as srv:
+        make_judge(srv, tasks=["text_to_region"], extra_body={"skip_special_tokens": False}).validate([item(["liver"])])
+    assert srv.requests[0]["body"]["skip_special_tokens"] is False
 
 
 def test_slow_answer_times_out_then_retry_succeeds() -> None:

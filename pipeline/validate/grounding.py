@@ -179,6 +179,7 @@ class OpenAIBackend:
                     messages=messages,  # type: ignore[arg-type]
                     max_tokens=cfg.max_new_tokens,
                     temperature=cfg.temperature,
+                    extra_body=cfg.extra_body or None,
                 )
             except Exception as exc:  # noqa: BLE001
                 last = f"{type(exc).__name__}: {str(exc)[:200]}"
@@ -308,7 +309,8 @@ class GroundingJudge:
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def _gen_params(self) -> dict[str, Any]:
-        return {"max_new_tokens": self.config.max_new_tokens, "temperature": self.config.temperature}
+        c = self.config
+        return {"max_new_tokens": c.max_new_tokens, "temperature": c.temperature, "extra_body": c.extra_body}
 
     def answer(self, requests: list[Request]) -> list[Answer]:
         """Answers in request order: from the cache when there, else from the backend (deduplicated)."""
