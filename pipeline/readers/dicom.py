@@ -180,6 +180,53 @@ def _frame_slices(ds, path: str, n_frames: int) -> list[SliceHeader]:
     return out
 
 
+_FAST_VR = {
+    "SOPClassUID": "UI", "SOPInstanceUID": "UI", "SeriesInstanceUID": "UI", "FrameOfReferenceUID": "UI",
+    "Modality": "CS", "PhotometricInterpretation": "CS", "ImagePositionPatient": "DS",
+    "ImageOrientationPatient": "DS", "PixelSpacing": "DS", "SliceThickness": "DS", "SpacingBetweenSlices": "DS",
+    "RescaleSlope": "DS", "RescaleIntercept": "DS", "NumberOfFrames": "IS", "Rows": "US", "Columns": "US",
+    "BitsAllocated": "US", "BitsStored": "US", "PixelRepresentation": "US", "SamplesPerPixel": "US",
+}
+_FAST_TAG = {kw: pydicom.datadict.tag_for_keyword(kw) for kw in _FAST_VR}
+
+
+class _Fast:
+    """Header access for the few geometry/intensity tags, straight from the raw element bytes.
+
+    pydicom converts raw values lazily through a general (and, for 300 files x 20 tags, noticeable)
+    machinery; these tags have fixed VRs, so their bytes are decoded here.  Anything unusual (deferred,
+    already converted, other tags) goes through ``Dataset.get``.
+    """
+
+    __slots__ = ("ds",)
+
+    def __init__(self, ds) -> None:
+        self.ds = ds
+
+    def get(self, kw: str, default=None):
+        vr = _FAST_VR.get(kw)
+        if vr is None:
+            return self.ds.get(kw, default)
+        elem = self.ds.get_item(_FAST_TAG[kw], keep_deferred=True)
+        if elem is None:
+            return default
+        raw = getattr(elem, "value", None)
+        if not getattr(elem, "is_raw", False) or raw is None or not isinstance(raw, bytes):
+            value = self.ds.get(kw, default)
+            return default if value in (None, "") else value
+        if vr == "US":
+            if len(raw) < 2:
+                return default
+            return int.from_bytes(raw[:2], "little" if elem.is_little_endian else "big")
+        text = raw.decode("latin-1").strip(" \x00")
+        if not text:
+            return default
+        if vr in ("DS", "IS"):
+            parts = [t.strip() for t in text.split("\\")]
+            return parts if len(parts) > 1 else parts[0]
+        return text
+
+
 def read_file_info(path: str | Path, *, ds=None) -> FileInfo:
     """Header facts of one file (pixel data not read).  Raises ReadError when it is not DICOM."""
     path = str(path)
@@ -194,8 +241,10 @@ def read_file_info(path: str | Path, *, ds=None) -> FileInfo:
                             hint="the file is truncated or damaged; re-download it") from exc
     meta = getattr(ds, "file_meta", None)
     ts = str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
+    full = ds
+    ds = _Fast(ds)
     sop_class = str(ds.get("SOPClassUID", "") or (meta.get("MediaStorageSOPClassUID", "") if meta is not None else ""))
-    has_pixels = 0x7FE00010 in ds or 0x7FE00008 in ds or 0x7FE00009 in ds
+    has_pixels = 0x7FE00010 in full or 0x7FE00008 in full or 0x7FE00009 in full
     n_frames = int(ds.get("NumberOfFrames", 1) or 1)
     info = FileInfo(
         path=path,
@@ -203,7 +252,7 @@ def read_file_info(path: str | Path, *, ds=None) -> FileInfo:
         sop_uid=str(ds.get("SOPInstanceUID", "")),
         series_uid=str(ds.get("SeriesInstanceUID", "")),
         modality=str(ds.get("Modality", "")),
-        patient_id=str(ds.get("PatientID", "") or ""),
+        patient_id=str(full.get("PatientID", "") or ""),
         frame_of_reference_uid=str(ds.get("FrameOfReferenceUID", "")),
         transfer_syntax=ts,
         has_pixels=has_pixels,
@@ -217,13 +266,13 @@ def read_file_info(path: str | Path, *, ds=None) -> FileInfo:
     )
     if not info.is_image:
         return info
-    if 0x7FE00010 in ds:
-        raw = ds.get_item(0x7FE00010, keep_deferred=True)
+    if 0x7FE00010 in full:
+        raw = full.get_item(0x7FE00010, keep_deferred=True)
         tell = getattr(raw, "value_tell", None)
         if tell is not None and getattr(raw, "value", 1) is None and ts in _NATIVE_LE:
             info.pixel_tell, info.pixel_length = int(tell), int(raw.length)
-    if n_frames > 1 or "PerFrameFunctionalGroupsSequence" in ds:
-        info.slices = _frame_slices(ds, path, n_frames)
+    if n_frames > 1 or "PerFrameFunctionalGroupsSequence" in full:
+        info.slices = _frame_slices(full, path, n_frames)
     else:
         info.slices = [
             SliceHeader(
@@ -572,19 +621,101 @@ def _read_pixels(info: FileInfo) -> np.ndarray:
     return arr
 
 
-def _rescale(stack: np.ndarray, slopes: np.ndarray, intercepts: np.ndarray) -> tuple[np.ndarray, bool]:
+def _native_dtype(info: FileInfo) -> np.dtype | None:
+    """numpy dtype of a file's pixel data when it can be read straight from the file, else None."""
+    if info.pixel_tell is None or info.samples_per_pixel != 1 or info.bits_allocated not in (8, 16, 32):
+        return None
+    itemsize = info.bits_allocated // 8
+    rows, cols = info.slices[0].rows, info.slices[0].cols
+    if info.pixel_length < rows * cols * info.n_frames * itemsize:
+        return None
+    return np.dtype(f"<{'i' if info.pixel_representation == 1 else 'u'}{itemsize}")
+
+
+def _read_stack(files: list[FileInfo], index: dict, shape: tuple[int, int, int], workers: int | None) -> np.ndarray:
+    """Stored values of every slice, at their sorted indices, in one (K, R, C) array.
+
+    Uncompressed little-endian single-frame files are read straight into the stack (``readinto``, no
+    intermediate copy); anything else goes through :func:`_read_pixels` (pydicom's decoders).
+    """
+    dtypes = {_native_dtype(f) for f in files}
+    if len(dtypes) == 1 and None not in dtypes and all(f.n_frames == 1 for f in files):
+        dtype = dtypes.pop()
+        stack = np.empty(shape, dtype=dtype)
+        nbytes = shape[1] * shape[2] * dtype.itemsize
+
+        def load(info: FileInfo) -> FileInfo | None:
+            k = index[(info.path, None)]
+            with open(info.path, "rb") as fh:
+                fh.seek(info.pixel_tell)
+                got = fh.readinto(memoryview(stack[k]).cast("B"))
+            if got != nbytes:
+                return info  # truncated: let the generic path produce the error
+            bs = info.bits_stored
+            if bs < info.bits_allocated:
+                plane = stack[k]
+                if dtype.kind == "u":
+                    plane &= dtype.type((1 << bs) - 1)
+                else:
+                    shift = info.bits_allocated - bs
+                    plane <<= shift
+                    plane >>= shift
+            return None
+
+        failed = [f for f in _map(load, files, workers) if f is not None]
+        for info in failed:
+            _read_pixels(info)  # raises a ReadError naming the file
+            raise ReadError(f"{Path(info.path).name}: pixel data shorter than Rows x Columns", file=info.path,
+                            hint="the file is truncated; re-download it")
+        return stack
+
+    def load_any(info: FileInfo):
+        return info, _read_pixels(info)
+
+    results = _map(load_any, files, workers)
+    dtype = np.result_type(*[r[1].dtype for r in results])
+    stack = np.empty(shape, dtype=dtype)
+    for info, px in results:
+        if px.shape[1:] != shape[1:] or px.shape[0] != max(1, len(info.slices)):
+            raise ReadError(
+                f"{Path(info.path).name}: pixel data shape {px.shape} does not match Rows/Columns/NumberOfFrames",
+                file=info.path, hint="the file is damaged or its header is wrong")
+        for s, frame in zip(info.slices, px):
+            stack[index[(s.path, s.frame)]] = frame
+    return stack
+
+
+def _stored_range(stack: np.ndarray, bits: tuple[int, int] | None) -> tuple[int, int]:
+    """(min, max) the stored values can take: from BitsStored/PixelRepresentation when that is
+    narrow enough to decide, else measured."""
+    if bits is not None:
+        bs, signed = bits
+        lo, hi = (-(1 << (bs - 1)), (1 << (bs - 1)) - 1) if signed else (0, (1 << bs) - 1)
+        if -32768 <= lo - 4096 and hi + 4096 <= 32767:
+            return lo, hi
+    if not stack.size:
+        return 0, 0
+    return int(stack.min()), int(stack.max())
+
+
+def _rescale(stack: np.ndarray, slopes: np.ndarray, intercepts: np.ndarray,
+             bits: tuple[int, int] | None = None) -> tuple[np.ndarray, bool]:
+    """Apply per-slice slope/intercept.  Works in place on ``stack`` where the result fits its memory."""
     identity = bool(np.all(slopes == 1.0) and np.all(intercepts == 0.0))
     if identity:
-        if stack.dtype == np.uint16 and stack.size and int(stack.max()) <= np.iinfo(np.int16).max:
-            return stack.astype(np.int16), False
+        if stack.dtype == np.uint16 and stack.size and _stored_range(stack, bits)[1] <= np.iinfo(np.int16).max:
+            return stack.view(np.int16), False
         return stack, False
     integral = bool(np.all(slopes == np.round(slopes)) and np.all(intercepts == np.round(intercepts)))
     if integral:
-        lo, hi = (int(stack.min()), int(stack.max())) if stack.size else (0, 0)
+        lo, hi = _stored_range(stack, bits)
         cand = [lo * s + b for s in slopes for b in intercepts] + [hi * s + b for s in slopes for b in intercepts]
         target = np.int16 if min(cand) >= -32768 and max(cand) <= 32767 else np.int32
         if np.all(slopes == 1.0) and np.all(intercepts == intercepts[0]):
-            out = stack.astype(target)
+            if target is np.int16 and stack.dtype in (np.int16, np.uint16) and hi <= 32767:
+                out = stack.view(np.int16)  # in place: values fit int16 before and after
+            else:
+                out = stack.astype(target)
             out += target(intercepts[0])
             return out, True
         out = stack.astype(np.int32) * slopes.astype(np.int32)[:, None, None] + intercepts.astype(np.int32)[:, None, None]
@@ -630,23 +761,11 @@ def read_group(group: SeriesGroup, *, notes: list[str] | None = None, workers: i
     rows, cols = first.rows, first.cols
     multi = any(f.n_frames > 1 for f in group.files)
 
-    # read pixels (file by file; frames of a multi-frame file land at their sorted indices)
-    def load(info: FileInfo):
-        return info, _read_pixels(info)
-
-    results = _map(load, group.files, workers)
-    dtype = np.result_type(*[r[1].dtype for r in results])
-    stack = np.empty((len(slices), rows, cols), dtype=dtype)
-    for info, px in results:
-        if px.shape[1:] != (rows, cols) or px.shape[0] != max(1, len(info.slices)):
-            raise ReadError(
-                f"{Path(info.path).name}: pixel data shape {px.shape} does not match Rows/Columns/NumberOfFrames",
-                file=info.path, hint="the file is damaged or its header is wrong")
-        for s, frame in zip(info.slices, px):
-            stack[index[(s.path, s.frame)]] = frame
+    stack = _read_stack(group.files, index, (len(slices), rows, cols), workers)
     slopes = np.array([s.slope for s in slices], dtype=float)
     intercepts = np.array([s.intercept for s in slices], dtype=float)
-    array, rescaled = _rescale(stack, slopes, intercepts)
+    bits = {(f.bits_stored, f.pixel_representation) for f in group.files}
+    array, rescaled = _rescale(stack, slopes, intercepts, bits=bits.pop() if len(bits) == 1 else None)
     ps = first.pixel_spacing
     aff = np.eye(4)
     aff[:3, 0] = facts["step"]
