@@ -148,6 +148,157 @@ def fetch_samples(
     console.print(f"samples in {target}")
 
 
+# ----------------------------------------------------------------------------------------- eval / export / expand
+
+
+@app.command("export")
+def export_cmd(
+    release: Path = typer.Argument(..., help="a release folder (holding manifest.json)"),
+    fmt: str = typer.Option(..., "--format", "-f", help="internvl-meta | llava"),
+    out: Path = typer.Option(..., "--out", "-o", help="internvl-meta: the meta JSON file; llava: a .json (JSON list, what LLaVA's train.py reads), a .jsonl file, or a folder (one file per shard)"),
+    split: list[str] = typer.Option(["train"], "--split", "-s", help="split(s) to export (repeatable); 'all' for every split"),
+    root_prefix: Optional[str] = typer.Option(None, "--root-prefix", help="internvl-meta: where the release folder lives on the training machine (default: its absolute path here)"),
+    repeat_time: float = typer.Option(1.0, "--repeat-time", help="internvl-meta: repeat_time of every entry (<1 keeps that fraction; >1 must be an integer)"),
+    data_augment: bool = typer.Option(False, "--data-augment/--no-data-augment", help="internvl-meta: data_augment flag"),
+    max_dynamic_patch: Optional[int] = typer.Option(None, "--max-dynamic-patch", help="internvl-meta: per-dataset max_dynamic_patch"),
+    system: str = typer.Option("fold", "--system", help="llava: fold system prompts into the first question, or drop them"),
+) -> None:
+    """Export a release for a trainer: InternVL's --meta_path file or LLaVA (ShareGPT) data."""
+    import orjson
+
+    from pipeline.atomic import write_bytes_atomic
+    from pipeline.export import internvl_meta, write_llava
+
+    splits = None if "all" in split else list(split)
+    try:
+        if fmt == "internvl-meta":
+            meta = internvl_meta(
+                release, root_prefix, splits=splits, repeat_time=repeat_time, data_augment=data_augment,
+                max_dynamic_patch=max_dynamic_patch,
+            )
+            out.parent.mkdir(parents=True, exist_ok=True)
+            write_bytes_atomic(out, orjson.dumps(meta, option=orjson.OPT_INDENT_2) + b"\n")
+            total = sum(e["length"] for e in meta.values())
+            console.print(f"InternVL meta: {len(meta)} dataset entries, {total} rows -> {out}")
+        elif fmt == "llava":
+            if system not in ("fold", "drop"):
+                raise ValueError("--system must be fold or drop")
+            path, n = write_llava(release, out, splits, system=system)  # type: ignore[arg-type]
+            console.print(f"LLaVA: {n} rows -> {path} (image folder: {release})")
+        else:
+            raise ValueError(f"unknown format {fmt!r}: use internvl-meta or llava")
+    except (ValueError, FileNotFoundError) as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+
+
+@app.command("eval")
+def eval_cmd(
+    predictions: Path = typer.Argument(..., help='JSONL of {"id": sample id, "answer": model text}'),
+    release: Path = typer.Option(..., "--release", "-r", help="the release folder the samples come from"),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="write the full report (all metrics, per term) as JSON"),
+    details: Optional[Path] = typer.Option(None, "--details", help="write per-sample scores as JSONL"),
+    split: Optional[list[str]] = typer.Option(None, "--split", "-s", help="split(s) to score (default: the splits holding predicted ids)"),
+    ignore_missing: bool = typer.Option(False, "--ignore-missing", help="leave rows without a prediction out (default: score them as empty answers)"),
+) -> None:
+    """Score model answers against a release: box IoU/acc@t/P-R-F1, term accuracy, grounded-report metrics."""
+    import orjson
+
+    from pipeline.atomic import write_bytes_atomic
+    from pipeline.evaluate import evaluate, render_tables, write_details
+
+    if not predictions.is_file():
+        err.print(f"[red]error:[/red] predictions file {predictions} not found")
+        raise typer.Exit(2)
+    try:
+        report = evaluate(release, predictions, splits=split or None, ignore_missing=ignore_missing)
+    except (ValueError, FileNotFoundError) as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    for t in render_tables(report):
+        console.print(t)
+    c = report.counts
+    line = f"evaluated {c['evaluated']} rows; missing predictions: {c['missing']}" + (" (left out)" if c["missing_ignored"] else " (scored as empty answers)")
+    line += f"; ids not in the release: {c['unknown_ids']}; duplicates: {c['duplicates']}; unreadable lines: {len(c['invalid_lines'])}"
+    (err if c["missing"] or c["unknown_ids"] or c["invalid_lines"] else console).print(line)
+    if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        write_bytes_atomic(json_out, orjson.dumps(report.to_json(), option=orjson.OPT_INDENT_2) + b"\n")
+        console.print(f"report: {json_out}")
+    if details:
+        details.parent.mkdir(parents=True, exist_ok=True)
+        write_details(report, details)
+        console.print(f"per-sample scores: {details}")
+
+
+expand_app = typer.Typer(no_args_is_help=True, help="Draft new templates / glossary synonyms with an LLM into a review file; accept them by hand.")
+app.add_typer(expand_app, name="expand")
+
+
+@expand_app.command("templates")
+def expand_templates_cmd(
+    config: Path = typer.Option(..., "--config", "-c", help="expansion config YAML (docs/evaluation.md, 'Expansion')"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="review file (default: the config's review_file)"),
+) -> None:
+    """Paraphrase template banks with an OpenAI-compatible LLM; valid proposals go to a review file."""
+    _expand_run("templates", config, out)
+
+
+@expand_app.command("glossary")
+def expand_glossary_cmd(
+    config: Path = typer.Option(..., "--config", "-c", help="expansion config YAML"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="review file (default: the config's review_file)"),
+) -> None:
+    """Draft glossary names/synonyms with an OpenAI-compatible LLM into a review file."""
+    _expand_run("glossary", config, out)
+
+
+def _expand_run(kind: str, config: Path, out: Optional[Path]) -> None:
+    from pipeline.expand import ExpandError, load_expand_config, run_expand
+
+    try:
+        cfg = load_expand_config(config)
+        res = run_expand(kind, cfg, review_path=out)
+    except (ExpandError, ValueError, FileNotFoundError) as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    console.print(
+        f"{res.proposed} proposal(s), {res.rejected} rejected by validation; LLM requests: {res.requests} "
+        f"(cache hits: {res.cache_hits}) -> {res.review_path}"
+    )
+    console.print(f"review it, set accepted: true on the entries to keep, then run: medreg expand accept {res.review_path}")
+
+
+@expand_app.command("accept")
+def expand_accept_cmd(
+    review_file: Path = typer.Argument(..., help="a review file written by `medreg expand templates|glossary`"),
+    yes: bool = typer.Option(False, "--yes", "-y", help="apply without asking (the diff is still shown)"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="show the diff only"),
+) -> None:
+    """Show the unified diff of the accepted entries against the bank files, then write them."""
+    from pipeline.expand import ExpandError, plan_accept
+
+    try:
+        plan = plan_accept(review_file)
+    except (ExpandError, ValueError, FileNotFoundError) as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    for msg in plan.skipped:
+        err.print(f"[yellow]skipped:[/yellow] {msg}")
+    if not plan.changes:
+        console.print("nothing to apply (no entry is marked accepted: true, or all were skipped)")
+        return
+    console.print(plan.diff(), markup=False, highlight=False)
+    if dry_run:
+        return
+    if not yes and not typer.confirm(f"write {plan.count} accepted entr{'y' if plan.count == 1 else 'ies'} into {len(plan.changes)} file(s)?"):
+        console.print("not applied")
+        raise typer.Exit(1)
+    plan.apply()
+    console.print(f"applied {plan.count} entr{'y' if plan.count == 1 else 'ies'} to: " + ", ".join(sorted(plan.changed_names())))
+
+
+
 def main() -> None:  # pragma: no cover
     app(sys.argv[1:])
 

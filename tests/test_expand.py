@@ -1,0 +1,287 @@
+"""LLM-assisted expansion: generation -> validation -> review file -> human accept with a diff.
+
+The LLM is a loopback HTTP server (``http.server`` on 127.0.0.1, port 0, in a thread) that speaks the
+OpenAI chat-completions wire format.  It stands for a remote LLM service (any OpenAI-compatible endpoint:
+a hosted API, vLLM, llama.cpp server, ...); no test leaves the machine.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.expand import (
+    DEFAULT_DATA_DIR,
+    ExpandError,
+    copy_language_data,
+    load_expand_config,
+    plan_accept,
+    run_expand,
+    validate_template,
+)
+
+VALID_1 = "Kindly mark {ref} on this {image}."
+VALID_2 = "Where in the picture is {ref}?"
+INVALID_MISSING_REF = "Where is the {term}?"  # {term} is not allowed in a question, {ref} is missing
+INVALID_UNBALANCED = "Locate {ref} (in this {image}."
+INVALID_NO_REF = "Where is it in this {image}?"
+
+
+class FakeLLM:
+    """Stands for a remote LLM service: answers POST /v1/chat/completions like an OpenAI-compatible API."""
+
+    def __init__(self) -> None:
+        self.requests: list[dict] = []
+        self.fail_next: list[int] = []  # HTTP status codes to answer with before succeeding
+        self.reply = lambda body: json.dumps([VALID_1, INVALID_NO_REF, VALID_2, INVALID_MISSING_REF, INVALID_UNBALANCED])
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):  # keep test output clean
+                pass
+
+            def do_POST(self):  # noqa: N802
+                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
+                fake.requests.append({"path": self.path, "body": body})
+                if self.path != "/v1/chat/completions":
+                    return self._send(404, {"error": {"message": "not found"}})
+                if fake.fail_next:
+                    code = fake.fail_next.pop(0)
+                    return self._send(code, {"error": {"message": "server error", "type": "server_error"}})
+                content = fake.reply(body)
+                return self._send(200, {
+                    "id": f"chatcmpl-{len(fake.requests)}",
+                    "object": "chat.completion",
+                    "created": 0,
+                    "model": body.get("model"),
+                    "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+                    "usage": {"prompt_tokens": 10, "completion_tokens": 10, "total_tokens": 20},
+                })
+
+            def _send(self, code, obj):
+                data = json.dumps(obj).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def llm(monkeypatch):
+    for var in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    fake = FakeLLM()
+    yield fake
+    fake.close()
+
+
+def _bank_hashes() -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(DEFAULT_DATA_DIR.rglob("*.yaml"))}
+
+
+@pytest.fixture
+def workdir(tmp_path):
+    """A copy of the language data, so that `accept` never touches the shipped banks."""
+    copy_language_data(tmp_path / "langdata")
+    return tmp_path
+
+
+def _config(workdir: Path, llm: FakeLLM, **extra) -> Path:
+    cfg = {
+        "llm": {"base_url": llm.url, "model": "fake-model", "backoff_s": 0.01, "max_retries": 2, "timeout_s": 10},
+        "cache_dir": "cache",
+        "data_dir": "langdata",
+        "templates": {"banks": ["text_to_region.en"], "slots": ["question_single"], "seeds_per_slot": 1, "per_seed": 4},
+        "glossary": {"terms": ["kidney_right", "liver"], "langs": ["en", "zh"]},
+    }
+    cfg.update(extra)
+    path = workdir / "expand.yaml"
+    path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
+    return path
+
+
+def test_templates_are_validated_before_they_are_proposed(llm, workdir):
+    before = _bank_hashes()
+    cfg = load_expand_config(_config(workdir, llm))
+    res = run_expand("templates", cfg)
+    assert len(llm.requests) == 1 and res.requests == 1
+    req = llm.requests[0]["body"]
+    assert req["model"] == "fake-model" and req["messages"][0]["role"] == "system"
+    doc = yaml.safe_load(res.review_path.read_text(encoding="utf-8"))
+    assert doc["kind"] == "templates"
+    texts = [e["text"] for e in doc["entries"]]
+    assert texts == [VALID_1, VALID_2]
+    assert all(e["accepted"] is False for e in doc["entries"])
+    assert [e["id"] for e in doc["entries"]] == ["t2r.en.q034", "t2r.en.q035"]  # after the slot's last id
+    rejected = {r["text"]: r["reason"] for r in doc["rejected"]}
+    assert rejected[INVALID_MISSING_REF].startswith("placeholders ['term'] not allowed here")
+    assert "unclosed" in rejected[INVALID_UNBALANCED]
+    assert rejected[INVALID_NO_REF] == "missing required placeholders ['ref']"
+    assert _bank_hashes() == before  # generating never writes a bank
+
+
+def test_second_run_is_served_from_the_cache(llm, workdir):
+    cfg = load_expand_config(_config(workdir, llm))
+    first = run_expand("templates", cfg)
+    text1 = first.review_path.read_text(encoding="utf-8")
+    assert len(llm.requests) == 1
+    second = run_expand("templates", load_expand_config(_config(workdir, llm)))
+    assert len(llm.requests) == 1  # zero requests the second time
+    assert second.requests == 0 and second.cache_hits == 1
+    assert second.review_path.read_text(encoding="utf-8") == text1
+    assert len(list((workdir / "cache").rglob("*.json"))) == 1
+
+
+def test_server_error_is_retried_with_backoff(llm, workdir):
+    llm.fail_next = [500]
+    res = run_expand("templates", load_expand_config(_config(workdir, llm)))
+    assert len(llm.requests) == 2 and res.requests == 2 and res.proposed == 2
+    # persistent failure: a clear error after max_retries + 1 attempts, nothing cached
+    llm.fail_next = [503, 500, 502]
+    cfg = load_expand_config(_config(workdir, llm, cache_dir="cache2"))
+    with pytest.raises(ExpandError, match="failed after 3 attempt"):
+        run_expand("templates", cfg)
+    assert not list((workdir / "cache2").rglob("*.json"))
+
+
+def test_client_errors_are_not_retried(llm, workdir):
+    llm.fail_next = [401]
+    with pytest.raises(ExpandError, match="HTTP 401"):
+        run_expand("templates", load_expand_config(_config(workdir, llm)))
+    assert len(llm.requests) == 1
+
+
+def test_endpoint_and_model_from_the_environment(llm, workdir, monkeypatch):
+    path = _config(workdir, llm)
+    data = yaml.safe_load(path.read_text())
+    data["llm"] = {"backoff_s": 0}
+    path.write_text(yaml.safe_dump(data))
+    monkeypatch.setenv("MEDREG_LLM_BASE_URL", llm.url)
+    monkeypatch.setenv("MEDREG_LLM_MODEL", "env-model")
+    monkeypatch.setenv("MEDREG_LLM_API_KEY", "sk-test")
+    res = run_expand("templates", load_expand_config(path))
+    assert res.proposed == 2 and llm.requests[0]["body"]["model"] == "env-model"
+    assert "sk-test" not in res.review_path.read_text()
+    monkeypatch.delenv("MEDREG_LLM_BASE_URL")
+    with pytest.raises(ExpandError, match="MEDREG_LLM_BASE_URL"):
+        run_expand("templates", load_expand_config(path))
+
+
+def test_accept_writes_only_accepted_entries_after_a_diff(llm, workdir):
+    from pipeline.language.templates import load_templates
+
+    before = _bank_hashes()
+    res = run_expand("templates", load_expand_config(_config(workdir, llm)))
+    doc = yaml.safe_load(res.review_path.read_text(encoding="utf-8"))
+    doc["entries"][1]["accepted"] = True  # a person accepts the second proposal only
+    res.review_path.write_text(yaml.safe_dump(doc, allow_unicode=True, sort_keys=False), encoding="utf-8")
+    plan = plan_accept(res.review_path)
+    assert plan.count == 1 and not plan.skipped
+    diff = plan.diff()
+    assert "--- a/templates/text_to_region.en.yaml" in diff
+    added = [ln for ln in diff.splitlines() if ln.startswith("+") and not ln.startswith("+++")]
+    assert added == ['+  - {id: t2r.en.q035, slot: question_single, text: "Where in the picture is {ref}?"}']
+    plan.apply()
+    bank = load_templates(workdir / "langdata" / "templates").bank("text_to_region", "en")
+    assert bank.by_id["t2r.en.q035"].text == VALID_2
+    assert "t2r.en.q034" not in bank.by_id
+    assert _bank_hashes() == before  # the shipped banks were never touched
+    # accepting again is a no-op with a reason
+    again = plan_accept(res.review_path)
+    assert again.count == 0 and "already in" in again.skipped[0]
+
+
+def test_accept_revalidates_hand_edited_entries(llm, workdir):
+    res = run_expand("templates", load_expand_config(_config(workdir, llm)))
+    doc = yaml.safe_load(res.review_path.read_text(encoding="utf-8"))
+    doc["entries"][0]["accepted"] = True
+    doc["entries"][0]["text"] = "Locate <ref>{ref}</ref>."  # edited by hand into something invalid
+    res.review_path.write_text(yaml.safe_dump(doc, allow_unicode=True, sort_keys=False), encoding="utf-8")
+    plan = plan_accept(res.review_path)
+    assert plan.count == 0 and not plan.changes
+    assert "literal tags" in plan.skipped[0]
+
+
+def test_glossary_drafts_are_checked_against_every_term(llm, workdir):
+    from pipeline.language.glossary import load_glossary
+
+    llm.reply = lambda body: json.dumps({
+        "kidney_right": {"en": ["dextral kidney", "right kidney"], "zh": ["右侧肾脏", "肾（右）", "右肾区"]},
+        "liver": {"en": ["hepar"], "zh": ["右肾"]},
+    }, ensure_ascii=False)
+    res = run_expand("glossary", load_expand_config(_config(workdir, llm)))
+    doc = yaml.safe_load(res.review_path.read_text(encoding="utf-8"))
+    got = {(e["term"], e["field"], e["value"]) for e in doc["entries"]}
+    assert got == {
+        ("kidney_right", "synonyms_en", "dextral kidney"),
+        ("kidney_right", "synonyms_zh", "肾（右）"),
+        ("kidney_right", "synonyms_zh", "右肾区"),
+        ("liver", "synonyms_en", "hepar"),
+    }
+    reasons = {r["text"]: r["reason"] for r in doc["rejected"]}
+    assert reasons["right kidney"] == "already a name of this term"
+    assert reasons["右侧肾脏"] == "already a name of this term"
+    assert reasons["右肾"] == "already means 'kidney_right'"
+    for e in doc["entries"]:
+        e["accepted"] = e["value"] in ("dextral kidney", "hepar")
+    res.review_path.write_text(yaml.safe_dump(doc, allow_unicode=True, sort_keys=False), encoding="utf-8")
+    plan = plan_accept(res.review_path)
+    assert plan.count == 2
+    diff = plan.diff()
+    assert "+  synonyms_en: [dextral kidney]" in diff or "+  synonyms_en: [\"dextral kidney\"]" in diff
+    assert "+  synonyms_en: [hepar]" in diff
+    plan.apply()
+    g = load_glossary(workdir / "langdata" / "glossary")
+    assert g.resolve("dextral kidney") == "kidney_right" and g.resolve("hepar") == "liver"
+    assert g.resolve("右肾区") is None  # not accepted
+
+
+def test_validate_template_uses_the_bank_rules():
+    bank = yaml.safe_load((DEFAULT_DATA_DIR / "templates" / "region_to_text.zh.yaml").read_text(encoding="utf-8"))
+    assert validate_template(bank, "answer_single", "图中框出的是{term}。", "r2t.zh.a099") is None
+    assert "ASCII punctuation" in validate_template(bank, "answer_single", "框内是{term}.", "r2t.zh.a099")
+    assert "must name the term" in validate_template(bank, "answer_single", "这是一个器官。", "r2t.zh.a099")
+    dup = next(t["text"] for t in bank["templates"] if t["slot"] == "answer_single")
+    assert "same text" in validate_template(bank, "answer_single", dup, "r2t.zh.a099")
+
+
+def test_cli_expand_and_accept(llm, workdir):
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    runner = CliRunner()
+    cfg = _config(workdir, llm)
+    review = workdir / "review.yaml"
+    res = runner.invoke(app, ["expand", "templates", "--config", str(cfg), "--out", str(review)])
+    assert res.exit_code == 0, res.output
+    assert "2 proposal(s), 3 rejected" in res.output
+    res = runner.invoke(app, ["expand", "accept", str(review), "--yes"])
+    assert res.exit_code == 0 and "nothing to apply" in res.output
+    doc = yaml.safe_load(review.read_text(encoding="utf-8"))
+    for e in doc["entries"]:
+        e["accepted"] = True
+    review.write_text(yaml.safe_dump(doc, allow_unicode=True, sort_keys=False), encoding="utf-8")
+    res = runner.invoke(app, ["expand", "accept", str(review)], input="n\n")
+    assert res.exit_code == 1 and "+  - {id: t2r.en.q034" in res.output and "not applied" in res.output
+    res = runner.invoke(app, ["expand", "accept", str(review), "--yes"])
+    assert res.exit_code == 0, res.output
+    text = (workdir / "langdata" / "templates" / "text_to_region.en.yaml").read_text(encoding="utf-8")
+    assert VALID_1 in text and VALID_2 in text
