@@ -34,6 +34,7 @@ from __future__ import annotations
 import logging
 import math
 import re
+import weakref
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -157,6 +158,19 @@ def spot_terms(text: str, glossary: Glossary | None = None) -> list[str]:
     and grounding tags are removed first.
     """
     g = glossary or load_glossary()
+    cache = _SPOT_CACHE.setdefault(g, {})
+    hit = cache.get(text)
+    if hit is None:
+        if len(cache) > 100_000:
+            cache.clear()
+        hit = cache[text] = tuple(_spot(text, g))
+    return list(hit)
+
+
+_SPOT_CACHE: weakref.WeakKeyDictionary[Glossary, dict[str, tuple[str, ...]]] = weakref.WeakKeyDictionary()
+
+
+def _spot(text: str, g: Glossary) -> list[str]:
     plain = strip_grounding(text or "")
     if not plain:
         return []
@@ -665,24 +679,31 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
+_CAPTIONS = {
+    "region_to_text": "acc~ = lenient: a parent/child term counts",
+    "text_to_region": "@t = share of GT boxes matched at IoU >= t; absent = absent-target negatives answered right",
+    "grounded_report": "termR/termP = terms named anywhere in the report; textF1 = token F1 vs the reference",
+}
+
+
 def render_tables(report: EvalReport) -> list[Any]:
     """Rich tables: one per task, one line per language (and ``all``)."""
     from rich.table import Table
 
     tables = []
-    cols = {
+    cols: dict[str, list[tuple[tuple[str, ...], str]]] = {
         "region_to_text": [
-            ("accuracy", "acc"), ("accuracy_lenient", "acc (lenient)"), ("exact_match", "exact"),
-            ("term_precision", "term P"), ("term_f1", "term F1"),
+            (("accuracy",), "acc"), (("accuracy_lenient",), "acc~"), (("exact_match",), "exact"),
+            (("term_precision",), "termP"), (("term_f1",), "termF1"),
         ],
         "text_to_region": [
-            ("mean_iou", "mIoU"), ("acc@0.25", "acc@.25"), ("acc@0.5", "acc@.5"), ("acc@0.75", "acc@.75"),
-            ("box.precision", "box P"), ("box.recall", "box R"), ("box.f1", "box F1"),
-            ("object.f1", "obj F1"), ("absent_acc", "absent acc"), ("negatives", "neg"),
+            (("mean_iou",), "mIoU"), (("acc@0.25",), "@.25"), (("acc@0.5",), "@.5"), (("acc@0.75",), "@.75"),
+            (("box", "precision"), "boxP"), (("box", "recall"), "boxR"), (("box", "f1"), "boxF1"),
+            (("object", "f1"), "objF1"), (("absent_acc",), "absent"),
         ],
         "grounded_report": [
-            ("mean_iou", "mIoU"), ("acc@0.5", "acc@.5"), ("box.f1", "box F1"), ("object.f1", "obj F1"),
-            ("term_recall", "term R"), ("term_precision", "term P"), ("text_f1", "text F1"),
+            (("mean_iou",), "mIoU"), (("acc@0.5",), "@.5"), (("box", "f1"), "boxF1"), (("object", "f1"), "objF1"),
+            (("term_recall",), "termR"), (("term_precision",), "termP"), (("text_f1",), "textF1"),
         ],
     }
     tasks = []
@@ -691,19 +712,22 @@ def render_tables(report: EvalReport) -> list[Any]:
         if t not in tasks:
             tasks.append(t)
     for task in tasks:
-        tb = Table(title=f"{task} ({report.release}, splits: {', '.join(report.splits)})")
-        tb.add_column("lang")
-        tb.add_column("n", justify="right")
-        tb.add_column("missing", justify="right")
+        tb = Table(
+            title=f"{task} ({report.release}, splits: {', '.join(report.splits)})",
+            caption=_CAPTIONS.get(task),
+        )
+        tb.add_column("lang", no_wrap=True)
+        tb.add_column("n", justify="right", no_wrap=True)
+        tb.add_column("miss", justify="right", no_wrap=True)
         for _k, label in cols.get(task, []):
-            tb.add_column(label, justify="right")
+            tb.add_column(label, justify="right", no_wrap=True, min_width=5)
         for key, metrics in report.groups.items():
             if key.split("/")[0] != task:
                 continue
             vals = []
-            for k, _label in cols.get(task, []):
+            for path, _label in cols.get(task, []):
                 v: Any = metrics
-                for part in k.split("."):
+                for part in path:
                     v = v.get(part) if isinstance(v, dict) else None
                 vals.append(_fmt(v))
             tb.add_row(key.split("/")[1], str(metrics["samples"]), str(metrics["missing"]), *vals)
