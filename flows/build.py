@@ -155,9 +155,15 @@ def build_release(config_path: str, out: str = "out", on_case: Any = None) -> di
     counts = orjson.loads((Path(release) / "manifest.json").read_bytes())["counts"]
     table = [{"source": s, "rows": n} for s, n in counts.get("by_source", {}).items()]
     table += [{"source": f"task={t}", "rows": n} for t, n in counts.get("by_task", {}).items()]
-    table += [{"source": f"validation {k}", "rows": n} for k, n in (counts.get("validation") or {}).items()]
     table.append({"source": "case errors", "rows": counts.get("errors", 0)})
-    create_table_artifact(key="release-counts", table=table, description=f"{cfg.name}-{cfg.version}")
+    create_table_artifact(key="release-counts", table=table, description=f"{cfg.name}-{cfg.version}: rows per source and task")
+    vtable = [
+        {"source": src, "validator": v, **verdicts}
+        for src, per in (counts.get("validation_by_source") or {}).items()
+        for v, verdicts in per.items()
+    ]
+    if vtable:
+        create_table_artifact(key="release-validation", table=vtable, description="pass / flag / fail per source and validator")
     logger.info("release written to %s (%s rows)", release, counts.get("rows"))
     return {"release": release, "counts": counts, "errors": [e.one_line() for r in results for e in r.errors]}
 

@@ -181,6 +181,7 @@ def write_release(
         counts["dropped"] = sum(dropped.values())
         counts["flagged"] = len(validated.review or [])
         counts["validation"] = validated.summary
+        counts["validation_by_source"] = validated.by_source
 
         extra_exports = {}
         if "llava" in cfg.output.formats:

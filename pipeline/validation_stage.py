@@ -74,6 +74,7 @@ class Validated:
     review: list[dict[str, Any]] | None
     dropped: dict[str, int] = field(default_factory=dict)
     summary: dict[str, int] = field(default_factory=dict)
+    by_source: dict[str, dict[str, dict[str, int]]] = field(default_factory=dict)  # source -> validator -> verdict -> n
     computed: int = 0
     cached: int = 0
 
@@ -114,10 +115,13 @@ def release_validation(
     review: list[dict[str, Any]] = []
     dropped: Counter[str] = Counter()
     summary: Counter[str] = Counter()
+    by_source: dict[str, dict[str, dict[str, int]]] = {}
     for r in rows:
         res = [ValidationResult.model_validate(v) for v in r["meta"].get("validation") or []]
         for v in res:
             summary[f"{v.validator}:{v.verdict}"] += 1
+            per = by_source.setdefault(r["meta"]["source"], {}).setdefault(v.validator, {"pass": 0, "flag": 0, "fail": 0})
+            per[v.verdict] += 1
         decision = apply_policy(res, vc.policy)
         if decision.action == "drop":
             dropped.update(decision.codes or ["dropped"])
@@ -135,6 +139,7 @@ def release_validation(
         review=review,
         dropped=dict(dropped),
         summary=dict(sorted(summary.items())),
+        by_source={k: by_source[k] for k in sorted(by_source)},
         computed=computed,
         cached=cached,
     )

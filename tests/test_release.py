@@ -151,3 +151,30 @@ def test_a_failed_write_leaves_no_partial_release(tmp_path, samples, monkeypatch
     after = {p.relative_to(good).as_posix(): p.read_bytes() for p in good.rglob("*") if p.is_file()}
     assert after == before
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".t-1")] == []
+
+
+def test_deleting_half_the_cached_verdicts_recomputes_exactly_that_half(tmp_path, samples):
+    from pipeline.images import ImageStore
+    from pipeline.release import prepare_sources, process_case
+    from pipeline.validation_stage import case_validators_for, release_validation
+
+    cfg = _cfg(sources=[{"card": "totalseg-ct"}, {"card": "biomedparse-2d"}])
+    store = ImageStore(tmp_path / "store")
+    results = []
+    for ps in prepare_sources(cfg, samples):
+        for ref in ps.refs:
+            results.append(process_case(ps.card, ps.adapter, ref, cfg, store, ps.use, case_validators_for(cfg.validation)))
+    n_rows = sum(len(r.rows) for r in results)
+    cache = tmp_path / "verdicts"
+    first = release_validation(results, cfg.validation, store, cache)
+    assert (first.computed, first.cached) == (n_rows, 0)  # one release-level validator (stats)
+    entries = sorted(cache.glob("*/*.json"))
+    assert len(entries) == n_rows
+    for p in entries[::2]:
+        p.unlink()
+    for r in results:  # a rerun starts from freshly generated rows (rules verdicts only)
+        for row in r.rows:
+            row["meta"]["validation"] = [v for v in row["meta"]["validation"] if v["validator"] == "rules"]
+    again = release_validation(results, cfg.validation, store, cache)
+    assert again.computed == len(entries[::2]) and again.cached == n_rows - len(entries[::2])
+    assert again.summary == first.summary
