@@ -1,6 +1,7 @@
 """2-D images with detection boxes: ChestX-ray14 box CSV (``cxr14_csv``) and COCO JSON (``coco_json``).
 
-One case per image.  The Study is the image ``(1, H, W)`` (grey) or ``(1, H, W, 3)`` with
+One case per image; its CaseRef carries the image path and, in ``extra``, the image's own rows
+(label, x, y, w, h, where) and row errors, so the case's cache key changes exactly when its rows do.  The Study is the image ``(1, H, W)`` (grey) or ``(1, H, W, 3)`` with
 ``boxes=[PixelBoxAnnotation(term, (x_min, y_min, x_max, y_max))]`` (inclusive pixel indices, floats;
 see pipeline/readers/detection.py for the ``x, y, w, h`` convention) and no label layers.
 
@@ -73,17 +74,19 @@ class _BoxAdapter(SourceAdapter):
             source=self.card.name,
             case_id=case_id,
             patient_id=self.patient_of(case_id, image.as_posix()),
-            paths={"image": str(image), "annotations": str(ann_file)},
+            paths={"image": str(image)},
             official_split=split if split is not None else self.official_split(image.as_posix(), case_id),
             extra={
                 "boxes": [[r.label, r.x, r.y, r.w, r.h, r.where] for r in recs if r.error is None],
                 "errors": [f"{r.where}: {r.error}" for r in recs if r.error is not None],
                 "frame_size": list(size) if size else None,
+                # the annotation file is not a fingerprinted path: this case's rows (above) are its content
+                "annotation_file": str(ann_file),
             },
         )
 
     def load(self, ref: CaseRef) -> Study:
-        ann = ref.paths["annotations"]
+        ann = ref.extra["annotation_file"]
         img_name = Path(ref.paths["image"]).name
         if ref.extra.get("errors"):
             raise ReadError(

@@ -6,6 +6,10 @@ Adapters
 * ``dicom_rtstruct``     CT/MR series + RT Structure Set
 * ``dicom_nifti_labels`` CT/MR series + NIfTI integer label map (aligned in physical space)
 
+A CaseRef holds the annotation file in ``paths`` and the series' files in ``extra["files"]`` (exactly
+the files of the referenced series, so a folder shared by many series is never hashed per case), with
+``extra["series_dir"]`` for display.
+
 Layout options (card ``layout``)
 --------------------------------
 * ``cases``: explicit list of ``{id, series, seg | rtstruct | labels}`` — ``series`` is a folder (or a
@@ -100,9 +104,9 @@ class _DicomBase(SourceAdapter):
             source=self.card.name,
             case_id=cid,
             patient_id=patient,
-            paths={"series": str(self.root / c["series"]), self.role: str(ann)},
+            paths={self.role: str(ann)},
             official_split=self.official_split(ann.as_posix(), cid),
-            extra={"files": [str(f) for f in files]},
+            extra={"files": [str(f) for f in files], "series_dir": str(self.root / c["series"])},
         )
 
     def _patient(self, cid: str, ann: Path, files: list[Path], dicom_pid: str | None = None) -> str:
@@ -146,9 +150,9 @@ class _DicomBase(SourceAdapter):
                     source=self.card.name,
                     case_id=cid,
                     patient_id=self._patient(cid, ann, files, group.patient_id if group else None),
-                    paths={"series": str(series_dir), self.role: str(ann)},
+                    paths={self.role: str(ann)},
                     official_split=self.official_split(rel, cid),
-                    extra={"files": [str(f) for f in files]},
+                    extra={"files": [str(f) for f in files], "series_dir": str(series_dir)},
                 )
             )
         return refs

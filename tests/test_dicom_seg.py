@@ -199,9 +199,9 @@ def test_overlapping_segments_become_layers(tmp_path, series, liver_mask):
     st = ad.load(ref)
     assert [layer.names for layer in st.layers] == [{1: "liver", 3: "spleen"}]
     assert any("segment 2" in n and "no term" in n for n in st.notes)
-    card = card.model_copy(update={"labels": {**card.labels, "SCT:108369006": "liver_tumor"}})
+    card = card.model_copy(update={"labels": {**card.labels, "SCT:108369006": "tumor"}})
     st = get_adapter(card, root).load(ref)
-    assert [layer.names for layer in st.layers] == [{1: "liver", 3: "spleen"}, {2: "liver_tumor"}]
+    assert [layer.names for layer in st.layers] == [{1: "liver", 3: "spleen"}, {2: "tumor"}]
 
 
 def test_fractional_threshold_half_of_max(tmp_path, series, liver_mask):
@@ -269,8 +269,8 @@ def test_laterality_modifier_and_label_fallback(tmp_path, series):
     shutil.copytree(DCMQI / "ct-3slice", root / "ct")
     shutil.copy(p, root / "seg.dcm")
     card = load_card("dcmqi-liver-seg").model_copy(
-        update={"resolve_labels_with_glossary": False, "labels": {"my blob": "cyst"}})
+        update={"resolve_labels_with_glossary": False, "labels": {"my blob": "kidney_cyst"}})
     ad = get_adapter(card, root)
     (ref,) = ad.discover()
     st = ad.load(ref)
-    assert st.layers[0].names == {1: "kidney_left", 2: "cyst"}
+    assert st.layers[0].names == {1: "kidney_left", 2: "kidney_cyst"}
