@@ -179,6 +179,8 @@ class _DicomBase(SourceAdapter):
         vol, geom = series.to_canonical()
         attrs = self.case_attrs(ref.case_id)
         modality = _MODALITY.get(series.modality, attrs["modality"]) if series.modality else attrs["modality"]
+        # origin_mm: LPS coordinates of voxel (0,0,0) listed per canonical axis (S, P, L) = (z, y, x), so that
+        # origin_mm[a] + i * spacing[a] is the position of slice i along axis a (pipeline.convert)
         ras0 = geom.affine[:3, 3]
         return Study(
             ref=ref,
@@ -187,7 +189,7 @@ class _DicomBase(SourceAdapter):
             spacing=geom.spacing,
             is_3d=True,
             layers=layers,
-            origin_mm=(float(-ras0[0]), float(-ras0[1]), float(ras0[2])),
+            origin_mm=(float(ras0[2]), float(-ras0[1]), float(-ras0[0])),
             intensity_preset=self.card.intensity.preset,
             rescaled=series.rescaled or modality == "CT",
             notes=list(series.notes) + notes,

@@ -274,3 +274,11 @@ def test_laterality_modifier_and_label_fallback(tmp_path, series):
     (ref,) = ad.discover()
     st = ad.load(ref)
     assert st.layers[0].names == {1: "kidney_left", 2: "kidney_cyst"}
+
+
+def test_slice_positions_along_each_axis(liver_study):
+    _, st = liver_study
+    # origin_mm lists the LPS position of voxel (0,0,0) per canonical axis (S, P, L): z, y, x
+    assert st.origin_mm == pytest.approx((-128.69, -226.8, -235.2), abs=1e-3)
+    k_pos = [st.origin_mm[0] + k * st.spacing[0] for k in range(3)]
+    assert k_pos == pytest.approx([-128.69, -127.69, -126.69], abs=1e-3)
