@@ -189,7 +189,7 @@ class Cxr14CsvAdapter(_BoxAdapter):
 class CocoJsonAdapter(_BoxAdapter):
     name = "coco_json"
     formats = ("json", "coco")
-    description = "2-D images + COCO detection JSON (bbox [x, y, w, h])"
+    description = "2-D images + COCO detection JSON (bbox = x, y, w, h)"
 
     def discover(self) -> list[CaseRef]:
         lay = self.card.layout
