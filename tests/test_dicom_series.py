@@ -152,7 +152,7 @@ def test_two_series_in_one_folder(tmp_path):
     assert any("2 image series" in n and "largest" in n for n in s.notes)
     s = read_series(tmp_path, series_uid="1.2.3.4.6")
     assert s.shape[0] == 3 and not s.notes
-    with pytest.raises(ReadError, match="not found"):
+    with pytest.raises(ReadError, match="is not in"):
         read_series(tmp_path, series_uid="9.9.9")
     assert len(a) == 5
 

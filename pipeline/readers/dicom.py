@@ -61,6 +61,13 @@ HEADER_TAGS = (
 )
 
 
+def short_uid(uid: str) -> str:
+    """A UID shortened for messages that reach reports: UIDs often embed dates and device serials, so
+    only the last 6 characters are shown (enough to tell two series apart when debugging)."""
+    uid = str(uid or "")
+    return ("..." + uid[-6:]) if len(uid) > 6 else uid or "?"
+
+
 def _vec(value: Sequence | None, n: int) -> np.ndarray | None:
     if value is None:
         return None
@@ -396,8 +403,9 @@ def choose_series(groups: dict[str, SeriesGroup], series_uid: str | None, where:
     if series_uid is not None:
         if series_uid not in groups:
             raise ReadError(
-                f"series {series_uid} not found in {where}; it holds {len(groups)} series: "
-                + ", ".join(f"{u} ({g.n_slices} slices)" for u, g in groups.items()),
+                f"the requested series ({short_uid(series_uid)}) is not in {Path(where).name or where}; it holds "
+                f"{len(groups)} series: "
+                + ", ".join(f"{g.n_slices} slices (e.g. {Path(g.files[0].path).name})" for g in groups.values()),
                 file=where, hint="check the SeriesInstanceUID the annotation refers to, or add the missing files")
         return groups[series_uid], notes
     if len(groups) == 1:

@@ -28,7 +28,7 @@ from pydicom.errors import InvalidDicomError
 
 from pipeline.align import align_labels_to_image
 from pipeline.readers import ReadError
-from pipeline.readers.dicom import SEG_SOP_CLASS, DicomSeries, _vec
+from pipeline.readers.dicom import SEG_SOP_CLASS, DicomSeries, _vec, short_uid
 
 LABELMAP_SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.7"
 
@@ -300,9 +300,9 @@ def read_seg(path: str | Path, series: DicomSeries) -> SegVolume:
     matched = referenced & set(series.sop_uids)
     if referenced and not matched:
         raise ReadError(
-            f"{name}: its frames reference {len(referenced)} image(s) (series "
-            f"{', '.join(hdr.referenced_series_uids) or '?'}), none of which is in the image series read "
-            f"({series.series_uid}, {len(series.sop_uids)} slices)",
+            f"{name}: its frames reference {len(referenced)} image(s) of another series (UID "
+            f"{', '.join(short_uid(u) for u in hdr.referenced_series_uids) or '?'}), none of which is in the image "
+            f"series read ({len(series.sop_uids)} slices, e.g. {Path(series.files[0]).name if series.files else '?'})",
             file=path,
             hint="the SEG was made on another series: point the card at the series it references, or add "
             "that series' files",
@@ -345,7 +345,8 @@ def read_seg(path: str | Path, series: DicomSeries) -> SegVolume:
                      "PlanePosition; placed by position")
     dropped = sum(t is None for t in targets)
     if dropped == len(targets):
-        raise ReadError(f"{name}: none of its {len(targets)} frames lies on a slice of series {series.series_uid}",
+        raise ReadError(f"{name}: none of its {len(targets)} frames lies on a slice of the series "
+                        f"({len(series.sop_uids)} slices)",
                         file=path, hint="the SEG belongs to another series or its geometry is wrong")
     if dropped:
         notes.append(f"{name}: {dropped} of {len(targets)} frame(s) match no slice of the series and were dropped")

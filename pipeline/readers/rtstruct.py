@@ -24,7 +24,7 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 
 from pipeline.readers import ReadError
-from pipeline.readers.dicom import RTSTRUCT_SOP_CLASS, DicomSeries
+from pipeline.readers.dicom import RTSTRUCT_SOP_CLASS, DicomSeries, short_uid
 from pipeline.readers.dicom_seg import Code, _code, _pack
 
 
@@ -184,9 +184,9 @@ def read_rtstruct(path: str | Path, series: DicomSeries, *, rois: list[int] | No
     same_series = series.series_uid in hdr.referenced_series_uids
     if (hdr.referenced_series_uids or hdr.referenced_sop_uids) and not same_series and not matched:
         raise ReadError(
-            f"{name} references series {', '.join(hdr.referenced_series_uids) or '?'} "
-            f"({len(hdr.referenced_sop_uids)} image(s)), but the image series read is {series.series_uid}; "
-            "none of its images is referenced",
+            f"{name} references another series (UID {', '.join(short_uid(u) for u in hdr.referenced_series_uids) or '?'}, "
+            f"{len(hdr.referenced_sop_uids)} image(s)); none of the {len(series.sop_uids)} images of the series read "
+            f"(e.g. {Path(series.files[0]).name if series.files else '?'}) is referenced",
             file=path,
             hint="the structure set was drawn on another series: point the card at that series, or add its files",
         )
