@@ -14,7 +14,6 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
 from pipeline.geometry import display_view
-from pipeline.readers import ReadError
 from pipeline.readers.dicom import read_series
 from pipeline.readers.dicom_seg import read_seg, read_seg_header
 from sources.base import get_adapter, load_card
