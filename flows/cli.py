@@ -12,6 +12,7 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 import typer  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
+from rich.text import Text  # noqa: E402
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="MedRegInstruct builder: region-centric bilingual medical instruction data.")
 console = Console(stderr=False)
@@ -107,7 +108,7 @@ def sources() -> None:
     for col in ("adapter", "formats", "description"):
         t.add_column(col)
     for name, cls in sorted(adapters().items()):
-        t.add_row(name, ", ".join(cls.formats), cls.description)
+        t.add_row(Text(name), Text(", ".join(cls.formats)), Text(cls.description))
     console.print(t)
     t = Table(title="source cards")
     for col in ("card", "adapter", "modality", "body region", "licence", "title"):
@@ -115,7 +116,7 @@ def sources() -> None:
     for name, path in builtin_cards().items():
         try:
             c = load_card(str(path))
-            t.add_row(name, c.adapter, c.modality, c.body_region or "", c.licence, c.title)
+            t.add_row(*(Text(x) for x in (name, c.adapter, c.modality, c.body_region or "", c.licence, c.title)))
         except Exception as exc:  # noqa: BLE001
             t.add_row(name, "[red]invalid[/red]", "", "", "", str(exc)[:80])
     console.print(t)
@@ -132,7 +133,7 @@ def inspect(path: Path = typer.Argument(..., help="a file or folder to describe"
     if not path.exists():
         err.print(f"[red]error:[/red] {path} does not exist")
         raise typer.Exit(2)
-    console.print(format_inspection(inspect_path(path)))
+    console.print(format_inspection(inspect_path(path)), markup=False, highlight=False)
 
 
 @app.command()

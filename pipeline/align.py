@@ -44,7 +44,7 @@ def align_labels_to_image(
             hint="the label map belongs to another scan, or one header's geometry is wrong",
         )
     out = ndimage.affine_transform(
-        labels, m[:3, :3], offset=m[:3, 3], output_shape=tuple(image_shape[:3]), order=0, mode="constant", cval=0
+        labels, m[:3, :3], offset=m[:3, 3], output_shape=tuple(image_shape[:3]), order=0, mode="grid-constant", cval=0
     )
     frac = float(np.clip(overlap / (hi - lo), 0, 1).prod())
     note = (

@@ -66,6 +66,7 @@ def task_mix(cfg: ReleaseConfig, use: SourceUse | None) -> TaskMix:
         langs=langs,
         negative_ratio=cfg.tasks.negative_ratio,
         max_regions_per_sample=cfg.tasks.max_regions_per_sample,
+        system_prompt=cfg.tasks.system_prompt,
     )
 
 

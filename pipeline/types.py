@@ -84,7 +84,7 @@ class Study:
     is_3d: bool = False
     layers: list[LabelLayer] = field(default_factory=list)
     boxes: list[PixelBoxAnnotation] = field(default_factory=list)
-    origin_mm: tuple[float, float, float] | None = None  # physical position of voxel (0,0,0), LPS
+    origin_mm: tuple[float, float, float] | None = None  # mm position of voxel (0,0,0) along each canonical axis (k, r, c)
     intensity_preset: str | None = None  # CT window name (abdomen, lung, ...) from the card
     rescaled: bool = True  # image values are physical (HU for CT)
     notes: list[str] = field(default_factory=list)  # non-fatal warnings (gaps, spacing, ...)

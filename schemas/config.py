@@ -47,6 +47,9 @@ class TaskConfig(BaseModel):
     langs: list[Literal["en", "zh"]] = ["en", "zh"]
     negative_ratio: float = Field(0.05, ge=0.0, le=1.0)
     max_regions_per_sample: int = Field(8, ge=1)
+    # turn: a first {"from": "system"} turn (InternVL 2.5+); inline: MedRegA's layout, the system prompt in
+    # the human turn before <image>; none: no system prompt (older InternVL chat templates)
+    system_prompt: Literal["turn", "inline", "none"] = "turn"
 
 
 class SplitConfig(BaseModel):
