@@ -149,8 +149,7 @@ def _empty_boxes(shape: tuple[int, int, int]) -> SliceLabelBoxes:
 
 if HAVE_NUMBA:
 
-    @njit(cache=True, parallel=True, nogil=True)
-    def _boxes_kernel(  # pragma: no cover - compiled; covered through slice_label_boxes
+    def _boxes_kernel_py(  # pragma: no cover - compiled; covered through slice_label_boxes
         flat, words, R, C, shift, mult, nlab, cap, chunk_bounds,
         out_label, out_rmin, out_rmax, out_cmin, out_cmax, out_count, n_distinct, flags,
     ):  # fmt: skip
@@ -245,6 +244,13 @@ if HAVE_NUMBA:
                     cnt[ts[i]] = 0
 
 
+if HAVE_NUMBA:
+    # the same kernel compiled twice: threads for volumes, serial for a slice or two (a thread-pool
+    # launch per 2-D call costs milliseconds when the other core is busy)
+    _boxes_kernel = njit(cache=True, parallel=True, nogil=True)(_boxes_kernel_py)
+    _boxes_kernel_serial = njit(cache=True, parallel=False, nogil=True)(_boxes_kernel_py)
+
+
 _WORD_MULT = {1: 0x0101010101010101, 2: 0x0001000100010001, 4: 0x0000000100000001, 8: 1}
 _WORD_SHIFT = {1: 3, 2: 2, 4: 1, 8: 0}
 
@@ -265,7 +271,8 @@ def _run_kernel(lab: np.ndarray, nlab: int, cap: int) -> tuple[np.ndarray, ...]:
     outs = [np.empty((K, cap), np.int64) for _ in range(6)]
     n_distinct = np.zeros(K, np.int64)
     flags = np.zeros(nchunks, np.int8)
-    _boxes_kernel(flat, words, R, C, shift, mult, nlab, cap, bounds, *outs, n_distinct, flags)
+    kernel = _boxes_kernel if nchunks > 1 and K > 2 else _boxes_kernel_serial
+    kernel(flat, words, R, C, shift, mult, nlab, cap, bounds, *outs, n_distinct, flags)
     if np.any(flags & 1):
         raise ValueError(_negative_message(lab))
     if np.any(flags & 2):
