@@ -75,6 +75,29 @@ class SourceAdapter(ABC):
             raise ValueError(f"card {self.card.name}: case_rules display must be one of {sorted(DISPLAY_OPS)}")
         return attrs
 
+    def study_2d(self, ref: CaseRef, image, layers: list, notes: list[str]) -> Study:  # noqa: ANN001
+        """A 2-D study from an image and its mask layers, with the card's per-case modality, body
+        region and display fix (``case_rules``) applied to image and masks alike."""
+        import numpy as np
+
+        from pipeline.types import Study
+
+        attrs = self.case_attrs(ref.case_id)
+        if attrs["display"] != "none":
+            image = np.ascontiguousarray(apply_display(image, attrs["display"]))
+            for layer in layers:
+                layer.array = np.ascontiguousarray(apply_display(layer.array[0], attrs["display"]))[None]
+        return Study(
+            ref=ref,
+            modality=attrs["modality"],
+            image=image[None],
+            is_3d=False,
+            layers=layers,
+            rescaled=False,
+            notes=notes,
+            transform={"body_region": attrs["body_region"], "display": attrs["display"]},
+        )
+
     def glob(self, pattern: str) -> list[Path]:
         return sorted(p for p in self.root.glob(pattern) if p.is_file())
 
@@ -108,6 +131,19 @@ def apply_display(arr, op: str):  # noqa: ANN001, ANN201 - numpy array in, view 
     if op == "flip_ud":
         return arr[::-1]
     return arr
+
+
+def check_mask_shape(mask, image, mask_path: str, image_path: str) -> None:  # noqa: ANN001
+    """Raise a ReadError naming both files when a mask does not have its image's size."""
+    if mask.shape[:2] != image.shape[:2]:
+        from pipeline.readers import ReadError
+
+        raise ReadError(
+            f"mask {Path(mask_path).name} is {mask.shape[1]}x{mask.shape[0]} but image {Path(image_path).name} "
+            f"is {image.shape[1]}x{image.shape[0]}",
+            file=mask_path,
+            hint="mask and image must have the same size (was one of them resized?)",
+        )
 
 
 def _label_table(card: SourceCard) -> dict[str, str]:

@@ -23,7 +23,7 @@ import numpy as np
 from pipeline.readers import ReadError
 from pipeline.readers.image2d import read_image, read_mask
 from pipeline.types import CaseRef, LabelLayer, Study
-from sources.base import SourceAdapter, apply_display
+from sources.base import SourceAdapter, check_mask_shape
 
 
 class MaskFolderAdapter(SourceAdapter):
@@ -91,30 +91,10 @@ class MaskFolderAdapter(SourceAdapter):
                     continue
                 arr = read_mask(mpath, threshold=int(lay.get("threshold", 127)))
                 names = {1: term}
-            if arr.shape != image.shape[:2]:
-                raise ReadError(
-                    f"mask {Path(mpath).name} is {arr.shape[1]}x{arr.shape[0]} but image "
-                    f"{Path(ref.paths['image']).name} is {image.shape[1]}x{image.shape[0]}",
-                    file=mpath,
-                    hint="mask and image must have the same size (was one of them resized?)",
-                )
+            check_mask_shape(arr, image, mpath, ref.paths["image"])
             if names:
                 layers.append(LabelLayer(arr[None], names, instance=(kind == "instance"), origin=mpath))
-        attrs = self.case_attrs(ref.case_id)
-        if attrs["display"] != "none":
-            image = np.ascontiguousarray(apply_display(image, attrs["display"]))
-            for layer in layers:
-                layer.array = np.ascontiguousarray(apply_display(layer.array[0], attrs["display"]))[None]
-        return Study(
-            ref=ref,
-            modality=attrs["modality"],
-            image=image[None],
-            is_3d=False,
-            layers=layers,
-            rescaled=False,
-            notes=notes,
-            transform={"body_region": attrs["body_region"], "display": attrs["display"]},
-        )
+        return self.study_2d(ref, image, layers, notes)
 
 
 def glob_escape(text: str) -> str:

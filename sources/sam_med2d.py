@@ -13,12 +13,11 @@ import re
 from collections import defaultdict
 from pathlib import Path
 
-import numpy as np
 
 from pipeline.readers import ReadError
 from pipeline.readers.image2d import read_image, read_mask
 from pipeline.types import CaseRef, LabelLayer, Study
-from sources.base import SourceAdapter, apply_display
+from sources.base import SourceAdapter, check_mask_shape
 
 _INSTANCE = re.compile(r"^(?P<structure>.+)_(?P<instance>\d{3,})$")
 
@@ -94,26 +93,6 @@ class SamMed2DAdapter(SourceAdapter):
                 notes.append(f"structure {structure!r} ({Path(mpath).name}) has no glossary term; skipped")
                 continue
             mask = read_mask(mpath)
-            if mask.shape != image.shape[:2]:
-                raise ReadError(
-                    f"mask {Path(mpath).name} is {mask.shape[1]}x{mask.shape[0]} but image {Path(ref.paths['image']).name} "
-                    f"is {image.shape[1]}x{image.shape[0]}",
-                    file=mpath,
-                    hint="mask and image must have the same size",
-                )
+            check_mask_shape(mask, image, mpath, ref.paths["image"])
             layers.append(LabelLayer(mask[None], {1: term}, instance=True, origin=mpath))
-        attrs = self.case_attrs(ref.case_id)
-        if attrs["display"] != "none":
-            image = np.ascontiguousarray(apply_display(image, attrs["display"]))
-            for layer in layers:
-                layer.array = np.ascontiguousarray(apply_display(layer.array[0], attrs["display"]))[None]
-        return Study(
-            ref=ref,
-            modality=attrs["modality"],
-            image=image[None],
-            is_3d=False,
-            layers=layers,
-            rescaled=False,
-            notes=notes,
-            transform={"body_region": attrs["body_region"], "display": attrs["display"], "intensity": "as stored (8-bit)"},
-        )
+        return self.study_2d(ref, image, layers, notes)

@@ -1,7 +1,6 @@
 """Adapters on the real sample data, asserting the reference facts of each folder's README."""
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest

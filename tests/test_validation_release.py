@@ -12,7 +12,6 @@ from schemas.config import ReleaseConfig
 
 def test_mirrored_labels_flagged_by_stats_and_laterality(tmp_path, samples):
     src = samples / "totalseg-nifti/ct"
-    img = nib.load(str(src / "example_ct_sm.nii.gz"))
     lab = nib.load(str(src / "example_seg.nii.gz"))
     data = tmp_path / "data"
     data.mkdir()
