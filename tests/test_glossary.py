@@ -168,9 +168,8 @@ def test_every_card_label_is_covered(g: Glossary) -> None:
             if g.resolve(str(value)) is None:
                 problems.append(f"{path.name}: label {key!r} -> {value!r} is not a glossary term")
         lm = card.get("label_map")
-        if lm:
-            if lm not in list_label_maps():
-                problems.append(f"{path.name}: label_map {lm!r} is not shipped ({list_label_maps()})")
+        if lm and lm not in list_label_maps():
+            problems.append(f"{path.name}: label_map {lm!r} is not shipped ({list_label_maps()})")
     assert not problems, "\n".join(problems)
 
 
@@ -208,9 +207,16 @@ def test_laterality_matches_ids_and_names(g: Glossary) -> None:
 def test_display_names_are_unique_and_clean(g: Glossary) -> None:
     for lang in ("en", "zh"):
         names = [g.display(t, lang) for t in g]
-        assert len(names) == len(set(n.casefold() for n in names)), lang
+        assert len(names) == len({n.casefold() for n in names}), lang
         for n in names:
             assert not set(n) & set("[]<>"), n
+
+
+def test_english_display_names_are_singular(g: Glossary) -> None:
+    """Templates say "The {term} is ...": display names are singular (plurals live in the synonyms)."""
+    plural = re.compile(r"\b(muscles|cartilages|discs|disks|vertebrae|veins|arteries|bones|lungs|kidneys|ribs)$")
+    for tid in g:
+        assert not plural.search(g.display(tid, "en")), tid
 
 
 def test_chinese_clinical_names(g: Glossary) -> None:
@@ -233,7 +239,7 @@ def test_codes_look_like_codes(g: Glossary) -> None:
 
 
 def test_parents_and_categories(g: Glossary) -> None:
-    for tid, t in g.terms.items():
+    for t in g.terms.values():
         assert t.category in CATEGORY_FAMILY
         if t.parent:
             assert t.parent in g

@@ -8,9 +8,16 @@ from collections import Counter, defaultdict
 import numpy as np
 import pytest
 
-from pipeline.coords import normalise_box, order_boxes
+from pipeline.coords import box_iou, format_boxes, normalise_box, order_boxes
+from pipeline.language import tasks as tasks_mod
 from pipeline.language.glossary import load_glossary
-from pipeline.language.tasks import AMBIGUOUS_IOU, Generated, SliceContext, TaskMix, generate
+from pipeline.language.tasks import (
+    AMBIGUOUS_IOU,
+    Generated,
+    SliceContext,
+    TaskMix,
+    generate,
+)
 from pipeline.language.templates import check_grounding, load_templates
 from pipeline.types import Region
 from schemas.records import Turn
@@ -406,3 +413,52 @@ def test_unknown_modality_and_body_region_still_work() -> None:
     assert gens
     for g in gens:
         assert not TS.template(g.template_id).needs_body_region
+
+
+# ----------------------------------------------------------------------------------------- internals
+
+
+def test_languages_share_the_plan(corpus) -> None:
+    for _ctx, gens in corpus:
+        by_key: dict[tuple[str, str], dict[str, Generated]] = defaultdict(dict)
+        for g in gens:
+            by_key[(g.task, g.key)][g.lang] = g
+        for pair in by_key.values():
+            assert set(pair) == {"en", "zh"}
+            assert pair["en"].regions == pair["zh"].regions
+            assert pair["en"].subtask == pair["zh"].subtask
+
+
+def test_fast_box_text_matches_format_boxes() -> None:
+    r = np.random.default_rng(0)
+    for _ in range(500):
+        boxes = [tuple(int(v) for v in r.integers(0, 1000, 4)) for _ in range(int(r.integers(1, 5)))]
+        assert tasks_mod._boxes_text(boxes) == format_boxes(boxes)
+
+
+def test_ambiguity_window_is_exact() -> None:
+    """The top-edge window finds exactly the boxes a brute-force IoU search finds."""
+    L = tasks_mod._language()
+    r = np.random.default_rng(1)
+    terms = ["liver", "spleen", "aorta", "lung", "lung_left"]
+    checked = hits = 0
+    for _ in range(300):
+        w = h = 999
+        regions = []
+        base = [int(v) for v in sorted(r.integers(0, 990, 2))] + [int(v) for v in sorted(r.integers(0, 990, 2))]
+        for _k in range(int(r.integers(2, 9))):
+            jitter = r.integers(-12, 13, 4) if r.random() < 0.6 else r.integers(-300, 300, 4)
+            x0, x1 = sorted((min(max(base[0] + int(jitter[0]), 0), 997), min(max(base[1] + int(jitter[1]), 0), 997)))
+            y0, y1 = sorted((min(max(base[2] + int(jitter[2]), 0), 997), min(max(base[3] + int(jitter[3]), 0), 997)))
+            regions.append(_region(terms[int(r.integers(len(terms)))], (x0, y0, x1 + 1, y1 + 1), w, h))
+        sl = tasks_mod._Slice(SliceContext("CT", None, "axial", w, h, regions, []), L)
+        for i, ri in enumerate(sl.regions):
+            brute = any(
+                rj.term != ri.term and box_iou(ri.box, rj.box) >= AMBIGUOUS_IOU
+                for j, rj in enumerate(sl.regions)
+                if j != i
+            )
+            assert sl.ambiguous(i) == brute
+            checked += 1
+            hits += brute
+    assert checked > 500 and hits > 20

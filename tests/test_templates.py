@@ -8,7 +8,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.language.templates import TASKS, TemplateSet, check_grounding, load_templates, load_vocab
+from pipeline.language.templates import (
+    TASKS,
+    TemplateSet,
+    check_grounding,
+    load_templates,
+    load_vocab,
+)
 from schemas.language import SLOTS, TemplateBankSpec
 
 REPO = Path(__file__).resolve().parents[1]
@@ -46,7 +52,7 @@ def test_every_task_and_language_has_a_bank(ts: TemplateSet) -> None:
         for lang in LANGS:
             bank = ts.bank(task, lang)
             assert bank.system, (task, lang)
-            assert set(t.slot for t in bank.templates) == set(SLOTS[task])
+            assert {t.slot for t in bank.templates} == set(SLOTS[task])
 
 
 @pytest.mark.parametrize("task", TASKS)
@@ -88,6 +94,13 @@ def test_every_template_renders_well_formed(lang: str, ts: TemplateSet) -> None:
                 assert not re.search(r"[\u4e00-\u9fff]\.", literal), (t.id, text)
             else:
                 assert not re.search(r"[\u4e00-\u9fff，。？！：；（）、]", text), (t.id, text)
+
+
+def test_report_sentences_have_no_colon(ts: TemplateSet) -> None:
+    """A report line is ``head: sentence``; a colon inside the sentence would split it twice."""
+    for lang in LANGS:
+        for t in ts.bank("grounded_report", lang).answers:
+            assert ":" not in t.text and "：" not in t.text, t.id
 
 
 def test_system_prompts_carry_no_tags_or_placeholders(ts: TemplateSet) -> None:

@@ -5,6 +5,13 @@
 * :mod:`pipeline.language.tasks`     -- ``generate(ctx, mix, rng)``: conversations for one display slice.
 """
 
-from pipeline.language.glossary import Glossary, Term, list_label_maps, load_glossary, load_label_map, normalise_name
+from pipeline.language.glossary import (
+    Glossary,
+    Term,
+    list_label_maps,
+    load_glossary,
+    load_label_map,
+    normalise_name,
+)
 
 __all__ = ["Glossary", "Term", "list_label_maps", "load_glossary", "load_label_map", "normalise_name"]

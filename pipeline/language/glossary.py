@@ -22,7 +22,13 @@ from pathlib import Path
 
 import yaml
 
-from schemas.language import CATEGORY_FAMILY, GlossaryFileSpec, GlossarySpec, LabelMapSpec, TermSpec
+from schemas.language import (
+    CATEGORY_FAMILY,
+    GlossaryFileSpec,
+    GlossarySpec,
+    LabelMapSpec,
+    TermSpec,
+)
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 GLOSSARY_DIR = DATA_DIR / "glossary"

@@ -18,7 +18,13 @@ from pathlib import Path
 
 import yaml
 
-from schemas.language import SLOTS, TASK_ABBR, LangPunctuation, TemplateBankSpec, VocabSpec
+from schemas.language import (
+    SLOTS,
+    TASK_ABBR,
+    LangPunctuation,
+    TemplateBankSpec,
+    VocabSpec,
+)
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 TEMPLATES_DIR = DATA_DIR / "templates"
@@ -223,7 +229,7 @@ def _load_vocab_cached(directory: str) -> Vocab:
     for path in sorted(Path(directory).glob("*.yaml")):
         data = _read_yaml(path) or {}
         if not isinstance(data, dict):
-            raise ValueError(f"{path.name}: must be a mapping")
+            raise TypeError(f"{path.name}: must be a mapping of sections")
         for k, v in data.items():
             if k in merged:
                 raise ValueError(f"{path.name}: section {k!r} is defined twice")
