@@ -62,9 +62,18 @@ DATASET_LABELS = {
     "Nodule": "nodule",
     "Pneumonia": "pneumonia",
     "Pneumothorax": "pneumothorax",
-    # RTSTRUCT ROI names, DICOM-SEG segment label
+    # RTSTRUCT ROI names (incl. AAPM TG-263 style), DICOM-SEG segment label
     "BODY": "body",
     "SpinalCord": "spinal_cord",
+    "Lung_L": "lung_left",
+    "Lung_R": "lung_right",
+    "Kidney_R": "kidney_right",
+    "L_Kidney": "kidney_left",
+    "Femur_L": "femur_left",
+    "Glnd_Thyroid": "thyroid_gland",
+    "A_Aorta": "aorta",
+    "V_Venacava_I": "inferior_vena_cava",
+    "Bowel_Small": "small_bowel",
     "Liver": "liver",
 }
 

@@ -64,6 +64,9 @@ def normalise_name(text: str) -> str:
     return s
 
 
+_SIDES = {"l": "left", "r": "right", "lt": "left", "rt": "right"}
+
+
 def _order_free(key: str) -> str | None:
     """Word-order-free key for multi-word Latin names (``kidney right`` -> ``kidney right``)."""
     words = key.split(" ")
@@ -227,6 +230,19 @@ class Glossary:
         key = normalise_name(text)
         if not key:
             return None
+        tid = self._resolve_key(key, lang)
+        if tid is None:
+            # RT structure-set style side suffixes/prefixes (AAPM TG-263: Lung_L, Kidney_R, L_Lung)
+            words = key.split(" ")
+            if len(words) >= 2 and (words[-1] in _SIDES or words[0] in _SIDES):
+                if words[-1] in _SIDES:
+                    words[-1] = _SIDES[words[-1]]
+                else:
+                    words[0] = _SIDES[words[0]]
+                tid = self._resolve_key(" ".join(words), lang)
+        return tid
+
+    def _resolve_key(self, key: str, lang: str | None) -> str | None:
         if lang is None:
             tid = self._exact_any.get(key)
             if tid is not None:
