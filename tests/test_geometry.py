@@ -88,3 +88,33 @@ def test_select_slices_spacing_and_cap():
     capped = select_slices(cands, spacing_mm=1.0, min_spacing_mm=10, max_slices=4)
     assert len(capped) == 4 and capped[0] == 0 and capped[-1] == 90
     assert select_slices(np.array([], dtype=int), 1.0, 10, 4) == []
+
+
+@pytest.mark.parametrize("atlas", ["aal", "JHU-WhiteMatter-labels-2mm"])
+def test_brain_atlas_right_structures_land_on_image_left(samples, atlas):
+    """Every *_R / *_L label pair of the AAL (1 mm, sform only) and JHU (2 mm) atlases after the
+    canonical layout.  AAL: each right-hemisphere structure's centre is on image left.  JHU (MRIcron's
+    copy): every *_R label lies at negative x (patient left) by its own header, so every pair lands
+    mirrored — a label/header left-right mismatch in that file, found by this test; a source card for
+    it would need a left/right fix, and the laterality rule would flag every such sample."""
+    folder = samples / "mricron-atlases"
+    img = nib.load(str(folder / f"{atlas}.nii.gz"))
+    vol, geom = to_canonical(np.asanyarray(img.dataobj), img.affine)
+    assert geom.source_codes == ("R", "A", "S")
+    names = {}
+    for line in (folder / f"{atlas}.nii.txt").read_text().splitlines():
+        parts = line.replace("\t", " ").split()
+        if len(parts) >= 2:
+            names[parts[1]] = int(parts[0])
+    pairs = [(names[n], names[n[:-2] + "_L"]) for n in names if n.endswith("_R") and n[:-2] + "_L" in names]
+    assert len(pairs) >= (45 if atlas == "aal" else 15)
+    k, r, c = np.indices(vol.shape, sparse=True)
+    width = vol.shape[2]
+    mirrored = atlas.startswith("JHU")
+    for right, left in pairs:
+        cr = np.broadcast_to(c, vol.shape)[vol == right].mean()
+        cl = np.broadcast_to(c, vol.shape)[vol == left].mean()
+        if mirrored:
+            assert cl < width / 2 < cr, (atlas, right, left, cr, cl)
+        else:
+            assert cr < width / 2 < cl, (atlas, right, left, cr, cl)
