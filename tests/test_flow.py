@@ -51,3 +51,36 @@ def test_flow_builds_caches_and_reports(prefect_harness, tmp_path, samples):
         cached = [r for r in runs if r.name.startswith("case") and r.state_name == "Cached"]
         assert len(cached) == 6, [r.state_name for r in runs]
     assert second["release"] == rel
+
+
+def test_flow_model_validator_stage_uses_the_gpu_limit(prefect_harness, tmp_path, samples):
+    """The validation stage with the embedding judge (a tiny random CLIP built offline, loaded through
+    the real loader): runs under the `medreg-gpu` global concurrency limit (= GPUs, 1 here) and the
+    validation artifact shows pass/flag/fail per source and validator."""
+    from prefect.client.orchestration import get_client
+    from test_validate_clip import build_tiny_clip
+
+    from flows.build import GPU_LIMIT, run_build
+
+    model = tmp_path / "clip"
+    build_tiny_clip(model)
+    cfg = {
+        "name": "gpuflow", "version": "1", "seed": 3, "samples_root": str(samples),
+        "sources": [{"card": "kvasir-seg", "max_cases": 2}],
+        "validation": {"validators": ["rules", "clip"], "clip": {"model_path": str(model), "device": "cpu"},
+                       "policy": {"per_validator": {"clip": {"fail": "flag"}}}},
+    }
+    p = tmp_path / "cfg.yaml"
+    p.write_text(yaml.safe_dump(cfg))
+    res = run_build(str(p), str(tmp_path / "out"))
+    m = orjson.loads((tmp_path / "out" / "gpuflow-1" / "manifest.json").read_bytes())
+    clip_counts = m["counts"]["validation_by_source"]["kvasir-seg"]["clip"]
+    assert sum(clip_counts.values()) == m["counts"]["rows"] > 0
+    rows = [orjson.loads(line) for f in sorted((tmp_path / "out" / "gpuflow-1" / "data").rglob("*.jsonl"))
+            for line in f.read_bytes().splitlines()]
+    assert all({v["validator"] for v in r["meta"]["validation"]} == {"rules", "clip"} for r in rows)
+    with get_client(sync_client=True) as client:
+        limit = client.read_global_concurrency_limit_by_name(GPU_LIMIT)
+        assert limit.limit == 1
+        assert any(a.key == "release-validation" for a in client.read_artifacts())
+    assert res["release"].endswith("gpuflow-1")
