@@ -6,10 +6,13 @@ saves it with ``save_pretrained`` and loads it through the project's loader, gen
 synthetic regions (512x512 grey images, several boxes each) and times ``ClipJudge.validate``:
 
 * on the GPU (bf16 autocast) over all items, after a warm-up, while a background thread samples GPU
-  utilisation (``nvidia-smi``, else ``torch.cuda.utilization``);
+  utilisation (``nvidia-smi``, else ``torch.cuda.utilization``); once with the judge's fast torch
+  preprocessing (the default) and once with the image processor (``fast_preprocess: false``, the
+  reference path), with their agreement;
 * on the CPU over a subset (``--cpu-items``);
-* the two stages alone on the GPU: crop preprocessing (image processor, CPU threads) and the image
-  tower on ready tensors, to show which one bounds the judge;
+* the stages alone, on each device: the judge's preprocessing (crop threads + device resize, as
+  ``validate`` runs it), the image processor alone (CPU threads), the image tower on ready tensors,
+  and the text tower on all of the run's prompts (uncached), to show which one bounds the judge;
 * agreement of GPU (bf16) and CPU (fp32) verdicts / scores on the CPU subset.
 
 Without CUDA the GPU parts are skipped with a message and ``--size auto`` picks a tiny model, so the
@@ -171,34 +174,72 @@ def timed_validate(judge: Any, items: list[Any], sync: bool) -> tuple[float, lis
     return time.perf_counter() - t, res
 
 
-def stage_times(judge: Any, items: list[Any], batch: int, reps: int = 5) -> dict[str, float]:
-    """Preprocessing alone (regions/s, with the judge's worker threads) and the image tower alone."""
+def stage_times(judge: Any, items: list[Any], batch: int, reps: int = 5) -> dict[str, Any]:
+    """Regions/s of the judge's preprocessing alone, the image processor alone and the image tower alone;
+    seconds of the text tower on all prompts of ``items`` (cache emptied first)."""
+    from concurrent.futures import ThreadPoolExecutor
+
     import torch
     from PIL import Image
 
-    from pipeline.validate.clip import square_crop
+    from pipeline.validate import clip as clipmod
 
-    crops = [square_crop(it.image, r["box_px"], 0.1, 2) for it in items for r in it.regions]
-    crops = crops[: max(batch * 4, 1)]
+    cuda = judge.device == "cuda"
+
+    def sync() -> None:
+        if cuda:
+            torch.cuda.synchronize()
+
+    cfg = judge.config
+    windows = [clipmod._Window(clipmod._channels(it.image), *clipmod.crop_window(r["box_px"], cfg.crop_margin,
+                                                                                   cfg.margin_px_min))
+               for it in items for r in it.regions][: max(batch * 4, 1)]
+    windows = [windows[r] for r in clipmod.window_order(windows)]
+    out: dict[str, Any] = {"fast_preprocess": judge._fast is not None}
+    for _ in range(2):  # second pass timed (first: pinned-memory pool, kernels)
+        sync()
+        t = time.perf_counter()
+        pvs = list(judge._pixel_batches(windows))
+        sync()
+    out["preprocess_regions_per_s"] = round(len(windows) / (time.perf_counter() - t), 1)
+
+    crops = [clipmod._window_rgb(w) for w in windows]
     chunks = [crops[i : i + batch] for i in range(0, len(crops), batch)]
     ip = judge._image_processor
-    from concurrent.futures import ThreadPoolExecutor
-
     t = time.perf_counter()
-    with ThreadPoolExecutor(max_workers=judge.config.preprocess_workers) as pool:
-        pvs = list(pool.map(lambda c: ip(images=[Image.fromarray(x) for x in c], return_tensors="pt")["pixel_values"], chunks))
-    prep = len(crops) / (time.perf_counter() - t)
-    pv = pvs[0].to(judge.device)
-    model = judge._model
-    with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16):
-        model.get_image_features(pixel_values=pv)
-        torch.cuda.synchronize()
-        t = time.perf_counter()
-        for _ in range(reps):
-            model.get_image_features(pixel_values=pv)
-        torch.cuda.synchronize()
-    tower = reps * pv.shape[0] / (time.perf_counter() - t)
-    return {"preprocess_regions_per_s": round(prep, 1), "image_tower_regions_per_s": round(tower, 1)}
+    with ThreadPoolExecutor(max_workers=cfg.preprocess_workers) as pool:
+        list(pool.map(lambda c: ip(images=[Image.fromarray(x) for x in c], return_tensors="pt")["pixel_values"], chunks))
+    out["processor_regions_per_s"] = round(len(crops) / (time.perf_counter() - t), 1)
+
+    pv = pvs[0]
+    judge._encode_pixels(pv)
+    sync()
+    t = time.perf_counter()
+    for _ in range(reps):
+        judge._encode_pixels(pv)
+    sync()
+    out["image_tower_regions_per_s"] = round(reps * pv.shape[0] / (time.perf_counter() - t), 1)
+
+    prompts = sorted({judge.prompt(c, str(it.meta.get("modality", ""))) for it in items for r in it.regions
+                      for c in [str(r["term"]), *judge.alternatives(str(r["term"]), str(it.meta.get("modality", "")))]})
+    saved = dict(judge._text_cache)
+    judge._text_cache.clear()
+    sync()
+    t = time.perf_counter()
+    judge.text_features(prompts)
+    sync()
+    out["text_tower_s"] = round(time.perf_counter() - t, 4)
+    out["prompts"] = len(prompts)
+    judge._text_cache.update(saved)
+    return out
+
+
+def agreement(a: list[Any], b: list[Any]) -> dict[str, Any]:
+    same = sum(x.verdict == y.verdict for x, y in zip(a, b, strict=True))
+    same_rank = sum(x.reason.split(" p=")[0] == y.reason.split(" p=")[0] for x, y in zip(a, b, strict=True))
+    diffs = [abs(x.score - y.score) for x, y in zip(a, b, strict=True) if x.score is not None and y.score is not None]
+    return {"rows": len(a), "same_verdict": same, "same_rank": same_rank,
+            "max_abs_score_diff": round(max(diffs), 5) if diffs else None}
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -211,6 +252,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="preprocessing threads")
     ap.add_argument("--size", choices=["auto", "base", "tiny"], default="auto")
     ap.add_argument("--model-dir", default=None, help="reuse / keep the generated model here")
+    ap.add_argument("--no-reference", action="store_true", help="skip the image-processor (reference) GPU run")
     ap.add_argument("--json", default=None, help="write the results here too")
     args = ap.parse_args(argv)
 
@@ -262,6 +304,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 "peak_mem_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
                 **stage_times(judge, items, args.batch_size),
             }
+            if not args.no_reference:  # the image processor path on the same GPU: speed and agreement
+                ref = ClipJudge(ClipConfig(**base, device="cuda", batch_size=args.batch_size, fast_preprocess=False),
+                                glossary=None)
+                ref.fit(items)
+                ref.validate(items[: max(1, args.batch_size // args.regions)])
+                with GpuSampler() as sampler:
+                    dt, res_ref = timed_validate(ref, items, sync=True)
+                out["gpu_processor"] = {"items": len(items), "regions": n_reg, "seconds": round(dt, 3),
+                                        "regions_per_s": round(n_reg / dt, 1), "batch_size": args.batch_size,
+                                        "utilisation_pct": sampler.summary()}
+                out["agreement_fast_vs_processor"] = agreement(res_gpu, res_ref)
+                del ref
         cj = ClipJudge(ClipConfig(**base, device="cpu", batch_size=args.cpu_batch_size), glossary=None)
         cj.fit(items)  # same alternatives as the GPU run
         cj.validate(cpu_items[:1])  # warm-up
@@ -269,14 +323,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         dt, res_cpu = timed_validate(cj, cpu_items, sync=False)
         n_reg = sum(len(it.regions) for it in cpu_items)
         out["cpu"] = {"items": len(cpu_items), "regions": n_reg, "seconds": round(dt, 3),
-                      "regions_per_s": round(n_reg / dt, 1), "batch_size": args.cpu_batch_size}
+                      "regions_per_s": round(n_reg / dt, 1), "batch_size": args.cpu_batch_size,
+                      **stage_times(cj, cpu_items, args.cpu_batch_size, reps=1)}
         out["params_m"] = round((n_params or 0) / 1e6, 1)
         if res_gpu is not None:
-            sub = res_gpu[: len(cpu_items)]
-            same = sum(a.verdict == b.verdict for a, b in zip(sub, res_cpu, strict=True))
-            diffs = [abs(a.score - b.score) for a, b in zip(sub, res_cpu, strict=True) if a.score is not None and b.score is not None]
-            out["agreement_bf16_vs_fp32"] = {"rows": len(sub), "same_verdict": same,
-                                              "max_abs_score_diff": round(max(diffs), 5) if diffs else None}
+            out["agreement_bf16_vs_fp32"] = agreement(res_gpu[: len(cpu_items)], res_cpu)
             out["speedup_gpu_vs_cpu"] = round(out["gpu"]["regions_per_s"] / out["cpu"]["regions_per_s"], 1)
     finally:
         if tmp:
@@ -289,26 +340,39 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     return out
 
 
+def _stages(r: dict[str, Any]) -> str:
+    return (f"preprocess alone {r['preprocess_regions_per_s']}/s ({'fast' if r['fast_preprocess'] else 'processor'}), "
+            f"image processor alone {r['processor_regions_per_s']}/s, image tower alone "
+            f"{r['image_tower_regions_per_s']}/s, text tower {r['text_tower_s']} s for {r['prompts']} prompts")
+
+
 def print_table(out: dict[str, Any]) -> None:
     print(f"\nB6 embedding judge — model {out['size']} ({out.get('params_m')} M params), torch {out['torch']}, "
           f"{out['cpu_count']} CPUs ({out['torch_threads']} torch threads), GPU: {out['gpu_name']}")
-    print(f"{'run':<6} {'regions':>8} {'seconds':>9} {'regions/s':>11}  notes")
-    for k in ("gpu", "cpu"):
+    print(f"{'run':<14} {'regions':>8} {'seconds':>9} {'regions/s':>11}  notes")
+    for k in ("gpu", "gpu_processor", "cpu"):
         r = out.get(k)
         if r is None:
-            print(f"{k:<6} {'-':>8} {'-':>9} {'-':>11}  skipped (no CUDA)")
+            if k != "gpu_processor":
+                print(f"{k:<14} {'-':>8} {'-':>9} {'-':>11}  skipped (no CUDA)")
             continue
         notes = ""
-        if k == "gpu":
+        if k.startswith("gpu"):
             u = r["utilisation_pct"]
-            notes = (f"util mean {u['mean']}% max {u['max']}% ({u['n']} samples, {u['source']}); "
-                     f"peak {r['peak_mem_gib']} GiB; preprocess alone {r['preprocess_regions_per_s']}/s, "
-                     f"image tower alone {r['image_tower_regions_per_s']}/s")
-        print(f"{k:<6} {r['regions']:>8} {r['seconds']:>9.3f} {r['regions_per_s']:>11.1f}  {notes}")
+            notes = f"util mean {u['mean']}% max {u['max']}% ({u['n']} samples, {u['source']})"
+        if k == "gpu":
+            notes += f"; peak {r['peak_mem_gib']} GiB; " + _stages(r)
+        if k == "cpu":
+            notes = _stages(r)
+        print(f"{k:<14} {r['regions']:>8} {r['seconds']:>9.3f} {r['regions_per_s']:>11.1f}  {notes}")
+    for key, label in (("agreement_fast_vs_processor", "fast vs processor preprocessing (GPU)"),
+                       ("agreement_bf16_vs_fp32", "bf16 GPU vs fp32 CPU")):
+        a = out.get(key)
+        if a:
+            print(f"{label} on {a['rows']} rows: {a['same_verdict']} same verdicts, {a['same_rank']} same ranks, "
+                  f"max |score diff| {a['max_abs_score_diff']}")
     if "speedup_gpu_vs_cpu" in out:
-        a = out["agreement_bf16_vs_fp32"]
-        print(f"GPU/CPU speed-up: {out['speedup_gpu_vs_cpu']}x; bf16 vs fp32 on {a['rows']} rows: "
-              f"{a['same_verdict']} same verdicts, max |score diff| {a['max_abs_score_diff']}")
+        print(f"GPU/CPU speed-up: {out['speedup_gpu_vs_cpu']}x")
     sys.stdout.flush()
 
 

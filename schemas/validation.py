@@ -83,6 +83,11 @@ class ClipConfig(_Cfg):
     batch_size: int = Field(64, ge=1)
     preprocess_workers: int = Field(4, ge=1, description="threads preparing crop batches ahead of the model")
     device: Literal["auto", "cuda", "cpu"] = "auto"
+    fast_preprocess: bool = Field(
+        True,
+        description="resize/normalise crops in torch on the judge's device (checked against the image "
+        "processor at load, within one grey level); false: the image processor itself (reference path)",
+    )
 
 
 class GroundingConfig(_Cfg):

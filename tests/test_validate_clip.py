@@ -182,17 +182,18 @@ def test_verdict_logic_with_controlled_embeddings(model_dir, monkeypatch) -> Non
         return torch.stack([basis[p] for p in prompts])
 
     looks_like = {("r0", "liver"): "liver", ("r0", "spleen"): "liver", ("r1", "liver"): "liver", ("r1", "spleen"): "spleen"}
-    order = [(it.row_id, reg["term"]) for it in items for reg in it.regions]
+    order = [(it.row_id, reg["term"]) for it in items for reg in it.regions]  # window key = region index
 
-    def image_features(crops: list[np.ndarray]) -> torch.Tensor:
+    def embed_windows(windows):
         out = []
-        for (rid, term), _c in zip(order, crops, strict=True):
+        for w in windows:
+            rid, term = order[w.key]
             mod = next(it.meta["modality"] for it in items if it.row_id == rid)
             out.append(text_features([j.prompt(looks_like.get((rid, term), term), mod)])[0])
-        return torch.stack(out)
+        yield torch.stack(out)
 
     monkeypatch.setattr(j, "text_features", text_features)
-    monkeypatch.setattr(j, "image_features", image_features)
+    monkeypatch.setattr(j, "_embed_windows", embed_windows)
     monkeypatch.setattr(j, "load", lambda: None)
     monkeypatch.setattr(j, "_scale", lambda: 100.0)
     r0, r1 = j.validate(items)
@@ -252,3 +253,154 @@ def test_through_build_validators_and_cache(model_dir, tmp_path) -> None:
     assert (cache.computed, cache.cached) == (0, 5)
     assert [r[0].model_dump() for r in second] == [r[0].model_dump() for r in first]
     assert all(apply_policy(r, cfg).action in ("keep", "drop") for r in first)
+
+
+# ---------------------------------------------------------------------------------------------- fast path
+GREY = 1 / (255 * 0.2613)  # one grey level in normalised units (smallest CLIP std)
+
+
+def _windows(seed: int = 3) -> list:
+    rng = np.random.default_rng(seed)
+    grey = rng.integers(0, 256, (90, 70), dtype=np.uint8)
+    rgb = rng.integers(0, 256, (90, 70, 3), dtype=np.uint8)
+    out = []
+    for img in (grey, rgb):
+        for box in ([5, 5, 14, 14], [0, 0, 69, 89], [60, 80, 69, 89], [30, 30, 31, 31], [10, 20, 40, 35]):
+            x0, y0, side = clipmod.crop_window(box, 0.1, 2)
+            out.append(clipmod._Window(clipmod._channels(img), x0, y0, side))
+    return [out[r] for r in clipmod.window_order(out)]
+
+
+def _processor_pixels(ip, windows) -> torch.Tensor:
+    from PIL import Image
+
+    return ip(images=[Image.fromarray(clipmod._window_rgb(w)) for w in windows], return_tensors="pt")["pixel_values"]
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"size": {"shortest_edge": 32}, "crop_size": {"height": 32, "width": 32}},  # CLIP (bicubic)
+        {"size": {"shortest_edge": 40}, "crop_size": {"height": 32, "width": 30}},  # a real centre crop
+        {"size": {"height": 36, "width": 36}, "do_center_crop": False, "resample": 2,  # SigLIP-like
+         "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5]},
+    ],
+)
+def test_fast_preprocess_matches_processor_pixels(kw) -> None:
+    """Torch crop/resize/normalise within about one grey level of the image processor."""
+    from transformers import CLIPImageProcessor
+
+    ip = CLIPImageProcessor(**kw)
+    fp = clipmod.FastPreprocess.from_processor(ip)
+    assert fp is not None
+    windows = _windows()
+    buf, groups = clipmod.pack_windows(windows)
+    assert sum(g[2] for g in groups) == len(windows) and len(groups) < len(windows)  # same sizes grouped
+    got = fp(buf, groups)
+    ref = _processor_pixels(ip, windows)
+    assert got.shape == ref.shape and got.dtype == torch.float32
+    diff = (got - ref).abs()
+    assert float(diff.mean()) < 0.05 * GREY and float(diff.max()) <= 2.01 * GREY
+
+
+def test_pack_windows_is_square_crop() -> None:
+    windows = _windows()
+    buf, groups = clipmod.pack_windows(windows)
+    flat, k = buf.numpy(), 0
+    for side, ch, count, off in groups:
+        for n in range(count):
+            w = windows[k]
+            assert (w.side, w.channels) == (side, ch)
+            crop = flat[off + n * side * side * ch : off + (n + 1) * side * side * ch].reshape(side, side, ch)
+            np.testing.assert_array_equal(np.broadcast_to(crop, (side, side, 3)), clipmod._window_rgb(w))
+            k += 1
+
+
+def test_fast_preprocess_unsupported_settings_fall_back() -> None:
+    from transformers import CLIPImageProcessor
+
+    assert clipmod.FastPreprocess.from_processor(CLIPImageProcessor(resample=1)) is None  # LANCZOS
+    assert clipmod.FastPreprocess.from_processor(
+        CLIPImageProcessor(size={"shortest_edge": 32, "longest_edge": 64})) is None
+    assert clipmod.FastPreprocess.from_processor(
+        CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 40, "width": 40})) is None
+
+
+def test_fast_path_checked_at_load(model_dir, monkeypatch, caplog) -> None:
+    """A fast path that disagrees with the processor is refused at load: the processor is used."""
+    real = clipmod.FastPreprocess.from_processor
+
+    def wrong(ip):
+        fp = real(ip)
+        fp.sub = [0.0, 0.0, 0.0]  # forgot the mean
+        return fp
+
+    items = make_items(4)
+    ref = judge(model_dir, fast_preprocess=False).validate(items)
+    monkeypatch.setattr(clipmod.FastPreprocess, "from_processor", staticmethod(wrong))
+    j = judge(model_dir)
+    with caplog.at_level(logging.WARNING, logger="pipeline.validate.clip"):
+        res = j.validate(items)
+    assert j._fast is None and any("fast preprocessing differs" in r.message for r in caplog.records)
+    assert [r.model_dump() for r in res] == [r.model_dump() for r in ref]
+
+
+def test_fast_path_agrees_with_processor_path(model_dir) -> None:
+    """Same verdicts and ranks, embeddings with cosine > 0.99, as the image processor (reference) path."""
+    items = make_items(30)
+    fast, ref = judge(model_dir), judge(model_dir, fast_preprocess=False)
+    rf, rr = fast.validate(items), ref.validate(items)
+    assert fast._fast is not None and ref._fast is None
+    assert [r.verdict for r in rf] == [r.verdict for r in rr]
+    assert [r.reason.split(" p=")[0] for r in rf] == [r.reason.split(" p=")[0] for r in rr]
+    np.testing.assert_allclose([r.score for r in rf], [r.score for r in rr], atol=1e-3)
+    crops = [square_crop(it.image, reg["box_px"], 0.1, 2) for it in items for reg in it.regions]
+    cos = (fast.image_features(crops) * ref.image_features(crops)).sum(-1)
+    assert float(cos.min()) > 0.99
+
+
+def test_grey_and_rgb_images_embed_alike(model_dir) -> None:
+    items = make_items(6)
+    grey = [it for it in items if it.image.ndim == 2]
+    rgb = [ValidationItem(it.row, np.stack([it.image] * 3, axis=2)) for it in grey]
+    j = judge(model_dir)
+    a, b = j.validate(grey), j.validate(rgb)
+    assert [r.model_dump() for r in a] == [r.model_dump() for r in b]
+
+
+def test_text_embeddings_cached_across_calls(model_dir, monkeypatch) -> None:
+    """Unique prompts are encoded in one text-tower call per batch, once for the judge's lifetime."""
+    items = make_items(9)
+    j = judge(model_dir)
+    j.load()
+    calls: list[int] = []
+    real = j._model.get_text_features
+
+    def counting(**kw):
+        calls.append(int(kw["input_ids"].shape[0]))
+        return real(**kw)
+
+    monkeypatch.setattr(j._model, "get_text_features", counting)
+    first = j.validate(items)
+    n_prompts = len(j._text_cache)
+    assert calls == [n_prompts] and n_prompts <= j.config.batch_size
+    assert [r.model_dump() for r in j.validate(items)] == [r.model_dump() for r in first]
+    assert calls == [n_prompts]  # second run: all from the cache
+
+
+def test_image_features_non_square_uses_processor(model_dir) -> None:
+    j = judge(model_dir, batch_size=2)
+    crops = [np.full((20, 30, 3), 40, np.uint8), np.full((25, 25, 3), 90, np.uint8), np.zeros((9, 5, 3), np.uint8)]
+    f = j.image_features(crops)
+    assert tuple(f.shape) == (3, PROJ)
+    sq = j.image_features([crops[1]])
+    torch.testing.assert_close(f[1], sq[0], rtol=1e-4, atol=1e-5)
+
+
+def test_resize_on_device_path_same_results(model_dir) -> None:
+    """The CUDA layout (uint8 crops shipped, resized by the consumer thread) gives the CPU layout's results."""
+    items = make_items(9)
+    a = judge(model_dir, batch_size=4)
+    b = judge(model_dir, batch_size=4)
+    b._resize_on_device = True
+    assert [r.model_dump() for r in a.validate(items)] == [r.model_dump() for r in b.validate(items)]

@@ -19,7 +19,18 @@ The model is any transformers checkpoint exposing ``get_image_features`` / ``get
 (CLIPModel, SiglipModel, ...), loaded from a local directory with ``local_files_only=True`` and no
 remote code.  Inference runs under ``torch.inference_mode`` in eval mode (deterministic for a given
 device), on CUDA with bf16 autocast when available, otherwise on CPU with a one-time warning.
-Crops are preprocessed by ``preprocess_workers`` threads ahead of the batch running on the device.
+
+Throughput (``fast_preprocess``, the default): regions are sorted by crop side so that a batch holds
+few distinct sizes; ``preprocess_workers`` threads cut the windows with numpy slicing (grey images stay
+one channel) into one (pinned, on CUDA) uint8 buffer per batch ahead of the device; the device copies
+it with ``non_blocking``, resizes each same-size group with one antialiased ``interpolate`` in two
+passes (horizontal, then vertical, rounding to 0..255 in between, as Pillow does: within one grey
+level of the image processor), centre-crops and normalises as the processor's settings say.  At load
+the fast path is compared with the processor on synthetic crops and falls back to it when they
+disagree (or the processor has settings it does not reproduce).  Text embeddings are cached per
+prompt for the judge's lifetime (unique prompts encoded in batches, never per item); scores are
+computed per batch on the device and copied to the host once per ``validate`` call.
+``fast_preprocess: false`` runs the image processor itself (the reference path).
 """
 
 from __future__ import annotations
@@ -29,9 +40,10 @@ import json
 import logging
 import math
 from collections import Counter, defaultdict
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -110,23 +122,217 @@ def _features(out: Any) -> Any:
     return out[0]
 
 
-def square_crop(image: np.ndarray, box_px: list[int] | tuple[int, ...], margin: float, margin_min: int) -> np.ndarray:
-    """RGB uint8 square window centred on the box (box side + margins), black outside the image."""
-    h, w = image.shape[:2]
+def crop_window(box_px: Sequence[int], margin: float, margin_min: int) -> tuple[int, int, int]:
+    """(x0, y0, side) of the square window centred on the box (box side + margins), in image pixels."""
     x0, y0, x1, y1 = (int(v) for v in box_px)
-    bw, bh = x1 - x0 + 1, y1 - y0 + 1
-    side = max(bw, bh)
+    side = max(x1 - x0 + 1, y1 - y0 + 1)
     side = int(side + 2 * max(math.ceil(margin * side), margin_min))
     cx2, cy2 = x0 + x1 + 1, y0 + y1 + 1  # twice the centre (continuous)
-    sx0 = (cx2 - side) // 2
-    sy0 = (cy2 - side) // 2
-    img = image if image.ndim == 3 else np.repeat(image[:, :, None], 3, axis=2)
-    out = np.zeros((side, side, 3), dtype=np.uint8)
+    return (cx2 - side) // 2, (cy2 - side) // 2, side
+
+
+def _channels(image: np.ndarray) -> np.ndarray:
+    """(H, W, C) view with C = 1 (grey) or 3 (RGB; extra channels dropped)."""
+    if image.ndim == 2:
+        return image[:, :, None]
+    return image[:, :, :1] if image.shape[2] < 3 else image[:, :, :3]
+
+
+def _fill_window(dst: np.ndarray, img: np.ndarray, sx0: int, sy0: int) -> None:
+    """Copy the window at (sx0, sy0) of ``img`` (H, W, C) into ``dst`` (side, side, C), black outside."""
+    side = dst.shape[0]
+    h, w = img.shape[:2]
     ax0, ay0 = max(sx0, 0), max(sy0, 0)
     ax1, ay1 = min(sx0 + side, w), min(sy0 + side, h)
+    inside = ax0 == sx0 and ay0 == sy0 and ax1 == sx0 + side and ay1 == sy0 + side
+    if not inside:
+        dst[...] = 0
     if ax1 > ax0 and ay1 > ay0:
-        out[ay0 - sy0 : ay1 - sy0, ax0 - sx0 : ax1 - sx0] = img[ay0:ay1, ax0:ax1, :3]
-    return out
+        dst[ay0 - sy0 : ay1 - sy0, ax0 - sx0 : ax1 - sx0] = img[ay0:ay1, ax0:ax1]
+
+
+def square_crop(image: np.ndarray, box_px: list[int] | tuple[int, ...], margin: float, margin_min: int) -> np.ndarray:
+    """RGB uint8 square window centred on the box (box side + margins), black outside the image."""
+    sx0, sy0, side = crop_window(box_px, margin, margin_min)
+    return _window_rgb(_Window(_channels(image), sx0, sy0, side))
+
+
+def _window_rgb(w: _Window) -> np.ndarray:
+    out = np.empty((w.side, w.side, w.channels), dtype=np.uint8)
+    _fill_window(out, w.image, w.x0, w.y0)
+    return out if out.shape[2] == 3 else np.repeat(out, 3, axis=2)
+
+
+class _Window(NamedTuple):
+    """One region to embed: the square window (x0, y0, side) of ``image`` (H, W, C); ``key``: the caller's."""
+
+    image: np.ndarray
+    x0: int
+    y0: int
+    side: int
+    key: int = -1
+
+    @property
+    def channels(self) -> int:
+        return int(self.image.shape[2])
+
+
+def _size_get(size: Any, key: str) -> Any:
+    if size is None:
+        return None
+    if isinstance(size, dict):
+        return size.get(key)
+    return getattr(size, key, None)
+
+
+def _resample_mode(resample: Any) -> str | None:
+    """'bicubic' / 'bilinear' from a PIL resample code or a torchvision InterpolationMode, else None."""
+    value = getattr(resample, "value", resample)
+    if isinstance(value, str):
+        value = value.lower()
+        return value if value in ("bicubic", "bilinear") else None
+    try:
+        return {2: "bilinear", 3: "bicubic"}.get(int(value))
+    except (TypeError, ValueError):
+        return None
+
+
+class FastPreprocess:
+    """The image processor's resize / centre crop / rescale / normalise on square uint8 crops, in torch.
+
+    Built from the processor's settings by :meth:`from_processor` (``None`` when it has settings this
+    does not reproduce).  The resize is antialiased ``interpolate`` in two passes, horizontal then
+    vertical, each rounded and clipped to 0..255: what Pillow does on uint8 images, so the result is
+    within one grey level of the processor (PIL or torchvision backend) on CPU and on CUDA alike.
+    """
+
+    MAX_ELEMENTS = 1 << 25  # float elements per interpolate call (bounds temporary memory)
+
+    def __init__(self, resize_hw: tuple[int, int], crop_hw: tuple[int, int] | None, mode: str,
+                 sub: Sequence[float], div: Sequence[float]) -> None:
+        self.resize_hw = resize_hw
+        self.crop_hw = crop_hw
+        self.mode = mode
+        self.sub = [float(v) for v in sub]
+        self.div = [float(v) for v in div]
+        self._consts: dict[str, tuple[Any, Any]] = {}
+
+    @property
+    def out_hw(self) -> tuple[int, int]:
+        return self.crop_hw or self.resize_hw
+
+    @classmethod
+    def from_processor(cls, ip: Any) -> FastPreprocess | None:
+        if ip is None or not getattr(ip, "do_resize", True) or getattr(ip, "do_pad", None):
+            return None
+        mode = _resample_mode(getattr(ip, "resample", None))
+        size = getattr(ip, "size", None)
+        if mode is None or size is None:
+            return None
+        short = _size_get(size, "shortest_edge")
+        if short and not _size_get(size, "longest_edge"):
+            resize_hw = (int(short), int(short))  # square input: both sides become shortest_edge
+        elif _size_get(size, "height") and _size_get(size, "width") and not short:
+            resize_hw = (int(_size_get(size, "height")), int(_size_get(size, "width")))
+        else:
+            return None
+        crop_hw = None
+        if getattr(ip, "do_center_crop", False):
+            cs = getattr(ip, "crop_size", None)
+            ch, cw = _size_get(cs, "height"), _size_get(cs, "width")
+            if not ch or not cw or ch > resize_hw[0] or cw > resize_hw[1]:
+                return None
+            crop_hw = None if (ch, cw) == resize_hw else (int(ch), int(cw))
+        mean = list(getattr(ip, "image_mean", None) or [0.0, 0.0, 0.0])
+        std = list(getattr(ip, "image_std", None) or [1.0, 1.0, 1.0])
+        if len(mean) == 1:
+            mean = mean * 3
+        if len(std) == 1:
+            std = std * 3
+        if len(mean) != 3 or len(std) != 3:
+            return None
+        rescale = float(getattr(ip, "rescale_factor", 1 / 255)) if getattr(ip, "do_rescale", True) else 1.0
+        if getattr(ip, "do_normalize", True):  # (x * rescale - mean) / std == (x - mean / rescale) / (std / rescale)
+            sub, div = [m / rescale for m in mean], [sd / rescale for sd in std]
+        else:
+            sub, div = [0.0] * 3, [1.0 / rescale] * 3
+        return cls(resize_hw, crop_hw, mode, sub, div)
+
+    def _resize(self, x: Any) -> Any:
+        import torch.nn.functional as F
+
+        h = x.shape[-2]
+        x = F.interpolate(x, size=(h, self.resize_hw[1]), mode=self.mode, antialias=True, align_corners=False)
+        x = x.round_().clamp_(0, 255)
+        x = F.interpolate(x, size=self.resize_hw, mode=self.mode, antialias=True, align_corners=False)
+        x = x.round_().clamp_(0, 255)
+        if self.crop_hw is not None:
+            (rh, rw), (ch, cw) = self.resize_hw, self.crop_hw
+            top, left = (rh - ch) // 2, (rw - cw) // 2
+            x = x[..., top : top + ch, left : left + cw]
+        return x
+
+    def __call__(self, buf: Any, groups: Sequence[tuple[int, int, int, int]]) -> Any:
+        """Pixel values (N, 3, H, W) float32 on ``buf``'s device from the packed uint8 buffer.
+
+        ``groups``: (side, channels, count, byte offset) of consecutive same-size crops in ``buf``.
+        """
+        import torch
+
+        dev = buf.device
+        n = sum(g[2] for g in groups)
+        out = torch.empty((n, 3, *self.out_hw), dtype=torch.float32, device=dev)
+        k = 0
+        for side, ch, count, off in groups:
+            per = side * side * ch
+            step = max(1, self.MAX_ELEMENTS // per)
+            for j in range(0, count, step):
+                m = min(step, count - j)
+                x = buf[off + j * per : off + (j + m) * per].view(m, side, side, ch).permute(0, 3, 1, 2)
+                x = x.float().contiguous()
+                try:
+                    y = self._resize(x)
+                except RuntimeError:  # e.g. CUDA's antialias kernel refuses very large downscale factors
+                    if dev.type == "cpu":
+                        raise
+                    y = self._resize(x.cpu()).to(dev)
+                out[k : k + m] = y  # grey (1 channel) broadcasts to RGB
+                k += m
+        key = str(dev)
+        if key not in self._consts:
+            self._consts[key] = (torch.tensor(self.sub, device=dev).view(1, 3, 1, 1),
+                                 torch.tensor(self.div, device=dev).view(1, 3, 1, 1))
+        sub, div = self._consts[key]
+        return out.sub_(sub).div_(div)
+
+
+def pack_windows(windows: Sequence[_Window], pin: bool = False) -> tuple[Any, list[tuple[int, int, int, int]]]:
+    """One flat uint8 tensor holding every window (side, side, C) back to back, and its groups.
+
+    Groups are runs of consecutive windows with the same (side, channels): (side, C, count, offset).
+    """
+    import torch
+
+    total = sum(w.side * w.side * w.channels for w in windows)
+    buf = torch.empty(total, dtype=torch.uint8, pin_memory=pin)
+    flat = buf.numpy()
+    groups: list[tuple[int, int, int, int]] = []
+    off = 0
+    for w in windows:
+        per = w.side * w.side * w.channels
+        _fill_window(flat[off : off + per].reshape(w.side, w.side, w.channels), w.image, w.x0, w.y0)
+        if groups and groups[-1][0] == w.side and groups[-1][1] == w.channels:
+            s, c, cnt, o = groups[-1]
+            groups[-1] = (s, c, cnt + 1, o)
+        else:
+            groups.append((w.side, w.channels, 1, off))
+        off += per
+    return buf, groups
+
+
+def window_order(windows: Sequence[_Window]) -> list[int]:
+    """Processing order: by (side, channels), then input order (few distinct sizes per batch)."""
+    return sorted(range(len(windows)), key=lambda r: (windows[r].side, windows[r].channels, r))
 
 
 class ClipJudge:
@@ -147,7 +353,9 @@ class ClipJudge:
         self._fp = model_fingerprint(self.config.model_path)
         self.cooccur: dict[str, dict[str, Counter[str]]] = {}  # modality -> term -> co-occurring terms
         self.prepared = False
-        self._text_cache: dict[str, Any] = {}
+        self._text_cache: dict[str, Any] = {}  # prompt -> L2-normalised float32 CPU embedding (whole run)
+        self._fast: FastPreprocess | None = None  # set by load() when fast_preprocess is on and verified
+        self._resize_on_device: bool | None = None  # fast path: resize on the device (None: on CUDA only)
 
     # ------------------------------------------------------------------ setup
     @property
@@ -177,6 +385,42 @@ class ClipJudge:
         if self._model is None:
             self.device = pick_device(self.config.device)
             self._model, self._image_processor, self._tokenizer = load_clip(self.config.model_path, self.device)
+            self._fast = self._setup_fast() if self.config.fast_preprocess else None
+
+    def _setup_fast(self) -> FastPreprocess | None:
+        """The torch preprocessing when it reproduces the image processor on synthetic crops, else None."""
+        import torch
+        from PIL import Image
+
+        ip = self._image_processor
+        fp = FastPreprocess.from_processor(ip)
+        if fp is None:
+            log.info("clip: %s has settings the fast preprocessing does not reproduce; using it as is",
+                     type(ip).__name__)
+            return None
+        rng = np.random.default_rng(0)
+        windows = []
+        for side, ch in ((19, 1), (96, 3), (333, 1)):  # upscaled, mildly and strongly downscaled
+            yy, xx = np.mgrid[0:side, 0:side]
+            blocks = np.kron(rng.integers(0, 256, size=(side // 7 + 1, side // 7 + 1)), np.ones((7, 7)))
+            img = ((xx * 255 // side + yy * 97 // side + blocks[:side, :side]) // 2 % 256).astype(np.uint8)
+            img = img[:, :, None] if ch == 1 else np.stack([img, img[::-1], img[:, ::-1]], axis=2)
+            windows.append(_Window(img, 0, 0, side))
+        try:
+            ref = ip(images=[Image.fromarray(_window_rgb(w)) for w in windows], return_tensors="pt")["pixel_values"]
+            buf, groups = pack_windows(windows)
+            with torch.inference_mode():
+                got = fp(buf.to(self.device), groups).cpu()
+            ok = tuple(got.shape) == tuple(ref.shape)
+            diff = (got - ref.float()).abs() if ok else None
+        except Exception as e:  # noqa: BLE001 - any mismatch means: use the processor
+            log.warning("clip: fast preprocessing failed its check (%s); using the image processor", e)
+            return None
+        if diff is None or float(diff.mean()) > 0.01 or float(diff.max()) > 0.1:
+            log.warning("clip: fast preprocessing differs from %s (%s); using the image processor",
+                        type(ip).__name__, "shape" if diff is None else f"mean |diff| {float(diff.mean()):.4f}")
+            return None
+        return fp
 
     def alternatives(self, term: str, modality: str) -> list[str]:
         cands: list[str] = []
@@ -232,33 +476,106 @@ class ClipJudge:
                 self._text_cache[p] = row
         return torch.stack([self._text_cache[p] for p in prompts]) if prompts else torch.zeros(0)
 
-    def image_features(self, crops: list[np.ndarray]) -> Any:
-        """L2-normalised float32 CPU embeddings of RGB crops, in batches of ``batch_size``."""
+    def _encode_pixels(self, pv: Any) -> Any:
+        """L2-normalised float32 image embeddings (on the device) of ready pixel values (on the device)."""
+        import torch
+
+        with torch.inference_mode():
+            with self._autocast():
+                f = _features(self._model.get_image_features(pixel_values=pv))
+            return torch.nn.functional.normalize(f.float(), dim=-1)
+
+    def _pixel_batches(self, windows: Sequence[_Window]) -> Iterator[Any]:
+        """Pixel values (on the device) of ``windows``, one tensor per ``batch_size`` windows, in order.
+
+        ``preprocess_workers`` threads prepare up to workers + 1 batches ahead: the fast path packs the
+        crops into one uint8 buffer (pinned on CUDA; on the CPU also resized in the thread), the
+        reference path runs the image processor.  The device copies with ``non_blocking``, resizes on
+        the device (fast path on CUDA) and nothing here waits for it.
+        """
         import torch
         from PIL import Image
 
         self.load()
         bs = self.config.batch_size
-        chunks = [crops[i : i + bs] for i in range(0, len(crops), bs)]
+        chunks = [windows[i : i + bs] for i in range(0, len(windows), bs)]
+        cuda = self.device == "cuda"
+        fast = self._fast
+        on_device = cuda if self._resize_on_device is None else self._resize_on_device
 
-        def prep(chunk: list[np.ndarray]) -> Any:
-            return self._image_processor(images=[Image.fromarray(c) for c in chunk], return_tensors="pt")[
-                "pixel_values"
-            ]
+        def prep(chunk: Sequence[_Window]) -> tuple[Any, Any]:
+            with torch.inference_mode():
+                if fast is None:
+                    pv = self._image_processor(images=[Image.fromarray(_window_rgb(w)) for w in chunk],
+                                               return_tensors="pt")["pixel_values"]
+                    return (pv.pin_memory() if cuda else pv), None
+                buf, groups = pack_windows(chunk, pin=cuda)
+                if not on_device:  # CPU: resize here, in the worker thread, overlapping the model
+                    return fast(buf, groups), None
+                return buf, groups
 
-        feats: list[Any] = []
         workers = max(1, self.config.preprocess_workers)
         with ThreadPoolExecutor(max_workers=workers) as pool:
             pending = [pool.submit(prep, c) for c in chunks[: workers + 1]]
             for j in range(len(chunks)):
-                pv = pending.pop(0).result()
+                data, groups = pending.pop(0).result()
                 if j + workers + 1 < len(chunks):  # keep the preprocessing pipeline full
                     pending.append(pool.submit(prep, chunks[j + workers + 1]))
-                pv = pv.to(self.device, non_blocking=True)
-                with torch.inference_mode(), self._autocast():
-                    f = _features(self._model.get_image_features(pixel_values=pv))
-                feats.append(torch.nn.functional.normalize(f.float(), dim=-1).cpu())
-        return torch.cat(feats) if feats else torch.zeros(0)
+                data = data.to(self.device, non_blocking=True)
+                if groups is not None:
+                    with torch.inference_mode():
+                        data = fast(data, groups)  # type: ignore[misc]
+                yield data
+
+    def _embed_windows(self, windows: Sequence[_Window]) -> Iterator[Any]:
+        """L2-normalised float32 embeddings (on the device) of ``windows``, one tensor per batch, in order."""
+        for pv in self._pixel_batches(windows):
+            yield self._encode_pixels(pv)
+
+    def image_features(self, crops: list[np.ndarray]) -> Any:
+        """L2-normalised float32 CPU embeddings of RGB (or grey) crops, in batches of ``batch_size``."""
+        import torch
+        from PIL import Image
+
+        self.load()
+        if not crops:
+            return torch.zeros(0)
+        if any(c.ndim < 2 or c.shape[0] != c.shape[1] for c in crops):  # not a window: the processor as is
+            bs = self.config.batch_size
+            feats = []
+            for i in range(0, len(crops), bs):
+                pv = self._image_processor(images=[Image.fromarray(c) for c in crops[i : i + bs]],
+                                           return_tensors="pt")["pixel_values"]
+                feats.append(self._encode_pixels(pv.to(self.device)))
+            return torch.cat(feats).cpu()
+        windows = [_Window(_channels(c), 0, 0, int(c.shape[0])) for c in crops]
+        order = window_order(windows)
+        feats = torch.cat(list(self._embed_windows([windows[r] for r in order]))).cpu()
+        out = torch.empty_like(feats)
+        out[torch.as_tensor(order)] = feats
+        return out
+
+    @staticmethod
+    def _score(feats: Any, txt: Any, idx: np.ndarray, counts: np.ndarray, scale: float) -> Any:
+        """(p_true, rank, argmax) per region, on the device, for one batch of image embeddings.
+
+        ``idx[r]``: rows of ``txt`` for [true] + alternatives of region r, padded; ``counts[r]``: how many.
+        """
+        import torch
+
+        dev = feats.device
+        ii, cc = torch.from_numpy(idx), torch.from_numpy(counts)
+        if dev.type == "cuda":
+            ii, cc = ii.pin_memory(), cc.pin_memory()
+        ii, cc = ii.to(dev, non_blocking=True), cc.to(dev, non_blocking=True)
+        with torch.inference_mode():
+            logits = scale * (txt[ii] * feats[:, None, :]).sum(-1)  # (b, K)
+            valid = torch.arange(idx.shape[1], device=dev)[None, :] < cc[:, None]
+            logits = logits.masked_fill(~valid, float("-inf"))
+            probs = torch.softmax(logits, dim=1)
+            rank = 1 + (logits > logits[:, :1]).sum(dim=1)
+            best = logits.argmax(dim=1)  # first of equal maxima
+            return torch.stack([probs[:, 0], rank.float(), best.float()], dim=1)
 
     def _scale(self) -> float:
         ls = getattr(self._model, "logit_scale", None)
@@ -273,46 +590,64 @@ class ClipJudge:
         cfg = self.config
         if self.needs_fit:
             self.fit(items)
+        cands_of: dict[tuple[str, str], list[str]] = {}  # (term, modality) -> [term, *alternatives]
         jobs: list[tuple[int, str, str, list[str]]] = []  # (item index, term, modality, candidates)
-        crops: list[np.ndarray] = []
+        windows: list[_Window] = []  # regions with alternatives; key = job index
         for i, it in enumerate(items):
             mod = str(it.meta.get("modality", ""))
+            img = None
             for reg in it.regions:
                 term = str(reg.get("term"))
-                jobs.append((i, term, mod, [term, *self.alternatives(term, mod)]))
-                crops.append(square_crop(it.image, reg["box_px"], cfg.crop_margin, cfg.margin_px_min))
+                cands = cands_of.get((term, mod))
+                if cands is None:
+                    cands = cands_of[(term, mod)] = [term, *self.alternatives(term, mod)]
+                if len(cands) > 1:
+                    img = _channels(it.image) if img is None else img
+                    x0, y0, side = crop_window(reg["box_px"], cfg.crop_margin, cfg.margin_px_min)
+                    windows.append(_Window(img, x0, y0, side, len(jobs)))
+                jobs.append((i, term, mod, cands))
+        scored: dict[int, tuple[float, int, int]] = {}  # job index -> (p_true, rank, index of the best)
+        if windows:
+            self.load()
+            prompt_of = {(t, m): self.prompt(t, m) for (term, m), c in cands_of.items() if len(c) > 1 for t in c}
+            prompts = sorted(set(prompt_of.values()))
+            index = {p: k for k, p in enumerate(prompts)}
+            dev = self.device or "cpu"
+            txt = self.text_features(prompts).to(dev)
+            windows = [windows[r] for r in window_order(windows)]  # few distinct sizes per batch
+            width = max(len(jobs[w.key][3]) for w in windows)
+            idx = np.zeros((len(windows), width), dtype=np.int64)
+            counts = np.zeros(len(windows), dtype=np.int64)
+            for r, w in enumerate(windows):
+                _, _, mod, cands = jobs[w.key]
+                idx[r, : len(cands)] = [index[prompt_of[(c, mod)]] for c in cands]
+                counts[r] = len(cands)
+            scale = self._scale()
+            outs, start = [], 0
+            for feats in self._embed_windows(windows):
+                b = int(feats.shape[0])
+                outs.append(self._score(feats, txt, idx[start : start + b], counts[start : start + b], scale))
+                start += b
+            res = torch.cat(outs).cpu().numpy()  # the one device -> host copy
+            for w, (p, rank, best) in zip(windows, res, strict=True):
+                scored[w.key] = (float(p), int(rank), int(best))
         findings: list[list[RegionFinding]] = [[] for _ in items]
         scores: list[list[float]] = [[] for _ in items]
-        if any(len(c) > 1 for *_, c in jobs):
-            self.load()
-            img = self.image_features(crops)
-            prompts = sorted({self.prompt(t, m) for _, _, m, c in jobs for t in c})
-            txt = self.text_features(prompts)
-            index = {p: k for k, p in enumerate(prompts)}
-            scale = self._scale()
-            for r, (i, term, mod, cands) in enumerate(jobs):
-                if len(cands) < 2:
-                    findings[i].append(RegionFinding("pass", "no_alternatives", term))
-                    continue
-                t = txt[[index[self.prompt(c, mod)] for c in cands]]
-                logits = scale * (t @ img[r])
-                probs = torch.softmax(logits, dim=0)
-                p_true = float(probs[0])
-                rank = 1 + int((logits > logits[0]).sum())
-                best = cands[int(torch.argmax(logits))]
-                scores[i].append(p_true)
-                verdict = "pass" if rank <= cfg.top_k else "flag"
-                if cfg.fail_below is not None and p_true < cfg.fail_below:
-                    verdict = "fail"
-                if verdict != "pass":
-                    findings[i].append(
-                        RegionFinding(
-                            verdict, "clip_rank", f"{term} rank {rank}/{len(cands)} p={p_true:.3f} (top: {best})"
-                        )
-                    )
-        else:
-            for i, term, _m, _c in jobs:
+        for j, (i, term, _mod, cands) in enumerate(jobs):
+            if j not in scored:
                 findings[i].append(RegionFinding("pass", "no_alternatives", term))
+                continue
+            p_true, rank, best = scored[j]
+            scores[i].append(p_true)
+            verdict = "pass" if rank <= cfg.top_k else "flag"
+            if cfg.fail_below is not None and p_true < cfg.fail_below:
+                verdict = "fail"
+            if verdict != "pass":
+                findings[i].append(
+                    RegionFinding(
+                        verdict, "clip_rank", f"{term} rank {rank}/{len(cands)} p={p_true:.3f} (top: {cands[best]})"
+                    )
+                )
         out = []
         for i in range(len(items)):
             score = round(min(scores[i]), 6) if scores[i] else None
