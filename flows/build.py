@@ -27,7 +27,14 @@ from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
 
 from pipeline.ids import file_sha256, stable_id  # noqa: E402
 from pipeline.images import ImageStore  # noqa: E402
-from pipeline.release import STORE_DIRNAME, CaseResult, prepare_sources, process_case, resolve_samples_root  # noqa: E402
+from pipeline.release import (  # noqa: E402
+    STORE_DIRNAME,
+    CaseResult,
+    prepare_sources,
+    process_case,
+    resolve_samples_root,
+    write_run_log,
+)
 from pipeline.shards import write_release  # noqa: E402
 from pipeline.types import CaseRef  # noqa: E402
 from pipeline.validation_stage import case_validators_for, release_validation, uses_model  # noqa: E402
@@ -78,7 +85,10 @@ def validate_task(results: list[CaseResult], validation: dict[str, Any], store_d
 
 @task(name="write", cache_policy=NO_CACHE)
 def write_task(cfg: ReleaseConfig, prepared: list[Any], results: list[CaseResult], validated: Any, store_dir: str, out: str) -> str:
-    return str(write_release(cfg, prepared, results, validated, ImageStore(store_dir), out))
+    release = write_release(cfg, prepared, results, validated, ImageStore(store_dir), out)
+    log = write_run_log(out, cfg, results, validated)
+    get_run_logger().info("run log (per-case timings, verdicts computed/cached): %s", log)
+    return str(release)
 
 
 def _ensure_gpu_limit() -> None:

@@ -320,7 +320,32 @@ def build(
             if progress:
                 progress(r)
     validated = release_validation(results, cfg.validation, store, out_dir / STORE_DIRNAME / "verdicts")
-    return write_release(cfg, prepared, results, validated, store, out_dir)
+    release = write_release(cfg, prepared, results, validated, store, out_dir)
+    write_run_log(out_dir, cfg, results, validated)
+    return release
+
+
+def write_run_log(out_dir: str | Path, cfg: ReleaseConfig, results: list[CaseResult], validated: Any) -> Path:
+    """Per-run observability beside the release (not inside it: timings differ between runs, the
+    release does not): per-case seconds, rows, errors and notes; verdicts computed vs cached."""
+    import orjson
+
+    from pipeline.atomic import write_bytes_atomic
+
+    log = {
+        "release": f"{cfg.name}-{cfg.version}",
+        "config_sha256": cfg.config_hash(),
+        "cases": [
+            {"source": r.source, "case_id": r.case_id, "seconds": round(r.seconds, 4), "rows": len(r.rows),
+             "slices": r.slices, "errors": [e.one_line() for e in r.errors], "notes": r.notes, "dropped": r.dropped}
+            for r in results
+        ],
+        "verdicts": {"computed": getattr(validated, "computed", 0), "cached": getattr(validated, "cached", 0)},
+        "totals": summarise(results),
+    }
+    path = Path(out_dir) / STORE_DIRNAME / "runs" / f"{cfg.name}-{cfg.version}.last-run.json"
+    write_bytes_atomic(path, orjson.dumps(log, option=orjson.OPT_INDENT_2))
+    return path
 
 
 def summarise(results: Iterable[CaseResult]) -> dict[str, Any]:

@@ -78,6 +78,8 @@ def test_release_layout_and_meta(release):
             assert r["meta"]["split"] == "test"
     assert all(len(s) == 1 for s in split_of.values())
     assert (release / "README.md").read_text().startswith("---\n")
+    run_log = orjson.loads((release.parent / ".medreg-cache/runs/t-1.last-run.json").read_bytes())
+    assert len(run_log["cases"]) == m["counts"]["cases"] and all(c["seconds"] > 0 for c in run_log["cases"])
     assert "<svg" in (release / "report.html").read_text()
 
 
