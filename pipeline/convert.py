@@ -100,6 +100,15 @@ def convert_3d(study: Study, card: SourceCard, policy: BoxPolicy, slicing: Slici
     slices: list[DisplaySlice] = []
     for axis in slicing.axes:
         ax = geometry.axis_index(axis)
+        sr, sc = geometry.inplane_spacing(study.spacing, axis)
+        shape0 = geometry.display_view(vol, axis, 0).shape[:2]
+        out_shape = geometry.square_shape(shape0, (sr, sc))
+        if min(out_shape) < slicing.min_image_px:
+            notes.append(
+                f"{axis} images would be {out_shape[1]}x{out_shape[0]} px (< slicing.min_image_px "
+                f"{slicing.min_image_px}): {axis} axis skipped"
+            )
+            continue
         # one pass per layer over the voxels: which labels are on which slice, with how many pixels
         candidates: set[int] = set()
         for layer in study.layers:
@@ -117,7 +126,6 @@ def convert_3d(study: Study, card: SourceCard, policy: BoxPolicy, slicing: Slici
             slicing.min_spacing_mm,
             slicing.max_slices_per_case,
         )
-        sr, sc = geometry.inplane_spacing(study.spacing, axis)
         for idx in picked:
             raw = geometry.display_view(vol, axis, idx)
             shape = geometry.square_shape(raw.shape[:2], (sr, sc))

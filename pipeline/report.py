@@ -65,7 +65,7 @@ def _svg_boxes(row: dict[str, Any]) -> str:
         parts.append(
             f'<rect x="{x0}" y="{y0}" width="{x1 - x0 + 1}" height="{y1 - y0 + 1}" fill="none" stroke="{col}" '
             f'stroke-width="{max(1, w // 200)}"/><text x="{x0}" y="{max(y0 - 2, 10)}" fill="{col}" '
-            f'font-size="{max(10, w // 30)}">{html.escape(reg["term"])}</text>'
+            f'font-size="{max(3, w // 35)}">{html.escape(reg["term"])}</text>'
         )
     return (
         f'<svg viewBox="0 0 {w} {h}" width="256" height="{int(256 * h / w)}"><image href="{html.escape(row["image"])}" '
@@ -74,26 +74,33 @@ def _svg_boxes(row: dict[str, Any]) -> str:
 
 
 def _table(title: str, data: dict[str, Any]) -> str:
+    """A small card: one row per key with a proportional bar."""
     if not data:
         return ""
-    rows = "".join(f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(str(v))}</td></tr>" for k, v in data.items())
-    return f"<h3>{html.escape(title)}</h3><table>{rows}</table>"
+    top = max((v for v in data.values() if isinstance(v, (int, float))), default=1) or 1
+    rows = []
+    for k, v in data.items():
+        width = int(100 * v / top) if isinstance(v, (int, float)) else 0
+        rows.append(
+            f"<tr><td>{html.escape(str(k))}</td><td class='n'>{html.escape(str(v))}</td>"
+            f"<td class='b'><span style='width:{width}%'></span></td></tr>"
+        )
+    return f"<div class='card'><h3>{html.escape(title)}</h3><table>{''.join(rows)}</table></div>"
 
 
 def render_report(manifest: Manifest, rows: list[dict[str, Any]], validated: Any, cfg: ReleaseConfig) -> str:
     c = manifest.counts
-    body = [f"<h1>QA report — {html.escape(manifest.name)} {html.escape(manifest.version)}</h1>",
-            f"<p>{c.get('rows', 0)} rows, {c.get('images', 0)} images, {c.get('cases', 0)} cases, "
-            f"{c.get('errors', 0)} case errors, {c.get('dropped', 0)} samples dropped, {c.get('flagged', 0)} flagged.</p>"]
-    for key in ("by_source", "by_task", "by_lang", "by_split", "by_modality", "by_subtask", "regions_by_term"):
-        body.append(_table(key.replace("_", " "), c.get(key, {})))
-    body.append(_table("dropped (reason → samples)", manifest.dropped))
-    if c.get("validation"):
-        body.append(_table("validation (validator:verdict → samples)", c["validation"]))
+    head = [f"<h1>QA report — {html.escape(manifest.name)} {html.escape(manifest.version)}</h1>",
+            f"<p class='sum'><b>{c.get('rows', 0)}</b> rows · <b>{c.get('images', 0)}</b> images · "
+            f"<b>{c.get('cases', 0)}</b> cases · <b>{c.get('errors', 0)}</b> case errors · "
+            f"<b>{c.get('dropped', 0)}</b> samples dropped · <b>{c.get('flagged', 0)}</b> flagged for review</p>",
+            f"<p class='meta'>config sha256 <code>{manifest.config_sha256[:16]}…</code> · code "
+            f"<code>{html.escape(manifest.code_version)}</code></p>"]
+    body: list[str] = []
     if manifest.errors:
         items = "".join(f"<li><code>{html.escape(e.one_line())}</code></li>" for e in manifest.errors)
-        body.append(f"<h2>Case errors</h2><ul>{items}</ul>")
-    # gallery: the first rows of each source (deterministic order), one per image
+        body.append(f"<h2>Case errors</h2><ul class='err'>{items}</ul>")
+    # gallery: grounded-report rows (all boxes of a slice), the first ones of each source by id
     seen: set[str] = set()
     per_source: dict[str, list[dict]] = defaultdict(list)
     for r in sorted(rows, key=lambda r: (r["meta"]["source"], r["id"])):
@@ -109,16 +116,32 @@ def render_report(manifest: Manifest, rows: list[dict[str, Any]], validated: Any
             m = r["meta"]
             cap = f"{m['source']} · {m['case_id']} · {m['axis']} {m['slice_index']} · {m['modality']}"
             cells.append(f"<figure>{_svg_boxes(r)}<figcaption>{html.escape(cap)}</figcaption></figure>")
-    body.append(f"<h2>Gallery (boxes drawn)</h2><div class='g'>{''.join(cells)}</div>")
+    body.append(f"<h2>Gallery (boxes drawn on the written images)</h2><div class='g'>{''.join(cells)}</div>")
     if validated.review:
         rev = []
         by_id = {r["id"]: r for r in rows}
         for item in validated.review[:60]:
             r = by_id.get(item["id"])
             pic = _svg_boxes(r) if r else ""
-            rev.append(f"<figure>{pic}<figcaption>{html.escape(item['id'])}: {html.escape('; '.join(item['reasons']))}</figcaption></figure>")
-        body.append(f"<h2>Flagged for review</h2><div class='g'>{''.join(rev)}</div>")
-    style = ("<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin:.5em 0}"
-             "td{border:1px solid #ccc;padding:2px 8px}.g{display:flex;flex-wrap:wrap;gap:8px}"
-             "figure{margin:0;width:260px}figcaption{font-size:11px}</style>")
-    return f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(manifest.name)} QA</title>{style}</head><body>{''.join(body)}</body></html>\n"
+            rev.append(f"<figure>{pic}<figcaption><b>{html.escape(item['source'])}/{html.escape(item['case_id'])}</b> "
+                       f"{html.escape('; '.join(item['reasons']))}</figcaption></figure>")
+        more = f"<p>{len(validated.review) - 60} more in review.jsonl</p>" if len(validated.review) > 60 else ""
+        body.append(f"<h2>Flagged for review ({len(validated.review)})</h2><div class='g'>{''.join(rev)}</div>{more}")
+    cards = [_table(key.replace("_", " "), c.get(key, {}))
+             for key in ("by_source", "by_task", "by_lang", "by_split", "by_modality", "by_subtask")]
+    cards.append(_table("dropped (reason → samples)", manifest.dropped))
+    if c.get("validation"):
+        cards.append(_table("validation (validator:verdict → samples)", c["validation"]))
+    body.append(f"<h2>Distributions</h2><div class='grid'>{''.join(cards)}</div>")
+    body.append(f"<div class='grid'>{_table('regions by term', c.get('regions_by_term', {}))}</div>")
+    style = ("<style>body{font-family:sans-serif;margin:2em;color:#222}h2{margin-top:1.4em;border-bottom:1px solid #ddd}"
+             ".sum{font-size:15px}.meta{color:#666;font-size:12px}table{border-collapse:collapse}"
+             "td{padding:1px 6px;font-size:12px}td.n{text-align:right}td.b{width:90px}"
+             "td.b span{display:block;height:8px;background:#4363d8}"
+             ".grid{display:flex;flex-wrap:wrap;gap:12px;align-items:flex-start}"
+             ".card{border:1px solid #ddd;border-radius:4px;padding:4px 8px}.card h3{margin:2px 0 6px;font-size:13px}"
+             ".grid .card:only-child table{columns:3}"
+             ".g{display:flex;flex-wrap:wrap;gap:8px}figure{margin:0;width:260px}figcaption{font-size:11px}"
+             "ul.err{color:#a00;font-size:12px}</style>")
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(manifest.name)} QA</title>{style}"
+            f"</head><body>{''.join(head)}{''.join(body)}</body></html>\n")

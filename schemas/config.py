@@ -33,6 +33,9 @@ class SlicingConfig(BaseModel):
     min_spacing_mm: float = Field(10.0, ge=0.0, description="minimum distance between emitted slices")
     max_slices_per_case: int = Field(8, ge=1)
     min_label_pixels: int = Field(20, ge=1, description="a slice is a candidate if a label has this many px")
+    min_image_px: int = Field(
+        64, ge=1, description="an axis whose display images would be smaller than this (either side) is skipped"
+    )
 
 
 class TaskConfig(BaseModel):
