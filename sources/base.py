@@ -75,9 +75,10 @@ class SourceAdapter(ABC):
             raise ValueError(f"card {self.card.name}: case_rules display must be one of {sorted(DISPLAY_OPS)}")
         return attrs
 
-    def study_2d(self, ref: CaseRef, image, layers: list, notes: list[str]) -> Study:  # noqa: ANN001
-        """A 2-D study from an image and its mask layers, with the card's per-case modality, body
-        region and display fix (``case_rules``) applied to image and masks alike."""
+    def study_2d(self, ref: CaseRef, image, layers: list, notes: list[str], boxes: list | None = None,  # noqa: ANN001
+                 **transform: str) -> Study:
+        """A 2-D study from an image and its mask layers (or detection boxes), with the card's per-case
+        modality, body region and display fix (``case_rules``) applied to image and masks alike."""
         import numpy as np
 
         from pipeline.types import Study
@@ -87,15 +88,18 @@ class SourceAdapter(ABC):
             image = np.ascontiguousarray(apply_display(image, attrs["display"]))
             for layer in layers:
                 layer.array = np.ascontiguousarray(apply_display(layer.array[0], attrs["display"]))[None]
+            if boxes:
+                raise ValueError(f"card {self.card.name}: display fixes are not supported for detection boxes")
         return Study(
             ref=ref,
             modality=attrs["modality"],
             image=image[None],
             is_3d=False,
             layers=layers,
+            boxes=list(boxes or []),
             rescaled=False,
             notes=notes,
-            transform={"body_region": attrs["body_region"], "display": attrs["display"]},
+            transform={"body_region": attrs["body_region"], "display": attrs["display"], **transform},
         )
 
     def glob(self, pattern: str) -> list[Path]:

@@ -129,21 +129,8 @@ class _BoxAdapter(SourceAdapter):
             raise ReadError(
                 f"{Path(ann).name}: no box of image {img_name} has a label with a term in card {self.card.name}",
                 file=ann, hint="add the labels to the card's labels")
-        attrs = self.case_attrs(ref.case_id)
-        return Study(
-            ref=ref,
-            modality=attrs["modality"],
-            image=image[None],
-            is_3d=False,
-            boxes=boxes,
-            rescaled=False,
-            notes=notes,
-            transform={
-                "body_region": attrs["body_region"],
-                "display": "as stored",
-                "box_convention": "x,y,w,h -> inclusive (x, y, x+w-1, y+h-1)",
-            },
-        )
+        return self.study_2d(ref, image, [], notes, boxes,
+                             box_convention="x,y,w,h -> inclusive (x, y, x+w-1, y+h-1)")
 
     def _missing_hint(self) -> str:
         return "download the images and point the card's layout.images at their folder"
