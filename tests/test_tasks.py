@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections import Counter, defaultdict
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
 
 from pipeline.coords import box_iou, format_boxes, normalise_box, order_boxes
 from pipeline.language import tasks as tasks_mod
-from pipeline.language.glossary import load_glossary
+from pipeline.language.glossary import load_glossary, load_label_map
 from pipeline.language.tasks import (
     AMBIGUOUS_IOU,
     Generated,
@@ -436,6 +438,31 @@ def test_fast_box_text_matches_format_boxes() -> None:
         assert tasks_mod._boxes_text(boxes) == format_boxes(boxes)
 
 
+def test_compiled_templates_equal_format_map() -> None:
+    """Every template's compiled fill renders exactly as ``str.format_map`` (and fails the same way)."""
+    values = {
+        "modality": "CT", "image": "CT image", "body_region": "abdomen", "term": "liver", "Term": "Liver",
+        "position": "upper left", "size": "small", "ref": "<ref>liver</ref>", "refs": "<ref>a</ref> and <ref>b</ref>",
+        "grounded": "<ref>liver</ref><box>[[1, 2, 3, 4]]</box>", "box": "<box>[[1, 2, 3, 4]]</box>",
+        "boxes": "<box>[[1, 2, 3, 4]]</box>, <box>[[5, 6, 7, 8]]</box>", "n": 2,
+    }  # fmt: skip
+    checked = 0
+    for bank in TS.banks.values():
+        for t in bank.templates:
+            fill = tasks_mod._compile(t.text)
+            assert fill(values) == t.text.format_map(values), t.id
+            for name in t.fields:
+                with pytest.raises(KeyError):
+                    fill({k: v for k, v in values.items() if k != name})
+            checked += 1
+    assert checked > 400
+    for text in ("", "plain", "{{literal}} {term}", "{term}{Term}", "a {n} b {{", "}}{term}{{x}}"):
+        assert tasks_mod._compile(text)(values) == text.format_map(values)
+    for bad in ("{0}", "{term!r}", "{term:>5}", "{}"):
+        with pytest.raises(ValueError, match="plain name"):
+            tasks_mod._compile(bad)
+
+
 def test_ambiguity_window_is_exact() -> None:
     """The top-edge window finds exactly the boxes a brute-force IoU search finds."""
     L = tasks_mod._language()
@@ -462,3 +489,113 @@ def test_ambiguity_window_is_exact() -> None:
             checked += 1
             hits += brute
     assert checked > 500 and hits > 20
+
+
+# ----------------------------------------------------------------------------------------- golden digest
+#
+# A sha256 over every field of every Generated for a fixed, deterministic set of slices, mixes and seeds.
+# It pins the exact output (wording, template draws, box text, region order, keys) so that speed work on
+# tasks.py provably changes nothing.  It also changes, legitimately, when the template banks, the glossary,
+# the vocab or the label maps change: recompute it then with
+# ``python -c "import sys; sys.path.insert(0, 'tests'); from test_tasks import golden_digest; print(golden_digest())"``
+# and say why in the commit message.
+
+GOLDEN_DIGEST = "16557:bae3d5c19ac6f99509186454f1f53a7728397451a7c04551d697d7a9d26cdb5f"
+
+GOLDEN_MIXES = (
+    MIX,
+    TaskMix(tasks={t: 1.7 for t in TASKS}, langs=["zh", "en"], negative_ratio=0.3, max_regions_per_sample=3,
+            system_prompt="inline"),
+    TaskMix(tasks={"text_to_region": 3.0, "grounded_report": 1.0, "region_to_text": 0.5}, langs=["en"],
+            negative_ratio=0.5, max_regions_per_sample=1, system_prompt="none"),
+    TaskMix(tasks={t: 1.0 for t in TASKS}, langs=["zh"], negative_ratio=0.0, max_regions_per_sample=20),
+    TaskMix(tasks={"text_to_region": 4.0}, langs=["en", "zh"], negative_ratio=1.0, max_regions_per_sample=2),
+)  # fmt: skip
+
+
+def _golden_edge_cases() -> list[SliceContext]:
+    """Hand-made slices for the paths random slices rarely take."""
+    w, h = 1000, 800
+    lungs = [
+        _region("lung", (100, 100, 480, 700), w, h),
+        _region("lung_left", (102, 101, 479, 699), w, h),  # ambiguous with "lung"
+        _region("lung_right", (520, 100, 900, 700), w, h),
+        _region("nodule", (300, 300, 330, 330), w, h),
+        _region("nodule", (600, 400, 640, 450), w, h),
+    ]
+    list_boxes = [
+        Region("liver", [10, 20, 300, 400], [10, 25, 300, 500], 1000, 0),  # lists, not tuples
+        Region("spleen", (np.int64(500), np.int64(30), np.int64(700), np.int64(200)),
+               (np.int64(500), np.int64(37), np.int64(700), np.int64(250)), 2000, 0),  # numpy ints
+        Region("kidney_left", (600, 300, 700, 400), (600, 375, 700, 500), 300, 0),
+        Region("kidney_left", (600, 420, 690, 470), (600, 525, 690, 587), 100, 1),
+    ]  # fmt: skip
+    absent = ["lung_upper_lobe_left", "lung", "liver", "heart", "lung_left", "lung_left", "aorta", "not_in_glossary"]
+    return [
+        SliceContext("XR", "thorax", "2d", w, h, lungs, absent),
+        SliceContext("CT", None, "axial", w, h, list_boxes, ["liver", "pancreas", "kidney"]),
+        SliceContext("holography", "moon", "2d", w, h, lungs[2:], ["lung"]),
+        SliceContext("CT", "abdomen", "axial", w, h, [], ["liver", "spleen"]),
+        SliceContext("MR", "abdomen", "axial", w, h, [_region("liver", (0, 0, 999, 799), w, h)], []),
+    ]
+
+
+def _bench_like_slices(n_regions: int, seed: int = 0) -> list[SliceContext]:
+    """CT-like slices as benchmarks/b8_samples.py builds them (a copy, so that the digest does not change
+    when the benchmark does): 4-16 TotalSegmentator terms each, some with several components."""
+    r = np.random.default_rng(seed)
+    vocab = sorted(set(load_label_map("totalseg_total").values()))
+    slices: list[SliceContext] = []
+    total = 0
+    while total < n_regions:
+        w, h = 512, int(r.integers(384, 513))
+        terms = [vocab[i] for i in r.choice(len(vocab), int(r.integers(4, 17)), replace=False)]
+        regions: list[Region] = []
+        for t in terms:
+            for comp in range(int(r.choice([1, 1, 1, 1, 2, 3]))):
+                if total + len(regions) >= n_regions:
+                    break
+                x0, y0 = int(r.integers(0, w - 40)), int(r.integers(0, h - 40))
+                x1, y1 = x0 + int(r.integers(4, 120)), y0 + int(r.integers(4, 120))
+                px = (x0, y0, min(x1, w - 1), min(y1, h - 1))
+                regions.append(Region(t, px, normalise_box(px, w, h), (px[2] - px[0]) * (px[3] - px[1]), comp))
+        total += len(regions)
+        present = {rg.term for rg in regions}
+        slices.append(SliceContext("CT", "abdomen", "axial", w, h, regions, [t for t in vocab if t not in present]))
+    return slices
+
+
+#: the benchmark's default mix
+B8_MIX = TaskMix(tasks={t: 1.0 for t in TASKS}, langs=["en", "zh"], negative_ratio=0.05, max_regions_per_sample=8)
+
+
+def _golden_cases() -> Iterator[tuple[SliceContext, TaskMix, int]]:
+    for i, ctx in enumerate(_bench_like_slices(20_000)):
+        yield ctx, B8_MIX, 7_000 + i
+    for k, mix in enumerate(GOLDEN_MIXES):
+        for seed in range(150):
+            yield make_ctx(seed, max_terms=4 + seed % 9), mix, 100_000 * k + seed
+        for j, ctx in enumerate(_golden_edge_cases()):
+            for seed in range(20):
+                yield ctx, mix, 900_000 + 1000 * k + 100 * j + seed
+
+
+def golden_digest() -> str:
+    """sha256 over every Generated field of :func:`_golden_cases`, in order."""
+    h = hashlib.sha256()
+    n = 0
+    for ctx, mix, seed in _golden_cases():
+        # copies: generate must not depend on (or change) the caller's lists
+        ctx = SliceContext(**{**ctx.__dict__, "regions": list(ctx.regions)})
+        for g in generate(ctx, mix, np.random.default_rng(seed)):
+            fields = (g.task, g.subtask, g.lang, g.template_id, g.template_ids, g.system_id, g.conversations,
+                      g.regions, g.key)  # fmt: skip
+            h.update(repr(fields).encode("utf-8"))
+            h.update(b"\x00")
+            n += 1
+        h.update(b"\x01")
+    return f"{n}:{h.hexdigest()}"
+
+
+def test_golden_digest_is_unchanged() -> None:
+    assert golden_digest() == GOLDEN_DIGEST

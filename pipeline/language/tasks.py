@@ -32,8 +32,10 @@ same rng state gives the same output, byte for byte.  Never ``random`` or ``hash
 
 from __future__ import annotations
 
+import string
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
+from itertools import chain
 from typing import Any
 
 import numpy as np
@@ -42,7 +44,6 @@ from pipeline.language.glossary import Glossary, load_glossary
 from pipeline.language.templates import (
     TASKS,
     Template,
-    TemplateBank,
     TemplateSet,
     Vocab,
     load_templates,
@@ -103,12 +104,19 @@ class Generated:
 #
 # All draws come from one stream of uniform [0, 1) floats per slice, fetched from the rng in blocks of
 # 64 (one numpy call per block).  ``u = _stream(rng).__next__``; an integer in [0, n) is
-# ``int(u() * n) % n`` (the modulo only guards the float edge case u * n == n), and n <= 1 draws nothing.
+# ``int(u() * n) % n`` (the modulo only guards the float edge case u * n == n).  The planner draws nothing
+# for a choice among n <= 1 items; a template is always drawn (see :class:`_Renderer`).
+
+
+def _blocks(rng: np.random.Generator) -> Iterator[list[float]]:
+    while True:
+        yield rng.random(64).tolist()
 
 
 def _stream(rng: np.random.Generator) -> Iterator[float]:
-    while True:
-        yield from rng.random(64).tolist()
+    """The slice's uniform floats; ``__next__`` is C-level (``chain`` over list iterators), so a draw costs
+    no Python frame except once per block."""
+    return chain.from_iterable(_blocks(rng))
 
 
 def _take(u: Callable[[], float], seq: list[Any], k: int) -> list[Any]:
@@ -133,10 +141,88 @@ def _fill(u: Callable[[], float], terms: list[str], by_term: dict[str, list[int]
         if size <= budget:
             out.append(t)
             budget -= size
+            if not budget and len(out) < want:
+                # nothing fits any more: the loop would only draw (and reject) the rest of the pool, so
+                # just consume the numbers it would draw (one per pool size > 1) to keep the stream in step
+                for _ in range(len(pool) - 1):
+                    u()
+                break
     return out
 
 
+# ----------------------------------------------------------------------------------------- compiled templates
+#
+# ``str.format_map`` parses its template on every call.  The banks are fixed per process, so each template is
+# parsed once and turned into ``fill(values) -> str``: a lambda that is one f-string, e.g. for
+# ``"The {term} lies in the {position}."``
+#
+#     lambda v, *, _0, _2: f"{_0}{v['term']}{_2}{v['position']}{_4}"      # __kwdefaults__ = {"_0": "The ", ...}
+#
+# The literal parts are bound as keyword-only defaults, so the generated source never contains template text
+# (nothing to escape), and placeholder names are plain identifiers (checked here and when the banks load).
+# ``fill(v) == text.format_map(v)`` for every ``v``: the same lookups (``KeyError`` for a missing one) and the
+# same ``format(value, "")`` of each value; it is about 4x faster.
+
+_Fill = Callable[[dict[str, Any]], str]
+#: a template as the hot loops see it: ``(template id, fill)``
+_Choice = tuple[str, _Fill]
+_FORMATTER = string.Formatter()
+
+
+def _compile(text: str) -> _Fill:
+    """``text.format_map`` as a compiled function (see above)."""
+    literals: dict[str, str] = {}
+    parts: list[str] = []
+    for k, (literal, name, spec, conversion) in enumerate(_FORMATTER.parse(text)):
+        if literal:
+            literals[f"_{k}"] = literal
+            parts.append(f"{{_{k}}}")
+        if name is not None:
+            if spec or conversion or not name.isidentifier():
+                raise ValueError(f"template {text!r}: placeholder {{{name}}} must be a plain name")
+            parts.append(f"{{v[{name!r}]}}")
+    params = "v, *, " + ", ".join(literals) if literals else "v"
+    fill = eval(f'lambda {params}: f"{"".join(parts)}"', {})  # the source holds only names (see above)
+    fill.__kwdefaults__ = literals or None
+    return fill
+
+
 # ----------------------------------------------------------------------------------------- per-process caches
+
+
+class _Voice:
+    """Everything needed to render in one language for one (modality, body region) context, prepared once per
+    process: names, ``<ref>`` strings, punctuation, context words and the compiled template choices per task
+    and slot (templates with ``{body_region}`` only when the body region is known)."""
+
+    __slots__ = (
+        "abnormal", "caps", "colon", "item_sep", "lang", "last_sep", "line_sep", "list_sep", "names",
+        "position_words", "refs", "size_words", "slots", "system", "words",
+    )  # fmt: skip
+
+    def __init__(self, L: _Language, lang: str, words: dict[str, Any]) -> None:
+        self.lang = lang
+        self.words = words  # {modality}, {image}, {body_region} (None when unknown)
+        self.names = L.names[lang]
+        self.caps = L.caps[lang]
+        self.refs = L.refs[lang]
+        p = L.v.punctuation[lang]
+        self.list_sep, self.last_sep, self.item_sep, self.colon, self.line_sep = (
+            p.list_sep, p.last_sep, p.item_sep, p.colon, p.line_sep,
+        )  # fmt: skip
+        self.abnormal = L.abnormal
+        self.position_words = L.position_words[lang]
+        self.size_words = L.size_words[lang]
+        has_region = words["body_region"] is not None
+        # task -> slot -> choices; task -> system prompts ((id, text), ...)
+        self.slots: dict[str, dict[str, tuple[_Choice, ...]]] = {}
+        self.system: dict[str, tuple[tuple[str, str], ...]] = {}
+        for task in TASKS:
+            bank = L.t.bank(task, lang)
+            self.slots[task] = {
+                slot: tuple((t.id, L.fill(t)) for t in bank.choices(slot, has_region)) for slot in SLOTS[task]
+            }
+            self.system[task] = bank.system
 
 
 class _Language:
@@ -160,27 +246,24 @@ class _Language:
         self.lineage: dict[str, frozenset[str]] = {tid: frozenset(glossary.ancestors(tid)) for tid in glossary.terms}
         self.position_words = {lang: {k: w.get(lang) for k, w in vocab.spec.positions.items()} for lang in self.names}
         self.size_words = {lang: {k: w.get(lang) for k, w in vocab.spec.sizes.items()} for lang in self.names}
-        self._ctx_cache: dict[tuple[str, str | None, str], dict[str, Any]] = {}
-        self._slots: dict[tuple[str, str, bool], dict[str, tuple[Template, ...]]] = {}
+        self._fills: dict[str, _Fill] = {}
+        self._voices: dict[tuple[str, str | None, str], _Voice] = {}
         self._mixes: dict[tuple[Any, ...], list[tuple[str, float]]] = {}
 
-    def context_words(self, modality: str, body_region: str | None, lang: str) -> dict[str, Any]:
-        key = (modality, body_region, lang)
-        words = self._ctx_cache.get(key)
-        if words is None:
-            mod, image = self.v.modality_words(modality, lang)
-            region = self.v.body_region_word(body_region, lang)
-            words = {"modality": mod, "image": image, "body_region": region}
-            self._ctx_cache[key] = words
-        return words
-
-    def slots(self, task: str, lang: str, has_region: bool) -> dict[str, tuple[Template, ...]]:
-        """slot -> usable templates of one bank (templates with {body_region} only when it is known)."""
-        key = (task, lang, has_region)
-        got = self._slots.get(key)
+    def fill(self, template: Template) -> _Fill:
+        """The compiled ``template.text.format_map`` (cached per template id)."""
+        got = self._fills.get(template.id)
         if got is None:
-            bank = self.t.bank(task, lang)
-            got = self._slots[key] = {slot: bank.choices(slot, has_region) for slot in SLOTS[task]}
+            got = self._fills[template.id] = _compile(template.text)
+        return got
+
+    def voice(self, modality: str, body_region: str | None, lang: str) -> _Voice:
+        key = (modality, body_region, lang)
+        got = self._voices.get(key)
+        if got is None:
+            mod, image = self.v.modality_words(modality, lang)
+            words = {"modality": mod, "image": image, "body_region": self.v.body_region_word(body_region, lang)}
+            got = self._voices[key] = _Voice(self, lang, words)
         return got
 
     def rates(self, mix: TaskMix) -> list[tuple[str, float]]:
@@ -242,68 +325,87 @@ def _boxes_text(boxes: list[tuple[int, ...]]) -> str:
     return "[" + ", ".join(["[%d, %d, %d, %d]" % b for b in boxes]) + "]"  # noqa: UP031 (fastest)
 
 
-class _Slice:
-    """The slice's regions in canonical order, grouped by term; every derived view is lazy and shared by
-    the languages."""
+class _TermBoxes(dict):  # type: ignore[type-arg]
+    """term -> ``<box>[[...], ...]</box>``: all boxes of the term in one list (as :func:`_boxes_text` writes
+    it), made on first access.  A dict with ``__missing__`` rather than a method: a hit is one C-level
+    lookup."""
 
-    __slots__ = ("_L", "_absent", "_amb", "_candidates", "_geo", "_t2r", "_text", "by_term", "regions", "terms")
+    __slots__ = ("by_term", "regions")
+
+    def __missing__(self, term: str) -> str:
+        regs = self.regions
+        idx = self.by_term[term]
+        if len(idx) == 1:
+            tag = "<box>[[%d, %d, %d, %d]]</box>" % regs[idx[0]].box  # noqa: UP031 (fastest)
+        else:
+            tag = "<box>[" + ", ".join(["[%d, %d, %d, %d]" % regs[i].box for i in idx]) + "]</box>"  # noqa: UP031
+        self[term] = tag
+        return tag
+
+
+class _TermGeometry(dict):  # type: ignore[type-arg]
+    """term -> (position key, size key), made on first access: thirds of the image for the centre of the
+    union box; summed box area share < 2 % small, < 15 % moderate, else large."""
+
+    __slots__ = ("by_term", "regions")
+
+    def __missing__(self, term: str) -> tuple[str, str]:
+        regs = self.regions
+        idx = self.by_term[term]
+        x1, y1, x2, y2 = regs[idx[0]].box
+        area = (x2 - x1) * (y2 - y1)
+        for i in idx[1:]:
+            b = regs[i].box
+            x1, y1 = min(x1, b[0]), min(y1, b[1])
+            x2, y2 = max(x2, b[2]), max(y2, b[3])
+            area += (b[2] - b[0]) * (b[3] - b[1])
+        cx, cy = x1 + x2, y1 + y2  # twice the centre
+        share = area / (999.0 * 999.0)
+        got = self[term] = (
+            _POSITION[(0 if cy < 666 else 1 if cy < 1332 else 2) * 3 + (0 if cx < 666 else 1 if cx < 1332 else 2)],
+            "small" if share < _SMALL else "moderate" if share < _MODERATE else "large",
+        )
+        return got
+
+
+class _Slice:
+    """The slice's regions in canonical order, grouped by term, with the views the samples need; the
+    derived views (``boxes``, ``geometry``, ambiguity, t2r options, absent targets) are made on first use
+    and shared by the languages."""
+
+    __slots__ = (
+        "_L", "_absent", "_amb", "_candidates", "_t2r", "boxes", "by_term", "geometry", "regions", "terms",
+    )  # fmt: skip
 
     def __init__(self, ctx: SliceContext, L: _Language) -> None:
-        known = L.g.terms
         regs = sorted(ctx.regions, key=_region_key)
         by_term: dict[str, list[int]] = {}
         for i, r in enumerate(regs):
-            if type(r.box) is not tuple:  # "%d" formatting below needs a tuple of 4 ints
+            if type(r.box) is not tuple:  # "%d" formatting needs a tuple of 4 ints
                 regs[i] = r = replace(r, box=tuple(int(x) for x in r.box))
             lst = by_term.get(r.term)
             if lst is None:
-                if r.term not in known:
-                    unknown = sorted({x.term for x in regs if x.term not in known})
-                    raise KeyError(f"regions use terms that are not in the glossary: {unknown}")
                 by_term[r.term] = [i]
             else:
                 lst.append(i)
+        known = L.g.terms
+        if not by_term.keys() <= known.keys():  # O(len(by_term)), unlike a set difference
+            unknown = sorted(t for t in by_term if t not in known)
+            raise KeyError(f"regions use terms that are not in the glossary: {unknown}")
         self.regions = regs
         self.by_term = by_term
         # dicts keep insertion order = order of each term's first (top-left-most) box
         self.terms = list(by_term)
-        self._text: dict[str, str] = {}
-        self._geo: dict[str, tuple[str, str]] = {}
+        # (the views hold the regions, not the slice: no reference cycle, so a slice is freed at once)
+        self.boxes = boxes = _TermBoxes()
+        boxes.regions, boxes.by_term = regs, by_term
+        self.geometry = geometry = _TermGeometry()
+        geometry.regions, geometry.by_term = regs, by_term
         self._amb: dict[int, bool] = {}
         self._absent: list[str] | None = None
         self._t2r: dict[int, tuple[list[str], list[str], list[str], list[str]]] = {}
         self._candidates = ctx.candidate_absent_terms
         self._L = L
-
-    def text(self, term: str) -> str:
-        """All boxes of ``term`` as one ``[[...], ...]`` list."""
-        t = self._text.get(term)
-        if t is None:
-            regs = self.regions
-            t = self._text[term] = _boxes_text([regs[i].box for i in self.by_term[term]])
-        return t
-
-    def geometry(self, term: str) -> tuple[str, str]:
-        """(position key, size key) of ``term``: thirds of the image for the centre of the union box;
-        summed box area share < 2 % small, < 15 % moderate, else large."""
-        got = self._geo.get(term)
-        if got is None:
-            regs = self.regions
-            idx = self.by_term[term]
-            x1, y1, x2, y2 = regs[idx[0]].box
-            area = (x2 - x1) * (y2 - y1)
-            for i in idx[1:]:
-                b = regs[i].box
-                x1, y1 = min(x1, b[0]), min(y1, b[1])
-                x2, y2 = max(x2, b[2]), max(y2, b[3])
-                area += (b[2] - b[0]) * (b[3] - b[1])
-            cx, cy = x1 + x2, y1 + y2  # twice the centre
-            share = area / (999.0 * 999.0)
-            got = self._geo[term] = (
-                _POSITION[(0 if cy < 666 else 1 if cy < 1332 else 2) * 3 + (0 if cx < 666 else 1 if cx < 1332 else 2)],
-                "small" if share < _SMALL else "moderate" if share < _MODERATE else "large",
-            )
-        return got
 
     def ambiguous(self, i: int) -> bool:
         """Whether region ``i``'s box (almost) coincides with a box of another term (IoU >= AMBIGUOUS_IOU).
@@ -411,8 +513,9 @@ def _join(items: list[str], sep: str, last: str) -> str:
     return sep.join(items[:-1]) + last + items[-1]
 
 
-#: (subtask, region indices or terms, the regions in text order)
-_Plan = tuple[str, list[Any], list[Region]]
+#: (subtask, what the renderers need -- see each planner method --, the regions in text order).  Text that
+#: does not depend on the language (box lists, positions) is made here, once for all languages.
+_Plan = tuple[str, Any, list[Region]]
 
 
 class _Planner:
@@ -423,9 +526,11 @@ class _Planner:
         self.u = u
         self.cap = max(1, int(mix.max_regions_per_sample))
         self.negative_ratio = mix.negative_ratio
+        self.abnormal = sl._L.abnormal
 
     def region_to_text(self) -> _Plan | None:
-        """("single" | "multi", region indices in canonical order, regions)."""
+        """("single", (box tag, term), [region]) or ("multi", (box tag per region, [(term, box tag of its
+        regions), ...]), regions), regions in canonical order."""
         sl = self.sl
         n = len(sl.regions)
         if not n:
@@ -436,26 +541,44 @@ class _Planner:
         if n >= 2 and self.cap >= 2 and u() < 0.5:
             m = min(n, self.cap) - 1
             k = 2 + (int(u() * m) % m if m > 1 else 0)
-        pool = list(range(n))
-        chosen: list[int] = []
         amb = sl.ambiguous
-        while pool:
+        regs = sl.regions
+        # the first draw from the full pool [0, n) is the index itself: the common single-box case needs
+        # no pool (the draws are the same as with one)
+        i = int(u() * n) % n if n > 1 else 0
+        if k == 1 and not amb(i):
+            r = regs[i]
+            return "single", ("<box>[[%d, %d, %d, %d]]</box>" % r.box, r.term), [r]  # noqa: UP031
+        pool = list(range(n))
+        del pool[i]
+        chosen: list[int] = [] if amb(i) else [i]
+        while pool and len(chosen) < k:
             m = len(pool)
             i = pool.pop(int(u() * m) % m) if m > 1 else pool.pop()
             if not amb(i):
                 chosen.append(i)
-                if len(chosen) >= k:
-                    break
         if not chosen:
             return None
         if len(chosen) == 1:
-            return "single", chosen, [sl.regions[chosen[0]]]
+            r = regs[chosen[0]]
+            return "single", ("<box>[[%d, %d, %d, %d]]</box>" % r.box, r.term), [r]  # noqa: UP031
         chosen.sort()  # canonical order
-        regs = sl.regions
-        return "multi", chosen, [regs[i] for i in chosen]
+        # the language-independent text, made once for all languages: each box, and each term's boxes
+        texts = ["[%d, %d, %d, %d]" % regs[i].box for i in chosen]  # noqa: UP031
+        by_term: dict[str, list[str]] = {}
+        for i, text in zip(chosen, texts, strict=True):
+            lst = by_term.get(regs[i].term)
+            if lst is None:
+                by_term[regs[i].term] = [text]
+            else:
+                lst.append(text)
+        boxes = ["<box>[" + text + "]</box>" for text in texts]
+        grouped = [(t, "<box>[" + ", ".join(lst) + "]</box>") for t, lst in by_term.items()]
+        return "multi", (boxes, grouped), [regs[i] for i in chosen]
 
     def text_to_region(self) -> _Plan | None:
-        """(subtask, terms in canonical order, regions); "absent" carries the one absent term."""
+        """(subtask, terms in canonical order, regions); "absent" carries the one absent term (the box tags
+        come from the slice's shared ``boxes`` view)."""
         u = self.u
         sl = self.sl
         if u() < self.negative_ratio:
@@ -492,7 +615,8 @@ class _Planner:
         return sub, terms, [regs[i] for t in terms for i in by_term[t]]
 
     def grounded_report(self) -> _Plan | None:
-        """("open" | "targeted", terms in canonical order, regions)."""
+        """("open" | "targeted", (terms in canonical order, [(term, box tag, (position, size), abnormal), ...]),
+        regions)."""
         u = self.u
         sl = self.sl
         cap = self.cap
@@ -510,47 +634,37 @@ class _Planner:
             terms.sort(key=_first_index(sl.by_term))
             sub = "targeted"
         by_term = sl.by_term
-        return sub, terms, [regs[i] for t in terms for i in by_term[t]]
+        # the language-independent part of each line, made once for all languages
+        boxes, geometry, abnormal = sl.boxes, sl.geometry, self.abnormal
+        lines = [(t, boxes[t], geometry[t], t in abnormal) for t in terms]
+        return sub, (terms, lines), [regs[i] for t in terms for i in by_term[t]]
 
 
 class _Renderer:
-    """Renders plans in one language."""
+    """Renders plans in one language.
 
-    def __init__(self, sl: _Slice, ctx: SliceContext, mix: TaskMix, lang: str, L: _Language, u: Callable[[], float]) -> None:
+    One per (slice, language); the per-language tables come prepared in a :class:`_Voice`.  ``self.v`` is
+    the placeholder values dict of this slice and language: the context words, plus the per-sample values
+    that every path sets before it fills a template (the bank validator guarantees that no other placeholder
+    is used).  Template draws: ``choices[int(u() * n) % n]`` always draws, even for one choice; a system
+    prompt is drawn only when the bank has several.
+    """
+
+    __slots__ = ("mode", "sl", "u", "v", "voice")
+
+    def __init__(self, sl: _Slice, voice: _Voice, mode: str, u: Callable[[], float]) -> None:
         self.sl = sl
-        self.lang = lang
-        self.L = L
+        self.voice = voice
         self.u = u
-        self.names = L.names[lang]
-        self.refs = L.refs[lang]
-        self.caps = L.caps[lang]
-        p = L.v.punctuation[lang]
-        self.list_sep, self.last_sep, self.item_sep, self.colon, self.line_sep = (
-            p.list_sep, p.last_sep, p.item_sep, p.colon, p.line_sep,
-        )  # fmt: skip
-        words = L.context_words(ctx.modality, ctx.body_region, lang)
-        self.has_region = words["body_region"] is not None
-        # one values dict per (slice, language): every path sets all the non-context placeholders its
-        # slots allow before rendering (the bank validator guarantees no other placeholder is used)
-        self.v: dict[str, Any] = dict(words)
-        self.mode = mix.system_prompt
-        self.heads: dict[str, str] = {}  # term -> "<ref>name</ref><box>[[...]]</box>"
-
-    def head(self, term: str) -> str:
-        h = self.heads.get(term)
-        if h is None:
-            h = self.heads[term] = self.refs[term] + "<box>" + self.sl.text(term) + "</box>"
-        return h
-
-    def _refs(self, terms: list[str]) -> str:
-        refs = self.refs
-        return _join([refs[t] for t in terms], self.list_sep, self.last_sep)
+        self.mode = mode
+        self.v: dict[str, Any] = dict(voice.words)
 
     def _emit(
-        self, bank: TemplateBank, subtask: str, index: int, ids: tuple[str, ...], question: str, answer: str,
+        self, task: str, subtask: str, index: int, ids: tuple[str, ...], question: str, answer: str,
         regions: list[Region],
     ) -> Generated:  # fmt: skip
-        system = bank.system
+        voice = self.voice
+        system = voice.system[task]
         if len(system) == 1:
             sys_id, sys_text = system[0]
         else:
@@ -563,7 +677,7 @@ class _Renderer:
                 {"from": "gpt", "value": answer},
             ]
         elif mode == "inline":
-            sep = " " if self.lang == "en" else ""
+            sep = " " if voice.lang == "en" else ""
             conv = [
                 {"from": "human", "value": sys_text + sep + "<image>\n" + question},
                 {"from": "gpt", "value": answer},
@@ -571,112 +685,97 @@ class _Renderer:
         else:
             conv = [{"from": "human", "value": "<image>\n" + question}, {"from": "gpt", "value": answer}]
             sys_id = None
-        return Generated(
-            bank.task, subtask, self.lang, ids[0], conv, regions, _KEY[(bank.task, subtask)] + str(index), ids, sys_id
-        )
+        return Generated(task, subtask, voice.lang, ids[0], conv, regions, _KEY[subtask] + str(index), ids, sys_id)
 
     # -- region -> text
 
-    def region_to_text(self, bank: TemplateBank, index: int, plan: _Plan) -> Generated:
-        sub, chosen, regions = plan
+    def region_to_text(self, index: int, plan: _Plan) -> Generated:
+        sub, made, regions = plan
         u = self.u
         v = self.v
-        regs = self.sl.regions
-        slots = self.L.slots("region_to_text", self.lang, self.has_region)
+        voice = self.voice
+        slots = voice.slots["region_to_text"]
         if sub == "single":
-            r = regs[chosen[0]]
+            box, term = made
             qs, as_ = slots["question_single"], slots["answer_single"]
-            q = qs[int(u() * len(qs)) % len(qs)]
-            a = as_[int(u() * len(as_)) % len(as_)]
-            v["box"] = "<box>[[%d, %d, %d, %d]]</box>" % r.box  # noqa: UP031
-            v["term"] = self.names[r.term]
-            v["Term"] = self.caps[r.term]
-            return self._emit(bank, sub, index, (q.id, a.id), q.text.format_map(v), a.text.format_map(v), regions[:])
-        by_term: dict[str, list[tuple[int, ...]]] = {}
-        for i in chosen:
-            r = regs[i]
-            lst = by_term.get(r.term)
-            if lst is None:
-                by_term[r.term] = [r.box]
-            else:
-                lst.append(r.box)
-        refs = self.refs
+            q_id, q_fill = qs[int(u() * len(qs)) % len(qs)]
+            a_id, a_fill = as_[int(u() * len(as_)) % len(as_)]
+            v["box"] = box
+            v["term"] = voice.names[term]
+            v["Term"] = voice.caps[term]
+            return self._emit("region_to_text", sub, index, (q_id, a_id), q_fill(v), a_fill(v), regions[:])
+        boxes, grouped = made
         qs, as_ = slots["question_multi"], slots["answer_multi"]
-        q = qs[int(u() * len(qs)) % len(qs)]
-        a = as_[int(u() * len(as_)) % len(as_)]
-        v["boxes"] = self.list_sep.join(["<box>[[%d, %d, %d, %d]]</box>" % regs[i].box for i in chosen])  # noqa: UP031
-        v["n"] = len(chosen)
-        v["grounded"] = self.item_sep.join(
-            [refs[t] + "<box>" + _boxes_text(bs) + "</box>" for t, bs in by_term.items()]
-        )
-        return self._emit(bank, sub, index, (q.id, a.id), q.text.format_map(v), a.text.format_map(v), regions[:])
+        q_id, q_fill = qs[int(u() * len(qs)) % len(qs)]
+        a_id, a_fill = as_[int(u() * len(as_)) % len(as_)]
+        refs = voice.refs
+        v["boxes"] = voice.list_sep.join(boxes)
+        v["n"] = len(boxes)
+        v["grounded"] = voice.item_sep.join([refs[t] + box for t, box in grouped])
+        return self._emit("region_to_text", sub, index, (q_id, a_id), q_fill(v), a_fill(v), regions[:])
 
     # -- text -> region
 
-    def text_to_region(self, bank: TemplateBank, index: int, plan: _Plan) -> Generated:
+    def text_to_region(self, index: int, plan: _Plan) -> Generated:
         sub, terms, regions = plan
         u = self.u
         v = self.v
-        slots = self.L.slots("text_to_region", self.lang, self.has_region)
+        voice = self.voice
+        slots = voice.slots["text_to_region"]
         if sub == "absent":
             term = terms[0]
             qs, as_ = slots["question_single"], slots["answer_absent"]
-            q = qs[int(u() * len(qs)) % len(qs)]
-            a = as_[int(u() * len(as_)) % len(as_)]
-            name = self.names[term]
-            v["ref"] = self.refs[term]
-            v["term"] = name
-            v["Term"] = self.caps[term]
-            return self._emit(bank, sub, index, (q.id, a.id), q.text.format_map(v), a.text.format_map(v), [])
+            q_id, q_fill = qs[int(u() * len(qs)) % len(qs)]
+            a_id, a_fill = as_[int(u() * len(as_)) % len(as_)]
+            v["ref"] = voice.refs[term]
+            v["term"] = voice.names[term]
+            v["Term"] = voice.caps[term]
+            return self._emit("text_to_region", sub, index, (q_id, a_id), q_fill(v), a_fill(v), [])
         if len(terms) == 1:
             qs = slots["question_single"]
-            q = qs[int(u() * len(qs)) % len(qs)]
-            v["ref"] = self.refs[terms[0]]
+            q_id, q_fill = qs[int(u() * len(qs)) % len(qs)]
+            v["ref"] = voice.refs[terms[0]]
         else:
             qs = slots["question_multi"]
-            q = qs[int(u() * len(qs)) % len(qs)]
-            v["refs"] = self._refs(terms)
+            q_id, q_fill = qs[int(u() * len(qs)) % len(qs)]
+            v["refs"] = _join([voice.refs[t] for t in terms], voice.list_sep, voice.last_sep)
         as_ = slots["answer_grounded"]
-        a = as_[int(u() * len(as_)) % len(as_)]
-        head = self.head
-        v["grounded"] = self.item_sep.join([head(t) for t in terms])
-        return self._emit(bank, sub, index, (q.id, a.id), q.text.format_map(v), a.text.format_map(v), regions[:])
+        a_id, a_fill = as_[int(u() * len(as_)) % len(as_)]
+        refs, boxes = voice.refs, self.sl.boxes
+        v["grounded"] = voice.item_sep.join([refs[t] + boxes[t] for t in terms])
+        return self._emit("text_to_region", sub, index, (q_id, a_id), q_fill(v), a_fill(v), regions[:])
 
     # -- grounded report
 
-    def grounded_report(self, bank: TemplateBank, index: int, plan: _Plan) -> Generated:
-        sub, terms, regions = plan
+    def grounded_report(self, index: int, plan: _Plan) -> Generated:
+        sub, (terms, parts), regions = plan
         u = self.u
         v = self.v
-        sl = self.sl
-        slots = self.L.slots("grounded_report", self.lang, self.has_region)
+        voice = self.voice
+        slots = voice.slots["grounded_report"]
         if sub == "open":
             qs = slots["question_open"]
-            q = qs[int(u() * len(qs)) % len(qs)]
+            q_id, q_fill = qs[int(u() * len(qs)) % len(qs)]
         else:
             qs = slots["question_targeted"]
-            q = qs[int(u() * len(qs)) % len(qs)]
-            v["refs"] = self._refs(terms)
-        question = q.text.format_map(v)
+            q_id, q_fill = qs[int(u() * len(qs)) % len(qs)]
+            v["refs"] = _join([voice.refs[t] for t in terms], voice.list_sep, voice.last_sep)
+        question = q_fill(v)
         ch_find, ch_anat = slots["answer_finding"], slots["answer_anatomy"]
         n_find, n_anat = len(ch_find), len(ch_anat)
-        L = self.L
-        abnormal = L.abnormal
-        pos_words, size_words = L.position_words[self.lang], L.size_words[self.lang]
-        names, caps, head, geometry = self.names, self.caps, self.head, sl.geometry
-        colon = self.colon
+        pos_words, size_words = voice.position_words, voice.size_words
+        names, caps, refs, colon = voice.names, voice.caps, voice.refs, voice.colon
         lines: list[str] = []
-        ids = [q.id]
-        for t in terms:
-            a = ch_find[int(u() * n_find) % n_find] if t in abnormal else ch_anat[int(u() * n_anat) % n_anat]
-            ids.append(a.id)
-            pos, size = geometry(t)
+        ids = [q_id]
+        for t, box, (pos, size), abnormal in parts:
+            a_id, a_fill = ch_find[int(u() * n_find) % n_find] if abnormal else ch_anat[int(u() * n_anat) % n_anat]
+            ids.append(a_id)
             v["term"] = names[t]
             v["Term"] = caps[t]
             v["position"] = pos_words[pos]
             v["size"] = size_words[size]
-            lines.append(head(t) + colon + a.text.format_map(v))
-        return self._emit(bank, sub, index, tuple(ids), question, self.line_sep.join(lines), regions[:])
+            lines.append(refs[t] + box + colon + a_fill(v))
+        return self._emit("grounded_report", sub, index, tuple(ids), question, voice.line_sep.join(lines), regions[:])
 
 
 def _first_index(by_term: dict[str, list[int]]) -> Callable[[str], int]:
@@ -684,8 +783,9 @@ def _first_index(by_term: dict[str, list[int]]) -> Callable[[str], int]:
     return lambda t: by_term[t][0]
 
 
+#: subtask -> key prefix ("t2r.sr_mo."); subtask names are unique across tasks
 _KEY = {
-    (task, sub): f"{ABBR[task]}.{sub}."
+    sub: f"{ABBR[task]}.{sub}."
     for task, subs in (
         ("region_to_text", ("single", "multi")),
         ("text_to_region", ("sr_so", "sr_mo", "mr_so", "mr_mo", "absent")),
@@ -693,6 +793,10 @@ _KEY = {
     )
     for sub in subs
 }
+
+
+#: task -> the (unbound) renderer method
+_RENDER = {task: getattr(_Renderer, task) for task in ABBR}
 
 
 # ----------------------------------------------------------------------------------------- entry point
@@ -712,8 +816,8 @@ def generate(ctx: SliceContext, mix: TaskMix, rng: np.random.Generator) -> list[
     sl = _Slice(ctx, L)
     u = _stream(rng).__next__
     planner = _Planner(sl, mix, u)
-    renderers = [(lang, _Renderer(sl, ctx, mix, lang, L, u)) for lang in mix.langs]
-    banks = L.t.banks
+    modality, body_region, mode = ctx.modality, ctx.body_region, mix.system_prompt
+    renderers = [_Renderer(sl, L.voice(modality, body_region, lang), mode, u) for lang in mix.langs]
     out: list[Generated] = []
     for task, rate in rates:
         n = int(rate)
@@ -723,11 +827,11 @@ def generate(ctx: SliceContext, mix: TaskMix, rng: np.random.Generator) -> list[
         if n == 0:
             continue
         plan_one = getattr(planner, task)
-        render = [(banks[(task, lang)], getattr(renderer, task)) for lang, renderer in renderers]
+        render = _RENDER[task]
         for i in range(n):
             plan = plan_one()
             if plan is None:
                 continue
-            for bank, make in render:
-                out.append(make(bank, i, plan))
+            for renderer in renderers:
+                out.append(render(renderer, i, plan))
     return out
