@@ -48,7 +48,8 @@ def assign_split(official: str | None, patient_hash: str, cfg: ReleaseConfig) ->
         return official
     u = unit_interval("split", cfg.seed, patient_hash)
     acc = 0.0
-    names = list(cfg.splits.ratios)
+    # sorted, not the YAML's order: configs with the same (sorted-key) hash must give the same splits
+    names = sorted(cfg.splits.ratios)
     for name in names:
         acc += cfg.splits.ratios[name]
         if u < acc:

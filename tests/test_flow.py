@@ -43,6 +43,15 @@ def test_flow_builds_caches_and_reports(prefect_harness, tmp_path, samples):
         case_runs = [r for r in runs if r.name.startswith("case")]
         assert len(case_runs) == 6  # one task per case: 5 kvasir + 1 MR
 
+    # the flow and the in-process build give the same bytes
+    from pipeline.release import build
+    from schemas.config import load_config
+
+    plain = build(load_config(cfg), tmp_path / "plain", samples_root=samples)
+    m_plain = orjson.loads((plain / "manifest.json").read_bytes())
+    assert {s["path"]: s["sha256"] for s in m_plain["shards"]} == shards_first
+    assert m_plain["images"] == m["images"]
+
     second = run_build(str(cfg), str(out))
     m2 = orjson.loads((tmp_path / "out" / "flowtest-1" / "manifest.json").read_bytes())
     assert {s["path"]: s["sha256"] for s in m2["shards"]} == shards_first

@@ -180,3 +180,15 @@ def test_deleting_half_the_cached_verdicts_recomputes_exactly_that_half(tmp_path
     again = release_validation(results, cfg.validation, store, cache)
     assert again.computed == len(entries[::2]) and again.cached == n_rows - len(entries[::2])
     assert again.summary == first.summary
+
+
+def test_split_assignment_ignores_the_order_of_ratio_keys():
+    from pipeline.release import assign_split
+
+    a = _cfg(splits={"ratios": {"train": 0.5, "validation": 0.25, "test": 0.25}})
+    b = _cfg(splits={"ratios": {"test": 0.25, "validation": 0.25, "train": 0.5}})
+    assert a.config_hash() == b.config_hash()
+    got = [assign_split(None, f"p{i:04d}", a) for i in range(400)]
+    assert got == [assign_split(None, f"p{i:04d}", b) for i in range(400)]
+    assert 0.4 < got.count("train") / 400 < 0.6  # ratios are honoured
+    assert assign_split("test", "p0001", a) == "test"  # an official split is kept
