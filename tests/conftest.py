@@ -6,6 +6,11 @@ import os
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+
+# reproducible property tests: the same examples on every machine and in CI (no flaky first-seen cases)
+settings.register_profile("medreg", derandomize=True, deadline=None, print_blob=True)
+settings.load_profile("medreg")
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = Path(os.environ.get("MEDREG_SAMPLES", REPO.parent / "shared" / "data"))

@@ -152,5 +152,12 @@ def test_fill_matches_point_in_polygon(points):
     m = fill_even_odd([poly], (32, 32))
     rr, cc = np.mgrid[0:32, 0:32]
     ref = points_in_poly(np.c_[rr.ravel(), cc.ravel()], poly).reshape(32, 32)
-    # identical except for centres lying exactly on an edge (measure zero for random vertices)
-    assert (m != ref).sum() <= 2
+    # identical except for pixel centres lying exactly on an edge, where inside/outside is a convention
+    # (hypothesis likes integer vertices, so such centres are common): those are left out
+    pts = np.c_[rr.ravel(), cc.ravel()].astype(float)
+    on_edge = np.zeros(len(pts), bool)
+    for a, b in zip(poly, np.roll(poly, -1, axis=0)):
+        ab = b - a
+        t = np.clip(((pts - a) @ ab) / max(ab @ ab, 1e-12), 0, 1)
+        on_edge |= np.linalg.norm(pts - (a + t[:, None] * ab), axis=1) < 1e-6
+    assert not ((m != ref).ravel() & ~on_edge).any()
