@@ -6,6 +6,11 @@ Layout options (card ``layout``):
 * ``image_glob`` + ``label_from_image: [regex, replacement]`` (a ``re.sub`` on the image's relative
   path giving the label path) + optional ``case_regex`` (first group = case id).
 * ``patient_regex``: first group of the case id/path = patient id.
+
+The label path may also be a **folder of binary masks, one NIfTI per structure** (the TotalSegmentator
+dataset's own ``sXXXX/segmentations/<structure>.nii.gz`` layout): each file's name is its label,
+mapped to a term by the card (``labels`` or ``resolve_labels_with_glossary``); masks that do not overlap
+share one label layer, overlapping ones go to further layers.
 """
 
 from __future__ import annotations
@@ -60,10 +65,59 @@ class NiftiLabelmapAdapter(SourceAdapter):
             official_split=self.official_split(img.as_posix(), cid),
         )
 
+    def _mask_folder_layers(
+        self, folder: Path, image_shape: tuple[int, ...], img_aff: np.ndarray, notes: list[str]
+    ) -> list[tuple[np.ndarray, dict[int, str]]]:
+        files = sorted(p for p in folder.iterdir() if p.name.endswith((".nii", ".nii.gz")))
+        if not files:
+            raise ReadError(f"mask folder {folder} holds no .nii/.nii.gz file", file=str(folder),
+                            hint="point `labels` at a label map or a folder of per-structure masks")
+        layers: list[tuple[np.ndarray, dict[int, str]]] = []
+        from sources.base import _label_table
+
+        # keep the dataset's own ids where the card's label map knows the term (meta.regions.label_id)
+        id_of = {t: int(k) for k, t in _label_table(self.card).items() if k.isdigit()}
+        next_id = max(id_of.values(), default=0) + 1
+        for f in files:
+            label = f.name[: -len(".nii.gz")] if f.name.endswith(".nii.gz") else f.name[: -len(".nii")]
+            term = self.term_for(label)
+            if term is None:
+                notes.append(f"mask {f.name} has no term in card {self.card.name}; skipped")
+                continue
+            mask, aff = read_nifti(f, integer_labels=True)
+            if mask.shape != image_shape or not np.allclose(aff, img_aff, atol=1e-3):
+                mask, note = align_labels_to_image(mask, aff, image_shape, img_aff, label_file=str(f))
+                notes.append(note)
+            fg = mask > 0
+            if not fg.any():
+                continue
+            for arr, names in layers:  # first layer where this structure overlaps nothing
+                if not arr[fg].any():
+                    break
+            else:
+                arr, names = np.zeros(image_shape, np.uint16), {}
+                layers.append((arr, names))
+            lid = id_of.get(term)
+            if lid is None or any(lid in n for _, n in layers):
+                lid, next_id = next_id, next_id + 1
+            arr[fg] = lid
+            names[lid] = term
+        if len(layers) > 1:
+            notes.append(f"overlapping masks in {folder.name}: stored as {len(layers)} label layers")
+        return layers
+
     def load(self, ref: CaseRef) -> Study:
         image, img_aff = read_nifti(ref.paths["image"])
-        labels, lab_aff = read_nifti(ref.paths["labels"], integer_labels=True)
         notes: list[str] = []
+        if Path(ref.paths["labels"]).is_dir():
+            packed = self._mask_folder_layers(Path(ref.paths["labels"]), image.shape, img_aff, notes)
+            if not packed:
+                raise ReadError(f"no mask in {ref.paths['labels']} maps to a term of card {self.card.name}",
+                                file=ref.paths["labels"], hint="check the card's labels")
+            vol, geom = to_canonical(image, img_aff)
+            layers = [LabelLayer(to_canonical(a, img_aff)[0], n, origin=ref.paths["labels"]) for a, n in packed]
+            return self._study(ref, vol, geom, layers, notes)
+        labels, lab_aff = read_nifti(ref.paths["labels"], integer_labels=True)
         if labels.shape != image.shape or not np.allclose(lab_aff, img_aff, atol=1e-3):
             labels, note = align_labels_to_image(
                 labels, lab_aff, image.shape, img_aff, label_file=ref.paths["labels"], image_file=ref.paths["image"]
@@ -82,13 +136,16 @@ class NiftiLabelmapAdapter(SourceAdapter):
                 file=self.card.card_path,
                 hint="set label_map or labels: {id: term} in the card",
             )
+        return self._study(ref, vol, geom, [LabelLayer(lab, names, origin=ref.paths["labels"])], notes)
+
+    def _study(self, ref: CaseRef, vol: np.ndarray, geom, layers: list[LabelLayer], notes: list[str]) -> Study:  # noqa: ANN001
         return Study(
             ref=ref,
             modality=self.card.modality,
             image=vol,
             spacing=geom.spacing,
             is_3d=True,
-            layers=[LabelLayer(lab, names, origin=ref.paths["labels"])],
+            layers=layers,
             intensity_preset=self.card.intensity.preset,
             notes=notes,
             transform={

@@ -169,3 +169,33 @@ def test_truncated_nifti_is_a_clear_error(samples, tmp_path):
     with pytest.raises(ReadError) as ei:
         read_nifti(bad)
     assert ei.value.file == str(bad) and "truncated" in ei.value.hint
+
+
+def test_totalseg_dataset_layout_one_mask_file_per_structure(samples, tmp_path):
+    """The TotalSegmentator dataset ships sXXXX/ct.nii.gz + sXXXX/segmentations/<structure>.nii.gz:
+    split the example label map into such files; the adapter must give the same regions."""
+    import nibabel as nib
+
+    from pipeline.language.glossary import load_label_map
+
+    src = samples / "totalseg-nifti/ct"
+    case = tmp_path / "s0001"
+    (case / "segmentations").mkdir(parents=True)
+    (case / "ct.nii.gz").write_bytes((src / "example_ct_sm.nii.gz").read_bytes())
+    seg = nib.load(str(src / "example_seg.nii.gz"))
+    arr = np.asanyarray(seg.dataobj)
+    names = load_label_map("totalseg_total")
+    for lid, name in names.items():
+        nib.save(nib.Nifti1Image((arr == lid).astype(np.uint8), seg.affine), str(case / "segmentations" / f"{name}.nii.gz"))
+    card = load_card("totalseg-ct").model_copy(update={"layout": {
+        "image_glob": "s*/ct.nii.gz", "label_from_image": [r"ct\.nii\.gz$", "segmentations"], "case_regex": r"^(s\d{4})/"}})
+    ad = get_adapter(card, tmp_path)
+    (ref,) = ad.discover()
+    assert ref.case_id == "s0001" and ref.paths["labels"].endswith("segmentations")
+    st = ad.load(ref)
+    assert len(st.layers) == 1  # TotalSegmentator structures do not overlap: one packed layer
+    card0, ad0 = _adapter("totalseg-ct", samples)
+    st0 = ad0.load(ad0.discover()[0])
+    a = {(s.axis, s.index): sorted((r.term, r.box_px, r.label_id) for r in s.regions) for s in _convert(card, st).slices}
+    b = {(s.axis, s.index): sorted((r.term, r.box_px, r.label_id) for r in s.regions) for s in _convert(card0, st0).slices}
+    assert a == b and len(a) > 5
