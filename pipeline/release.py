@@ -71,6 +71,33 @@ def task_mix(cfg: ReleaseConfig, use: SourceUse | None) -> TaskMix:
     )
 
 
+_SECONDARY_REGIONS = {"spine", "limb", "whole_body"}
+
+
+def infer_body_region(terms: Iterable[str]) -> str | None:
+    """Body region of a slice from its structures (card ``body_region: auto``): each term votes for its
+    glossary body regions; spine/limb/whole-body only count when nothing else does; ties -> name order."""
+    from pipeline.language.glossary import load_glossary
+
+    gl = load_glossary()
+    votes: Counter[str] = Counter()
+    fallback: Counter[str] = Counter()
+    for t in terms:
+        if t not in gl:
+            continue
+        regions = gl.term(t).body_regions
+        main = [r for r in regions if r not in _SECONDARY_REGIONS]
+        for r in main:
+            votes[r] += 1.0 / len(main)
+        for r in regions:
+            fallback[r] += 1.0 / len(regions)
+    pick = votes or fallback
+    if not pick:
+        return None
+    best = max(pick.values())
+    return sorted(r for r, v in pick.items() if v == best)[0]
+
+
 def card_vocabulary(card: SourceCard) -> list[str]:
     """Terms this source can emit (for absent-target negatives)."""
     return sorted(set(card.label_table().values()))
@@ -109,6 +136,8 @@ def rows_for_slice(
 ) -> list[dict[str, Any]]:
     h, w = sl.image.shape[:2]
     present = {r.term for r in sl.regions}
+    if body_region == "auto":
+        body_region = infer_body_region(sorted(present))
     ctx = SliceContext(
         modality=modality,
         body_region=body_region,

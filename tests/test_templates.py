@@ -258,4 +258,12 @@ def test_card_modalities_and_body_regions_have_words() -> None:
     v = load_vocab()
     for name, modality, region in _card_contexts():
         assert modality is None or v.modality_key(modality), f"{name}: modality {modality!r} has no words in vocab"
-        assert region is None or v.body_region_key(region), f"{name}: body region {region!r} has no words in vocab"
+        assert region is None or region == "auto" or v.body_region_key(region), (
+            f"{name}: body region {region!r} has no words in vocab"
+        )
+    # `auto` picks one of the glossary's body regions per slice: each needs words too
+    from pipeline.language.glossary import load_glossary
+
+    gl = load_glossary()
+    for region in sorted({r for t in gl for r in gl.term(t).body_regions}):
+        assert v.body_region_key(region), f"glossary body region {region!r} has no words in vocab"
