@@ -52,6 +52,16 @@ def case_config_json(cfg: ReleaseConfig) -> str:
     return orjson.dumps(part, option=orjson.OPT_SORT_KEYS).decode()
 
 
+def config_for_case(cfg_json: str, use: SourceUse) -> ReleaseConfig:
+    """Rebuild a config from :func:`case_config_json` (name/version are placeholders: a case's output
+    never depends on them, so they are not part of the cache key)."""
+    part = orjson.loads(cfg_json)
+    level = part.pop("png_compress_level")
+    return ReleaseConfig.model_validate(
+        {"name": "case", "version": "0", "sources": [use.model_dump()], **part, "output": {"png_compress_level": level}}
+    )
+
+
 def fingerprint(ref: CaseRef) -> str:
     """sha256 over the content of every file the case reads (the cache key never sees arrays)."""
     return stable_id(*(f"{p.name}:{file_sha256(p)}" for p in ref.fingerprint_paths() if p.is_file()), length=64)
@@ -64,9 +74,8 @@ def case_task(card_yaml: str, root: str, use_json: str, ref_json: str, files_sha
     card = SourceCard.model_validate(yaml.safe_load(card_yaml))
     ref_d = orjson.loads(ref_json)
     ref = CaseRef(**ref_d)
-    cfg_part = orjson.loads(cfg_json)
     use = SourceUse.model_validate(orjson.loads(use_json))
-    full = ReleaseConfig.model_validate({"name": "x", "version": "0", "sources": [use.model_dump()], **{k: v for k, v in cfg_part.items() if k != "png_compress_level"}, "output": {"png_compress_level": cfg_part["png_compress_level"]}})
+    full = config_for_case(cfg_json, use)
     adapter = get_adapter(card, Path(root))
     return process_case(card, adapter, ref, full, ImageStore(store_dir), use, case_validators_for(full.validation))
 
