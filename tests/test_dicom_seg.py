@@ -18,7 +18,7 @@ from pipeline.readers.dicom import read_series
 from pipeline.readers.dicom_seg import read_seg, read_seg_header
 from sources.base import get_adapter, load_card
 
-hd = pytest.importorskip("highdicom")
+import highdicom as hd  # noqa: E402
 
 SAMPLES = Path(os.environ.get("MEDREG_SAMPLES", Path(__file__).resolve().parents[2] / "shared" / "data"))
 DCMQI = SAMPLES / "dcmqi-ct-liver-seg"

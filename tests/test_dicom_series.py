@@ -184,7 +184,7 @@ def test_compressed_transfer_syntaxes(tmp_path, ts):
 
 
 def test_enhanced_multiframe_equals_single_frames(tmp_path):
-    hd = pytest.importorskip("highdicom")
+    import highdicom as hd
     singles = [pydicom.dcmread(f) for f in sorted(VH.glob("CT_*.dcm"))]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # highdicom dislikes the sample's one-component (anonymised) PatientName

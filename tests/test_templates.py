@@ -129,12 +129,13 @@ def _bank(*templates: dict, lang: str = "en", task: str = "region_to_text", syst
 
 
 def test_a_good_bank_validates() -> None:
-    TemplateBankSpec.model_validate(
+    bank = TemplateBankSpec.model_validate(
         _bank(
             {"id": "r2t.en.q001", "slot": "question_single", "text": "What is {box} in this {image}?"},
             {"id": "r2t.en.a001", "slot": "answer_single", "text": "The {term}."},
         )
     )
+    assert bank is not None and "r2t.en.q001" in bank.model_dump_json()
 
 
 @pytest.mark.parametrize(

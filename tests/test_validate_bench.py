@@ -5,10 +5,7 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-import pytest
 
-pytest.importorskip("torch")
-pytest.importorskip("transformers")
 
 
 def test_b6_runs_on_cpu_tiny(tmp_path, monkeypatch) -> None:

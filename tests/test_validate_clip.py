@@ -14,9 +14,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
-tokenizers = pytest.importorskip("tokenizers")
+import torch  # noqa: E402
+import tokenizers  # noqa: E402,F401
 
 from pipeline.coords import normalise_box  # noqa: E402
 from pipeline.validate import ValidationItem, run_validators  # noqa: E402

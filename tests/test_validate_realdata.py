@@ -28,7 +28,7 @@ from pipeline.validate import RulesValidator, StatsValidator, ValidationItem, ru
 from schemas.records import Row
 from schemas.validation import StatsConfig
 
-nib = pytest.importorskip("nibabel")
+import nibabel as nib  # noqa: E402
 
 # Same sample root as tests/conftest.py: MEDREG_SAMPLES, else the shared data folder beside the checkout.
 DATA = Path(os.environ.get("MEDREG_SAMPLES", Path(__file__).resolve().parents[2] / "shared" / "data")) / "totalseg-nifti" / "ct"
@@ -76,9 +76,7 @@ def make_rows(case: str, k: int, labels: np.ndarray, w: int, h: int) -> list[dic
 
 
 @pytest.fixture(scope="module")
-def items() -> list[ValidationItem]:
-    if not (DATA / "example_ct_sm.nii.gz").exists():
-        pytest.skip(f"TotalSegmentator example data not found under {DATA}")
+def items(samples) -> list[ValidationItem]:  # the conftest fixture fails loudly when the data is missing
     img = nib.load(DATA / "example_ct_sm.nii.gz")
     assert nib.aff2axcodes(img.affine) == ("R", "A", "S")
     vol = np.asarray(img.dataobj).astype(np.float32)
