@@ -4,7 +4,7 @@ Builds a synthetic ``300 x 512 x 512`` uint8 label volume with ~100 organ-like l
 varied sizes placed with a seeded generator) and times, best of ``--repeats`` after one warm-up call:
 
 * ``arr.copy()`` -- the memory-bandwidth floor (one read + one write of the volume);
-* ``pipeline.boxes.slice_label_boxes`` -- ours: one pass, every slice and every label;
+* ``pipeline.regions.boxes.slice_label_boxes`` -- ours: one pass, every slice and every label;
 * ``scipy.ndimage.find_objects`` slice by slice (extents only, no counts);
 * ``skimage.measure.regionprops`` slice by slice (extents + areas).
 
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     from scipy import ndimage
     from skimage.measure import regionprops
 
-    from pipeline.boxes import slice_label_boxes
+    from pipeline.regions.boxes import slice_label_boxes
 
     if args.threads:
         numba.set_num_threads(args.threads)

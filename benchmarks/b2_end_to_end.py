@@ -55,9 +55,9 @@ def main() -> None:
     args = ap.parse_args()
     shape = (256, 256, 100) if args.quick else (512, 512, 300)
 
-    from pipeline.images import ImageStore, encode_png
-    from pipeline.release import process_case
-    from pipeline.validation_stage import case_validators_for
+    from pipeline.release.images import ImageStore, encode_png
+    from pipeline.release.case import process_case
+    from pipeline.validate.stage import case_validators_for
     from schemas.card import SourceCard
     from schemas.config import ReleaseConfig
     from sources.base import get_adapter

@@ -96,7 +96,7 @@ def build_model(path: Path, size: str) -> None:
 
 
 def make_items(n_items: int, regions: int, seed: int = 0, side: int = 512) -> list[Any]:
-    from pipeline.coords import normalise_box
+    from pipeline.regions.coords import normalise_box
     from pipeline.validate import ValidationItem
 
     rng = np.random.default_rng(seed)

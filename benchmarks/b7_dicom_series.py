@@ -4,7 +4,7 @@ Synthesises a ``300 x 512 x 512`` int16 CT series (realistic tags, one file per 
 InstanceNumbers shuffled, explicit VR little endian) in a temporary folder with pydicom, then times, best
 of ``--repeats`` after one warm-up each (warm page cache for both):
 
-* ``pipeline.readers.dicom.read_series(folder)`` -- ours: scan + group + sort by position + pixels +
+* ``pipeline.ingest.readers.dicom.read_series(folder)`` -- ours: scan + group + sort by position + pixels +
   rescale to HU (int16) + notes;
 * SimpleITK alone: ``ImageSeriesReader.GetGDCMSeriesFileNames(folder)`` + ``Execute()`` (GDCM sorts and
   rescales too), then ``GetArrayViewFromImage``.
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.readers.dicom import read_series, write_synthetic_series
+from pipeline.ingest.readers.dicom import read_series, write_synthetic_series
 
 
 def make_series(folder: Path, slices: int, size: int, seed: int = 0) -> None:

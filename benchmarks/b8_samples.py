@@ -35,10 +35,10 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.coords import normalise_box
+from pipeline.regions.coords import normalise_box
 from pipeline.language.glossary import load_label_map
 from pipeline.language.tasks import Generated, SliceContext, TaskMix, generate
-from pipeline.types import Region
+from pipeline.core.types import Region
 
 MIX = TaskMix(
     tasks={"region_to_text": 1.0, "text_to_region": 1.0, "grounded_report": 1.0},
@@ -86,7 +86,7 @@ def run_generate(slices: list[SliceContext], rngs: list[np.random.Generator] | N
 
 
 def to_rows(slices: list[SliceContext], gens: list[list[Generated]]) -> list[dict]:
-    """Rows shaped as pipeline.release writes them (InternVL chat + meta)."""
+    """Rows shaped as pipeline.release.case writes them (InternVL chat + meta)."""
     rows = []
     for i, (ctx, gs) in enumerate(zip(slices, gens, strict=True)):
         for g in gs:

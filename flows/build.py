@@ -25,9 +25,9 @@ from prefect.cache_policies import INPUTS, NO_CACHE, TASK_SOURCE  # noqa: E402
 from prefect.filesystems import LocalFileSystem  # noqa: E402
 from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
 
-from pipeline.ids import file_sha256, stable_id  # noqa: E402
-from pipeline.images import ImageStore  # noqa: E402
-from pipeline.release import (  # noqa: E402
+from pipeline.core.ids import file_sha256, stable_id  # noqa: E402
+from pipeline.release.images import ImageStore  # noqa: E402
+from pipeline.release.case import (  # noqa: E402
     STORE_DIRNAME,
     CaseResult,
     prepare_sources,
@@ -35,9 +35,9 @@ from pipeline.release import (  # noqa: E402
     resolve_samples_root,
     write_run_log,
 )
-from pipeline.shards import write_release  # noqa: E402
-from pipeline.types import CaseRef  # noqa: E402
-from pipeline.validation_stage import case_validators_for, release_validation, uses_model  # noqa: E402
+from pipeline.release.shards import write_release  # noqa: E402
+from pipeline.core.types import CaseRef  # noqa: E402
+from pipeline.validate.stage import case_validators_for, release_validation, uses_model  # noqa: E402
 from schemas.card import SourceCard  # noqa: E402
 from schemas.config import ReleaseConfig, SourceUse, load_config  # noqa: E402
 from schemas.records import ErrorRecord  # noqa: E402

@@ -28,7 +28,7 @@ def build(
     """Build a release: ingest sources, make samples, validate, write shards + manifest + card + report."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from pipeline.release import prepare_sources, resolve_samples_root
+    from pipeline.release.case import prepare_sources, resolve_samples_root
     from schemas.config import load_config
 
     try:
@@ -45,7 +45,7 @@ def build(
             prog.update(tid, advance=1, description=f"{res.source}/{res.case_id}: {len(res.rows)} rows" + (" [red]error[/red]" if res.errors else ""))
 
         if no_prefect:
-            from pipeline.release import build as build_plain
+            from pipeline.release.case import build as build_plain
 
             release = build_plain(cfg, out, samples_root=root, progress=on_case)
             errors = []
@@ -88,7 +88,7 @@ def _print_summary(release: Path) -> None:
 @app.command()
 def verify(release: Path = typer.Argument(..., help="a release folder (holding manifest.json)")) -> None:
     """Re-hash every shard, image and file against manifest.json; exit 1 on any mismatch."""
-    from pipeline.shards import verify_release
+    from pipeline.release.shards import verify_release
 
     problems = verify_release(release)
     if problems:
@@ -126,7 +126,7 @@ def sources() -> None:
 def inspect(path: Path = typer.Argument(..., help="a file or folder to describe")) -> None:
     """Tell what a file or folder is (format, geometry, labels) so you can write a card for it."""
     try:
-        from pipeline.inspect import format_inspection, inspect_path
+        from pipeline.ingest.inspect import format_inspection, inspect_path
     except ImportError:  # pragma: no cover
         err.print("inspect is not available in this build")
         raise typer.Exit(2) from None
@@ -142,7 +142,7 @@ def fetch_samples(
     mirror: Optional[str] = typer.Option(None, "--mirror", help="base URL of a mirror laid out like ../shared/data"),
 ) -> None:
     """Download the pinned public sample files (sha256-verified)."""
-    from pipeline.samples_data import default_cache_dir, download_samples
+    from flows.samples import default_cache_dir, download_samples
 
     target = dest or default_cache_dir()
     download_samples(target, None, mirror=mirror, progress=True)
@@ -167,8 +167,8 @@ def export_cmd(
     """Export a release for a trainer: InternVL's --meta_path file or LLaVA (ShareGPT) data."""
     import orjson
 
-    from pipeline.atomic import write_bytes_atomic
-    from pipeline.export import internvl_meta, write_llava
+    from pipeline.core.atomic import write_bytes_atomic
+    from pipeline.release.export import internvl_meta, write_llava
 
     splits = None if "all" in split else list(split)
     try:
@@ -205,8 +205,8 @@ def eval_cmd(
     """Score model answers against a release: box IoU/acc@t/P-R-F1, term accuracy, grounded-report metrics."""
     import orjson
 
-    from pipeline.atomic import write_bytes_atomic
-    from pipeline.evaluate import evaluate, render_tables, write_details
+    from pipeline.core.atomic import write_bytes_atomic
+    from pipeline.evaluate.scoring import evaluate, render_tables, write_details
 
     if not predictions.is_file():
         err.print(f"[red]error:[/red] predictions file {predictions} not found")
@@ -255,7 +255,7 @@ def expand_glossary_cmd(
 
 
 def _expand_run(kind: str, config: Path, out: Optional[Path]) -> None:
-    from pipeline.expand import ExpandError, load_expand_config, run_expand
+    from pipeline.evaluate.expand import ExpandError, load_expand_config, run_expand
 
     try:
         cfg = load_expand_config(config)
@@ -277,7 +277,7 @@ def expand_accept_cmd(
     dry_run: bool = typer.Option(False, "--dry-run", help="show the diff only"),
 ) -> None:
     """Show the unified diff of the accepted entries against the bank files, then write them."""
-    from pipeline.expand import ExpandError, plan_accept
+    from pipeline.evaluate.expand import ExpandError, plan_accept
 
     try:
         plan = plan_accept(review_file)

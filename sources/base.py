@@ -17,7 +17,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import ClassVar
 
-from pipeline.types import CaseRef, Study
+from pipeline.core.types import CaseRef, Study
 from schemas.card import SourceCard
 
 CARDS_DIR = Path(__file__).resolve().parent / "cards"
@@ -40,7 +40,7 @@ class SourceAdapter(ABC):
 
     @abstractmethod
     def load(self, ref: CaseRef) -> Study:
-        """Read one case.  Raise pipeline.readers.ReadError (file + hint) on bad input."""
+        """Read one case.  Raise pipeline.ingest.readers.ReadError (file + hint) on bad input."""
 
     # helpers shared by adapters -------------------------------------------------------------
     def official_split(self, ref_path: str, case_id: str) -> str | None:
@@ -81,7 +81,7 @@ class SourceAdapter(ABC):
         modality, body region and display fix (``case_rules``) applied to image and masks alike."""
         import numpy as np
 
-        from pipeline.types import Study
+        from pipeline.core.types import Study
 
         attrs = self.case_attrs(ref.case_id)
         if attrs["display"] != "none":
@@ -140,7 +140,7 @@ def apply_display(arr, op: str):  # noqa: ANN001, ANN201 - numpy array in, view 
 def check_mask_shape(mask, image, mask_path: str, image_path: str) -> None:  # noqa: ANN001
     """Raise a ReadError naming both files when a mask does not have its image's size."""
     if mask.shape[:2] != image.shape[:2]:
-        from pipeline.readers import ReadError
+        from pipeline.ingest.readers import ReadError
 
         raise ReadError(
             f"mask {Path(mask_path).name} is {mask.shape[1]}x{mask.shape[0]} but image {Path(image_path).name} "

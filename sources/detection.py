@@ -3,7 +3,7 @@
 One case per image; its CaseRef carries the image path and, in ``extra``, the image's own rows
 (label, x, y, w, h, where) and row errors, so the case's cache key changes exactly when its rows do.  The Study is the image ``(1, H, W)`` (grey) or ``(1, H, W, 3)`` with
 ``boxes=[PixelBoxAnnotation(term, (x_min, y_min, x_max, y_max))]`` (inclusive pixel indices, floats;
-see pipeline/readers/detection.py for the ``x, y, w, h`` convention) and no label layers.
+see pipeline/ingest/readers/detection.py for the ``x, y, w, h`` convention) and no label layers.
 
 Layout options (card ``layout``)
 --------------------------------
@@ -37,10 +37,10 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.readers import ReadError
-from pipeline.readers.detection import BoxRecord, read_coco_json, read_cxr14_csv
-from pipeline.readers.image2d import read_image
-from pipeline.types import CaseRef, PixelBoxAnnotation, Study
+from pipeline.ingest.readers import ReadError
+from pipeline.ingest.readers.detection import BoxRecord, read_coco_json, read_cxr14_csv
+from pipeline.ingest.readers.image2d import read_image
+from pipeline.core.types import CaseRef, PixelBoxAnnotation, Study
 from sources.base import SourceAdapter
 
 _IMAGE_EXT = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".dcm")

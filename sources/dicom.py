@@ -39,13 +39,13 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.align import align_labels_to_image
-from pipeline.readers import ReadError
-from pipeline.readers.dicom import DicomIndex, DicomSeries, index_dicom, list_files, read_series
-from pipeline.readers.dicom_seg import read_seg
-from pipeline.readers.nifti import read_nifti
-from pipeline.readers.rtstruct import read_rtstruct
-from pipeline.types import CaseRef, LabelLayer, Study
+from pipeline.ingest.align import align_labels_to_image
+from pipeline.ingest.readers import ReadError
+from pipeline.ingest.readers.dicom import DicomIndex, DicomSeries, index_dicom, list_files, read_series
+from pipeline.ingest.readers.dicom_seg import read_seg
+from pipeline.ingest.readers.nifti import read_nifti
+from pipeline.ingest.readers.rtstruct import read_rtstruct
+from pipeline.core.types import CaseRef, LabelLayer, Study
 from sources.base import SourceAdapter
 
 # SNOMED CT / SNOMED-RT codes of common segmented structures -> canonical term.  Card ``labels``
@@ -113,7 +113,7 @@ class _DicomBase(SourceAdapter):
         if self.card.layout.get("patient_regex"):
             return self.patient_of(cid, ann.as_posix())
         if dicom_pid is None and files:
-            from pipeline.readers.dicom import read_file_info
+            from pipeline.ingest.readers.dicom import read_file_info
 
             try:
                 dicom_pid = read_file_info(files[0]).patient_id
@@ -180,7 +180,7 @@ class _DicomBase(SourceAdapter):
         attrs = self.case_attrs(ref.case_id)
         modality = _MODALITY.get(series.modality, attrs["modality"]) if series.modality else attrs["modality"]
         # origin_mm: LPS coordinates of voxel (0,0,0) listed per canonical axis (S, P, L) = (z, y, x), so that
-        # origin_mm[a] + i * spacing[a] is the position of slice i along axis a (pipeline.convert)
+        # origin_mm[a] + i * spacing[a] is the position of slice i along axis a (pipeline.ingest.convert)
         ras0 = geom.affine[:3, 3]
         return Study(
             ref=ref,
@@ -292,7 +292,7 @@ class DicomRtstructAdapter(_DicomBase):
 
     def load(self, ref: CaseRef) -> Study:
         series = self._read_series(ref)
-        from pipeline.readers.rtstruct import read_rtstruct_header
+        from pipeline.ingest.readers.rtstruct import read_rtstruct_header
 
         hdr = read_rtstruct_header(ref.paths["rtstruct"])
         names: dict[int, str] = {}

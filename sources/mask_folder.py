@@ -20,9 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.readers import ReadError
-from pipeline.readers.image2d import read_image, read_mask
-from pipeline.types import CaseRef, LabelLayer, Study
+from pipeline.ingest.readers import ReadError
+from pipeline.ingest.readers.image2d import read_image, read_mask
+from pipeline.core.types import CaseRef, LabelLayer, Study
 from sources.base import SourceAdapter, check_mask_shape
 
 

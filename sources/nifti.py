@@ -20,11 +20,11 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.align import align_labels_to_image
-from pipeline.geometry import to_canonical
-from pipeline.readers import ReadError
-from pipeline.readers.nifti import read_nifti
-from pipeline.types import CaseRef, LabelLayer, Study
+from pipeline.ingest.align import align_labels_to_image
+from pipeline.ingest.geometry import to_canonical
+from pipeline.ingest.readers import ReadError
+from pipeline.ingest.readers.nifti import read_nifti
+from pipeline.core.types import CaseRef, LabelLayer, Study
 from sources.base import SourceAdapter
 
 

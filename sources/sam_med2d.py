@@ -14,9 +14,9 @@ from collections import defaultdict
 from pathlib import Path
 
 
-from pipeline.readers import ReadError
-from pipeline.readers.image2d import read_image, read_mask
-from pipeline.types import CaseRef, LabelLayer, Study
+from pipeline.ingest.readers import ReadError
+from pipeline.ingest.readers.image2d import read_image, read_mask
+from pipeline.core.types import CaseRef, LabelLayer, Study
 from sources.base import SourceAdapter, check_mask_shape
 
 _INSTANCE = re.compile(r"^(?P<structure>.+)_(?P<instance>\d{3,})$")

@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pipeline.answers import ParsedRef, normalise_text, parse_boxes, parse_grounded, parse_terms, strip_grounding
-from pipeline.coords import format_boxes
+from pipeline.evaluate.answers import ParsedRef, normalise_text, parse_boxes, parse_grounded, parse_terms, strip_grounding
+from pipeline.regions.coords import format_boxes
 
 CASES: list[tuple[str, list[ParsedRef]]] = [
     # --- clean MedRegA form
@@ -138,7 +138,7 @@ box_st = st.tuples(*(st.integers(0, 999) for _ in range(4)))
 
 @given(st.lists(box_st, min_size=1, max_size=5), st.sampled_from(["liver", "左肾", "right kidney", "portal vein"]))
 def test_round_trip_with_writer_format(boxes: list[tuple[int, int, int, int]], term: str) -> None:
-    """What pipeline.coords.format_boxes writes, this parser reads back (tagged and tag-stripped)."""
+    """What pipeline.regions.coords.format_boxes writes, this parser reads back (tagged and tag-stripped)."""
     tagged = f"<ref>{term}</ref><box>{format_boxes(boxes)}</box>"
     assert parse_grounded(tagged) == [ParsedRef(term, list(boxes))]
     stripped = f"{term}{format_boxes(boxes)}"

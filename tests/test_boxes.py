@@ -1,4 +1,4 @@
-"""pipeline.boxes on real public sample data (TotalSegmentator, BiomedParse, Kvasir-SEG) and on
+"""pipeline.regions.boxes on real public sample data (TotalSegmentator, BiomedParse, Kvasir-SEG) and on
 random volumes against a brute-force reference."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from pipeline.boxes import HAVE_NUMBA, RegionPx, SliceLabelBoxes, regions_2d, slice_label_boxes
+from pipeline.regions.boxes import HAVE_NUMBA, RegionPx, SliceLabelBoxes, regions_2d, slice_label_boxes
 
 SAMPLES = Path(os.environ.get("MEDREG_SAMPLES", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
@@ -23,7 +23,7 @@ def sample(*parts: str) -> Path:
     if not path.exists():  # fail loudly: these tests are the reference check, never skip them
         raise FileNotFoundError(
             f"sample data missing: {path}. Set MEDREG_SAMPLES to the shared sample-data folder "
-            "(or fetch it with pipeline.samples_data.download_samples)."
+            "(or fetch it with flows.samples.download_samples)."
         )
     return path
 

@@ -11,10 +11,10 @@ import numpy as np
 import pydicom
 import pytest
 
-from pipeline.readers import ReadError
-from pipeline.readers.dicom import read_series, write_synthetic_series
-from pipeline.readers.dicom_seg import read_seg
-from pipeline.readers.rtstruct import read_rtstruct
+from pipeline.ingest.readers import ReadError
+from pipeline.ingest.readers.dicom import read_series, write_synthetic_series
+from pipeline.ingest.readers.dicom_seg import read_seg
+from pipeline.ingest.readers.rtstruct import read_rtstruct
 from schemas.card import SourceCard
 from sources.base import get_adapter, load_card
 

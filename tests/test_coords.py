@@ -1,7 +1,7 @@
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.coords import box_iou, denormalise_box, format_boxes, normalise_box, order_boxes
+from pipeline.regions.coords import box_iou, denormalise_box, format_boxes, normalise_box, order_boxes
 
 
 @st.composite

@@ -14,8 +14,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from PIL import Image
 
-from pipeline.readers import ReadError
-from pipeline.readers.detection import inclusive_to_xywh, read_coco_json, read_cxr14_csv, xywh_to_inclusive
+from pipeline.ingest.readers import ReadError
+from pipeline.ingest.readers.detection import inclusive_to_xywh, read_coco_json, read_cxr14_csv, xywh_to_inclusive
 from schemas.card import SourceCard
 from sources.base import get_adapter, load_card
 from sources.detection import synthesise_blank_images

@@ -13,9 +13,9 @@ import pytest
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
-from pipeline.geometry import display_view
-from pipeline.readers.dicom import read_series
-from pipeline.readers.dicom_seg import read_seg, read_seg_header
+from pipeline.ingest.geometry import display_view
+from pipeline.ingest.readers.dicom import read_series
+from pipeline.ingest.readers.dicom_seg import read_seg, read_seg_header
 from sources.base import get_adapter, load_card
 
 import highdicom as hd  # noqa: E402

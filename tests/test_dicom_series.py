@@ -12,9 +12,9 @@ import numpy as np
 import pydicom
 import pytest
 
-from pipeline.geometry import display_view
-from pipeline.readers import ReadError
-from pipeline.readers.dicom import read_series, write_synthetic_series
+from pipeline.ingest.geometry import display_view
+from pipeline.ingest.readers import ReadError
+from pipeline.ingest.readers.dicom import read_series, write_synthetic_series
 
 SAMPLES = Path(os.environ.get("MEDREG_SAMPLES", Path(__file__).resolve().parents[2] / "shared" / "data"))
 DCMQI = SAMPLES / "dcmqi-ct-liver-seg"

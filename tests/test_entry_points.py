@@ -22,7 +22,7 @@ from sources import base
 
 PLUGIN = textwrap.dedent('''
     import numpy as np
-    from pipeline.types import CaseRef, PixelBoxAnnotation, Study
+    from pipeline.core.types import CaseRef, PixelBoxAnnotation, Study
     from sources.base import SourceAdapter
 
     class ToyAdapter(SourceAdapter):

@@ -10,7 +10,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from pipeline.evaluate import (
+from pipeline.evaluate.scoring import (
     aggregate,
     evaluate,
     match_boxes,
@@ -20,7 +20,7 @@ from pipeline.evaluate import (
     text_f1,
     tokenize,
 )
-from pipeline.export import iter_release_rows
+from pipeline.release.export import iter_release_rows
 from pipeline.language.glossary import load_glossary
 
 G = load_glossary()
@@ -213,7 +213,7 @@ def _write_release(rel: Path, rows: list[dict]) -> None:
 
 @pytest.fixture(scope="module")
 def release(tmp_path_factory, samples) -> Path:
-    from pipeline.release import build
+    from pipeline.release.case import build
     from schemas.config import ReleaseConfig
 
     cfg = ReleaseConfig.model_validate(

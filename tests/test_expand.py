@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.expand import (
+from pipeline.evaluate.expand import (
     DEFAULT_DATA_DIR,
     ExpandError,
     copy_language_data,

@@ -23,7 +23,7 @@ def test_flow_builds_caches_and_reports(prefect_harness, tmp_path, samples):
     from prefect.client.orchestration import get_client
 
     from flows.build import run_build
-    from pipeline.shards import verify_release
+    from pipeline.release.shards import verify_release
 
     cfg = _config(tmp_path, samples)
     out = tmp_path / "out"
@@ -44,7 +44,7 @@ def test_flow_builds_caches_and_reports(prefect_harness, tmp_path, samples):
         assert len(case_runs) == 6  # one task per case: 5 kvasir + 1 MR
 
     # the flow and the in-process build give the same bytes
-    from pipeline.release import build
+    from pipeline.release.case import build
     from schemas.config import load_config
 
     plain = build(load_config(cfg), tmp_path / "plain", samples_root=samples)

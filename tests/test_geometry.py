@@ -4,7 +4,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from pipeline.geometry import display_view, resample_nearest, select_slices, square_shape, to_canonical
+from pipeline.ingest.geometry import display_view, resample_nearest, select_slices, square_shape, to_canonical
 
 
 def _load(samples, rel):

@@ -10,8 +10,8 @@ import numpy as np
 import pydicom
 import pytest
 
-from pipeline.inspect import format_inspection, inspect_path
-from pipeline.readers.dicom import write_synthetic_series
+from pipeline.ingest.inspect import format_inspection, inspect_path
+from pipeline.ingest.readers.dicom import write_synthetic_series
 
 SAMPLES = Path(os.environ.get("MEDREG_SAMPLES", Path(__file__).resolve().parents[2] / "shared" / "data"))
 

@@ -7,8 +7,8 @@ import orjson
 import pytest
 from typer.testing import CliRunner
 
-from pipeline.release import build
-from pipeline.shards import verify_release
+from pipeline.release.case import build
+from pipeline.release.shards import verify_release
 from schemas.config import ReleaseConfig
 
 SOURCES_2D_3D = ["totalseg-ct", "totalseg-mr", "sam-med2d", "biomedparse-2d", "kvasir-seg"]
@@ -132,7 +132,7 @@ def test_corrupt_cases_become_error_records_and_the_rest_is_built(tmp_path, samp
 
 
 def test_a_failed_write_leaves_no_partial_release(tmp_path, samples, monkeypatch):
-    import pipeline.shards as shards
+    import pipeline.release.shards as shards
 
     cfg = _cfg(sources=[{"card": "kvasir-seg"}])
     good = build(cfg, tmp_path, samples_root=samples)
@@ -156,9 +156,9 @@ def test_a_failed_write_leaves_no_partial_release(tmp_path, samples, monkeypatch
 
 
 def test_deleting_half_the_cached_verdicts_recomputes_exactly_that_half(tmp_path, samples):
-    from pipeline.images import ImageStore
-    from pipeline.release import prepare_sources, process_case
-    from pipeline.validation_stage import case_validators_for, release_validation
+    from pipeline.release.images import ImageStore
+    from pipeline.release.case import prepare_sources, process_case
+    from pipeline.validate.stage import case_validators_for, release_validation
 
     cfg = _cfg(sources=[{"card": "totalseg-ct"}, {"card": "biomedparse-2d"}])
     store = ImageStore(tmp_path / "store")
@@ -183,7 +183,7 @@ def test_deleting_half_the_cached_verdicts_recomputes_exactly_that_half(tmp_path
 
 
 def test_split_assignment_ignores_the_order_of_ratio_keys():
-    from pipeline.release import assign_split
+    from pipeline.release.case import assign_split
 
     a = _cfg(splits={"ratios": {"train": 0.5, "validation": 0.25, "test": 0.25}})
     b = _cfg(splits={"ratios": {"test": 0.25, "validation": 0.25, "train": 0.5}})
@@ -195,7 +195,7 @@ def test_split_assignment_ignores_the_order_of_ratio_keys():
 
 
 def test_body_region_auto_from_the_structures_on_the_slice():
-    from pipeline.release import infer_body_region
+    from pipeline.release.case import infer_body_region
 
     assert infer_body_region(["heart_atrium_left", "lung_lower_lobe_left", "vertebrae_T9"]) == "thorax"
     assert infer_body_region(["liver", "spleen", "kidney_right", "aorta"]) == "abdomen"

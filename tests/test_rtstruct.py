@@ -12,8 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.readers.dicom import read_series
-from pipeline.readers.rtstruct import fill_even_odd, read_rtstruct, read_rtstruct_header
+from pipeline.ingest.readers.dicom import read_series
+from pipeline.ingest.readers.rtstruct import fill_even_odd, read_rtstruct, read_rtstruct_header
 from schemas.card import SourceCard
 from sources.base import get_adapter, load_card
 

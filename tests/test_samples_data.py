@@ -1,4 +1,4 @@
-"""pipeline.samples_data: manifest vs the shared sample folders, and downloads through a loopback
+"""flows.samples: manifest vs the shared sample folders, and downloads through a loopback
 HTTP mirror (checksums, corrupt files, files already present, files without a pinned URL)."""
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import samples_data
-from pipeline.samples_data import (
+from flows import samples as samples_data
+from flows.samples import (
     ChecksumMismatchError,
     SampleFile,
     SamplesUnavailableError,

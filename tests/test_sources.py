@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from pipeline.convert import convert
-from pipeline.readers import ReadError
+from pipeline.ingest.convert import convert
+from pipeline.ingest.readers import ReadError
 from schemas.config import SlicingConfig
 from sources.base import adapters, get_adapter, load_card
 
@@ -164,7 +164,7 @@ def test_truncated_nifti_is_a_clear_error(samples, tmp_path):
     src = samples / "totalseg-nifti/ct/example_ct_sm.nii.gz"
     bad = tmp_path / "ct.nii.gz"
     bad.write_bytes(src.read_bytes()[:5000])
-    from pipeline.readers.nifti import read_nifti
+    from pipeline.ingest.readers.nifti import read_nifti
 
     with pytest.raises(ReadError) as ei:
         read_nifti(bad)

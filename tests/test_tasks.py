@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from pipeline.coords import box_iou, format_boxes, normalise_box, order_boxes
+from pipeline.regions.coords import box_iou, format_boxes, normalise_box, order_boxes
 from pipeline.language import tasks as tasks_mod
 from pipeline.language.glossary import load_glossary, load_label_map
 from pipeline.language.tasks import (
@@ -21,7 +21,7 @@ from pipeline.language.tasks import (
     generate,
 )
 from pipeline.language.templates import check_grounding, load_templates
-from pipeline.types import Region
+from pipeline.core.types import Region
 from schemas.records import Turn
 
 G = load_glossary()

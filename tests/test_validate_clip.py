@@ -17,7 +17,7 @@ import pytest
 import torch  # noqa: E402
 import tokenizers  # noqa: E402,F401
 
-from pipeline.coords import normalise_box  # noqa: E402
+from pipeline.regions.coords import normalise_box  # noqa: E402
 from pipeline.validate import ValidationItem, run_validators  # noqa: E402
 from pipeline.validate import clip as clipmod  # noqa: E402
 from pipeline.validate.clip import ClipJudge, load_clip, square_crop  # noqa: E402

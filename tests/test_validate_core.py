@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.coords import normalise_box
+from pipeline.regions.coords import normalise_box
 from pipeline.validate import (
     RulesValidator,
     StatsValidator,

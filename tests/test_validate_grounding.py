@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from pipeline.coords import format_boxes, normalise_box
+from pipeline.regions.coords import format_boxes, normalise_box
 from pipeline.validate import ValidationItem, VerdictCache, run_validators
 from pipeline.validate.grounding import GroundingJudge, OpenAIBackend, hungarian_iou
 from schemas.validation import GroundingConfig

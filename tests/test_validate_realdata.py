@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from pipeline.coords import format_boxes, normalise_box
+from pipeline.regions.coords import format_boxes, normalise_box
 from pipeline.validate import RulesValidator, StatsValidator, ValidationItem, run_validators
 from schemas.records import Row
 from schemas.validation import StatsConfig

@@ -6,7 +6,7 @@ import numpy as np
 import orjson
 import yaml
 
-from pipeline.release import build
+from pipeline.release.case import build
 from schemas.config import ReleaseConfig
 
 

@@ -23,7 +23,7 @@ mix with independently drawn templates: the en and zh rows with the same key ask
 
 Rules every sample obeys: the ``<ref>`` text is the glossary display name in the row's language; all
 boxes of one term share one list; terms and boxes are ordered top-to-bottom, then left-to-right
-(:func:`pipeline.coords.order_boxes` semantics); ``Generated.regions`` lists exactly the boxes the text
+(:func:`pipeline.regions.coords.order_boxes` semantics); ``Generated.regions`` lists exactly the boxes the text
 contains, in the order they first appear.
 
 Randomness comes only from the ``rng`` argument (a per-slice derived ``numpy.random.Generator``): the
@@ -49,7 +49,7 @@ from pipeline.language.templates import (
     load_templates,
     load_vocab,
 )
-from pipeline.types import Region
+from pipeline.core.types import Region
 from schemas.language import SLOTS
 
 __all__ = ["AMBIGUOUS_IOU", "SYSTEM_PROMPT_MODES", "Generated", "SliceContext", "TaskMix", "generate"]
@@ -321,7 +321,7 @@ _AMB_ABOVE = (1.0 - AMBIGUOUS_IOU) / AMBIGUOUS_IOU
 
 
 def _boxes_text(boxes: list[tuple[int, ...]]) -> str:
-    """``[[x1, y1, x2, y2], ...]`` exactly as :func:`pipeline.coords.format_boxes` writes it."""
+    """``[[x1, y1, x2, y2], ...]`` exactly as :func:`pipeline.regions.coords.format_boxes` writes it."""
     return "[" + ", ".join(["[%d, %d, %d, %d]" % b for b in boxes]) + "]"  # noqa: UP031 (fastest)
 
 

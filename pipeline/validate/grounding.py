@@ -3,7 +3,7 @@
 For up to ``max_terms_per_row`` terms of a row the judge asks
 
 * **text -> region** (``t2r_prompt``): "where is the {name}?"  The boxes parsed from the answer
-  (:func:`pipeline.answers.parse_boxes`) are matched one-to-one to the term's boxes in the row with the
+  (:func:`pipeline.evaluate.answers.parse_boxes`) are matched one-to-one to the term's boxes in the row with the
   Hungarian algorithm on IoU (0..999 coordinates); score = sum of matched IoUs / max(#predicted, #true),
   so missing and extra boxes cost.  ``pass`` if score >= ``iou_pass``, else ``flag`` (``fail`` below
   ``iou_fail`` when set).
@@ -48,8 +48,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from pipeline.answers import parse_boxes, parse_terms, strip_grounding
-from pipeline.coords import box_iou, format_boxes, order_boxes
+from pipeline.evaluate.answers import parse_boxes, parse_terms, strip_grounding
+from pipeline.regions.coords import box_iou, format_boxes, order_boxes
 from pipeline.validate._glossary import TermInfo
 from pipeline.validate.base import RegionFinding, ValidationItem, summarise
 from schemas.records import ValidationResult

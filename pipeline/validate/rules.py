@@ -28,8 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.answers import parse_boxes
-from pipeline.coords import normalise_box
+from pipeline.evaluate.answers import parse_boxes
+from pipeline.regions.coords import normalise_box
 from pipeline.validate._glossary import TermInfo
 from pipeline.validate.base import RegionFinding, ValidationItem, summarise
 from schemas.records import ValidationResult

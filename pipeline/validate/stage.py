@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from pipeline.images import ImageStore
+from pipeline.release.images import ImageStore
 from pipeline.validate import ValidationItem, VerdictCache, apply_policy, build_validators, run_validators, validation_meta
 from schemas.records import ValidationResult
 from schemas.validation import ValidationConfig

@@ -23,9 +23,9 @@ import numpy as np
 import pydicom
 from pydicom.errors import InvalidDicomError
 
-from pipeline.readers import ReadError
-from pipeline.readers.dicom import RTSTRUCT_SOP_CLASS, DicomSeries, short_uid
-from pipeline.readers.dicom_seg import Code, _code, _pack
+from pipeline.ingest.readers import ReadError
+from pipeline.ingest.readers.dicom import RTSTRUCT_SOP_CLASS, DicomSeries, short_uid
+from pipeline.ingest.readers.dicom_seg import Code, _code, _pack
 
 
 @dataclass

@@ -92,9 +92,9 @@ def _orientation_name(iop: np.ndarray) -> str:
 
 
 def _series_summary(group, number: int, root: Path) -> dict[str, Any]:
-    from pipeline.geometry import lps_to_ras_affine, orientation_codes
-    from pipeline.readers import ReadError
-    from pipeline.readers.dicom import sort_slices
+    from pipeline.ingest.geometry import lps_to_ras_affine, orientation_codes
+    from pipeline.ingest.readers import ReadError
+    from pipeline.ingest.readers.dicom import sort_slices
 
     slices = [s for f in group.files for s in f.slices]
     first = group.files[0]
@@ -138,7 +138,7 @@ def _rel(p: Path, root: Path) -> str:
 
 
 def inspect_dicom(path: Path) -> dict[str, Any]:
-    from pipeline.readers.dicom import index_dicom
+    from pipeline.ingest.readers.dicom import index_dicom
 
     idx = index_dicom(path)
     root = path if path.is_dir() else path.parent

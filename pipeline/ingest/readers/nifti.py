@@ -9,7 +9,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from pipeline.readers import ReadError
+from pipeline.ingest.readers import ReadError
 
 
 def read_nifti(path: str | Path, *, integer_labels: bool = False) -> tuple[np.ndarray, np.ndarray]:

@@ -1,6 +1,6 @@
 """Orientation, display slices, square pixels and slice selection.
 
-Every 3-D volume is brought to the *display-canonical* layout once, on load (see pipeline/types.py):
+Every 3-D volume is brought to the *display-canonical* layout once, on load (see pipeline/core/types.py):
 ``array[k, r, c]`` with axis 0 inferior→superior, axis 1 anterior→posterior, axis 2 right→left
 (nibabel orientation codes ``("S", "P", "L")`` for increasing index).  Display images are then plain
 views:

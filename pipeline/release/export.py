@@ -6,7 +6,7 @@
   to ``--image_folder`` and expects the image token ``<image>`` exactly once, in the first human turn
   (it moves it to the front followed by a newline).  Its conversation roles are ``human``/``gpt`` only,
   so a ``system`` turn is folded into the first human turn (or dropped, ``system="drop"``).
-  :func:`pipeline.shards.write_release` calls :func:`to_llava` when ``output.formats`` has ``llava``.
+  :func:`pipeline.release.shards.write_release` calls :func:`to_llava` when ``output.formats`` has ``llava``.
 * :func:`internvl_meta` writes the *meta file* that InternVL's fine-tuning script takes as
   ``--meta_path``: a JSON object ``{dataset_name: {"root", "annotation", "data_augment", "repeat_time",
   "length"[, "max_dynamic_patch"]}}``.  InternVL opens each ``annotation`` as one ``.jsonl`` file and
@@ -123,7 +123,7 @@ def write_llava(
     ``out`` ending in ``.json``: one JSON list (what LLaVA's ``train.py`` loads with ``json.load``);
     ending in ``.jsonl``: one row per line; otherwise a folder mirroring ``data/<split>/*.jsonl``.
     """
-    from pipeline.atomic import write_bytes_atomic
+    from pipeline.core.atomic import write_bytes_atomic
 
     release_dir = Path(release_dir)
     out = Path(out)

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from pipeline.readers import ReadError
+from pipeline.ingest.readers import ReadError
 
 
 def _corners(shape: tuple[int, ...]) -> np.ndarray:

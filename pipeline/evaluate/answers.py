@@ -95,7 +95,7 @@ _LEAD_FILLERS = re.compile(
 
 
 def _to_int(s: str) -> int:
-    return int(math.floor(float(s) + 0.5))  # half up, as pipeline.coords
+    return int(math.floor(float(s) + 0.5))  # half up, as pipeline.regions.coords
 
 
 def _boxes_in(fragment: str) -> list[Box]:

@@ -10,7 +10,7 @@ Traps handled (see docs/formats.md):
   LABELMAP (pixel value = segment number) segmentations; several segments; sparse frames (slices
   without a frame are empty); overlapping segments.
 * A SEG that does not share the image grid (other matrix, spacing, orientation or in-plane origin) is
-  rebuilt on its own grid and resampled onto the image grid in physical space (pipeline.align).
+  rebuilt on its own grid and resampled onto the image grid in physical space (pipeline.ingest.align).
 * A SEG whose frames reference images, none of which belongs to the series, is rejected
   (ReadError): it was made on another series.
 
@@ -26,9 +26,9 @@ import numpy as np
 import pydicom
 from pydicom.errors import InvalidDicomError
 
-from pipeline.align import align_labels_to_image
-from pipeline.readers import ReadError
-from pipeline.readers.dicom import SEG_SOP_CLASS, DicomSeries, _vec, short_uid
+from pipeline.ingest.align import align_labels_to_image
+from pipeline.ingest.readers import ReadError
+from pipeline.ingest.readers.dicom import SEG_SOP_CLASS, DicomSeries, _vec, short_uid
 
 LABELMAP_SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.7"
 

@@ -25,7 +25,7 @@ module.
 Array layout: ``array[k, r, c]`` with ``k`` the sorted slice index (ascending position along ``n``),
 ``r`` the stored row and ``c`` the stored column; ``affine_lps`` maps ``(k, r, c, 1)`` to LPS mm.
 Use :meth:`DicomSeries.to_canonical` (``geometry.lps_to_ras_affine`` + ``geometry.to_canonical``) for
-the display-canonical layout of ``pipeline.types``.
+the display-canonical layout of ``pipeline.core.types``.
 """
 
 from __future__ import annotations
@@ -41,8 +41,8 @@ import numpy as np
 import pydicom
 from pydicom.errors import InvalidDicomError
 
-from pipeline.geometry import CanonicalGeometry, lps_to_ras_affine, to_canonical
-from pipeline.readers import ReadError
+from pipeline.ingest.geometry import CanonicalGeometry, lps_to_ras_affine, to_canonical
+from pipeline.ingest.readers import ReadError
 
 SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
 RTSTRUCT_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.481.3"
@@ -812,16 +812,16 @@ class DicomIndex:
     """Everything DICOM under some paths, headers only: image series, SEGs and RTSTRUCTs."""
 
     series: dict[str, SeriesGroup]
-    segs: list  # list[pipeline.readers.dicom_seg.SegHeader]
-    rtstructs: list  # list[pipeline.readers.rtstruct.RtStructHeader]
+    segs: list  # list[pipeline.ingest.readers.dicom_seg.SegHeader]
+    rtstructs: list  # list[pipeline.ingest.readers.rtstruct.RtStructHeader]
     skipped: list[str]  # non-DICOM / unreadable files (names)
 
 
 def index_dicom(paths: str | Path | Iterable[str | Path], *, workers: int | None = None) -> DicomIndex:
     """Header-only scan of a folder (recursively) or files: groups image series by SeriesInstanceUID
     and reads the references of SEG and RTSTRUCT objects (no pixel data, no contour rasterisation)."""
-    from pipeline.readers.dicom_seg import LABELMAP_SEG_SOP_CLASS, read_seg_header
-    from pipeline.readers.rtstruct import read_rtstruct_header
+    from pipeline.ingest.readers.dicom_seg import LABELMAP_SEG_SOP_CLASS, read_seg_header
+    from pipeline.ingest.readers.rtstruct import read_rtstruct_header
 
     files = list_files(paths)
 
@@ -841,8 +841,8 @@ def index_dicom(paths: str | Path | Iterable[str | Path], *, workers: int | None
         except (ReadError, ValueError, TypeError, KeyError, AttributeError):
             return None
 
-    from pipeline.readers.dicom_seg import SegHeader
-    from pipeline.readers.rtstruct import RtStructHeader
+    from pipeline.ingest.readers.dicom_seg import SegHeader
+    from pipeline.ingest.readers.rtstruct import RtStructHeader
 
     infos, segs, rts, skipped = [], [], [], []
     for f, r in zip(files, _map(one, files, workers)):

@@ -15,9 +15,9 @@ from typing import Any
 
 import orjson
 
-from pipeline.atomic import clean_stale, replace_dir, write_bytes_atomic
-from pipeline.ids import file_sha256, sha256_hex
-from pipeline.images import ImageStore
+from pipeline.core.atomic import clean_stale, replace_dir, write_bytes_atomic
+from pipeline.core.ids import file_sha256, sha256_hex
+from pipeline.release.images import ImageStore
 from schemas.config import ReleaseConfig
 from schemas.records import ImageEntry, Manifest, ShardEntry, SourceEntry
 
@@ -36,7 +36,7 @@ def code_version() -> str:
 
 
 def _git_head() -> str | None:
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     git = root / ".git"
     try:
         if git.is_file():  # worktree: "gitdir: ..."
@@ -118,7 +118,7 @@ def write_release(
     out_dir: str | Path,
 ) -> Path:
     """Write the release folder atomically and return its path."""
-    from pipeline.report import render_card, render_report
+    from pipeline.release.report import render_card, render_report
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -185,7 +185,7 @@ def write_release(
 
         extra_exports = {}
         if "llava" in cfg.output.formats:
-            from pipeline.export import to_llava
+            from pipeline.release.export import to_llava
 
             for entry in list(shard_entries):
                 data = (staging / entry.path).read_bytes()

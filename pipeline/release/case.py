@@ -14,12 +14,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.convert import convert
-from pipeline.ids import derived_rng, hash_patient, stable_id, unit_interval
-from pipeline.images import ImageStore, encode_png
+from pipeline.ingest.convert import convert
+from pipeline.core.ids import derived_rng, hash_patient, stable_id, unit_interval
+from pipeline.release.images import ImageStore, encode_png
 from pipeline.language.tasks import SliceContext, TaskMix, generate
-from pipeline.readers import ReadError
-from pipeline.types import CaseRef, DisplaySlice
+from pipeline.ingest.readers import ReadError
+from pipeline.core.types import CaseRef, DisplaySlice
 from schemas.card import SourceCard
 from schemas.config import ReleaseConfig, SourceUse
 from schemas.records import ErrorRecord
@@ -259,7 +259,7 @@ def process_case(
             res.errors.append(_error(ref, "samples", exc))
             continue
         if case_validators and rows:
-            from pipeline.validation_stage import apply_rows_policy
+            from pipeline.validate.stage import apply_rows_policy
 
             items = [ValidationItem(row=r, image=sl.image, label_slices=sl.label_slices, image_sha=_sha) for r in rows]
             rows, dropped = apply_rows_policy(items, case_validators, cfg.validation)
@@ -286,7 +286,7 @@ class PreparedSource:
 def resolve_samples_root(cfg: ReleaseConfig, required: list[str] | None = None) -> Path:
     if cfg.samples_root:
         return Path(cfg.samples_root).expanduser()
-    from pipeline.samples_data import find_samples_root
+    from flows.samples import find_samples_root
 
     return find_samples_root(required)
 
@@ -333,8 +333,8 @@ def build(
     progress: Callable[[CaseResult], None] | None = None,
 ) -> Path:
     """Build a release in-process (no Prefect).  Returns the release folder."""
-    from pipeline.shards import write_release
-    from pipeline.validation_stage import case_validators_for, release_validation
+    from pipeline.release.shards import write_release
+    from pipeline.validate.stage import case_validators_for, release_validation
 
     out_dir = Path(out_dir)
     if samples_root is None:
@@ -360,7 +360,7 @@ def write_run_log(out_dir: str | Path, cfg: ReleaseConfig, results: list[CaseRes
     release does not): per-case seconds, rows, errors and notes; verdicts computed vs cached."""
     import orjson
 
-    from pipeline.atomic import write_bytes_atomic
+    from pipeline.core.atomic import write_bytes_atomic
 
     log = {
         "release": f"{cfg.name}-{cfg.version}",

@@ -2,7 +2,7 @@
 
 Input: a release folder (ground truth = each row's ``meta.regions``, ``meta.task``, ``meta.lang``) and
 predictions as JSONL rows ``{"id": <sample id>, "answer": <model text>}``.  Answers are read with the one
-answer parser (:mod:`pipeline.answers`), so tagged (``<ref>..</ref><box>[[..]]</box>``), tag-stripped
+answer parser (:mod:`pipeline.evaluate.answers`), so tagged (``<ref>..</ref><box>[[..]]</box>``), tag-stripped
 (``liver[[..]]``), bare, corner-pair and full-width forms in English or Chinese all score alike.  Terms
 are matched through the glossary (display names, synonyms, aliases, word order: ``right kidney`` ==
 ``kidney, right`` == ``右肾``).
@@ -46,8 +46,8 @@ import numpy as np
 import orjson
 from scipy.optimize import linear_sum_assignment
 
-from pipeline.answers import normalise_text, parse_grounded, strip_grounding
-from pipeline.coords import box_iou
+from pipeline.evaluate.answers import normalise_text, parse_grounded, strip_grounding
+from pipeline.regions.coords import box_iou
 from pipeline.language.glossary import Glossary, load_glossary, normalise_name
 
 __all__ = [
@@ -608,7 +608,7 @@ def evaluate(
     Rows of those splits without a prediction are *missing*: scored as empty answers (so they count as
     wrong) unless ``ignore_missing``.  Raises ``ValueError`` when no predicted id is in the release.
     """
-    from pipeline.export import iter_release_rows, read_manifest
+    from pipeline.release.export import iter_release_rows, read_manifest
 
     g = glossary or load_glossary()
     release_dir = Path(release_dir)
@@ -737,7 +737,7 @@ def render_tables(report: EvalReport) -> list[Any]:
 
 def write_details(report: EvalReport, path: str | Path) -> None:
     """Per-sample scores as JSONL (what each answer was credited with)."""
-    from pipeline.atomic import write_bytes_atomic
+    from pipeline.core.atomic import write_bytes_atomic
 
     data = b"".join(orjson.dumps(s.to_json()) + b"\n" for s in report.samples)
     write_bytes_atomic(path, data)

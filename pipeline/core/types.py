@@ -9,7 +9,7 @@ Array conventions
   axis 1 anterior→posterior and axis 2 patient-right→patient-left (orientation codes ``("S","P","L")``
   for increasing index).  An axial display image is then simply ``array[k]`` (row 0 = anterior,
   column 0 = patient right: the radiological convention).  Loaders bring any file orientation to this
-  layout with :func:`pipeline.geometry.to_canonical`.
+  layout with :func:`pipeline.ingest.geometry.to_canonical`.
 * A 2-D study is a volume with one slice: ``array[0]`` is the image as the file shows it
   (grey ``(1, H, W)`` or colour ``(1, H, W, 3)``).
 * Label layers share the image grid.  One layer holds non-overlapping integer labels; overlapping

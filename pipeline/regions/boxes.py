@@ -13,7 +13,7 @@ Two entry points:
 
 Box conventions follow docs/architecture.md: a pixel box is ``(x_min, y_min, x_max, y_max)`` with
 ``x`` = column and ``y`` = row, inclusive indices; several boxes are ordered top-to-bottom, then
-left-to-right (:func:`pipeline.coords.order_boxes`).
+left-to-right (:func:`pipeline.regions.coords.order_boxes`).
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from typing import Literal
 
 import numpy as np
 
-from pipeline.coords import normalise_box
-from pipeline.types import Region
+from pipeline.regions.coords import normalise_box
+from pipeline.core.types import Region
 
 try:  # numba is a hard dependency of the project; the fallback only keeps the module importable.
     import numba
@@ -438,7 +438,7 @@ class RegionPx:
     component: int = 0  # index within this label on this slice, in reading order
 
     def to_region(self, width: int, height: int) -> Region:
-        """The :class:`pipeline.types.Region` with the 0..999 box for an image of this size."""
+        """The :class:`pipeline.core.types.Region` with the 0..999 box for an image of this size."""
         return Region(
             term=self.term,
             box_px=self.box_px,

@@ -6,11 +6,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from pipeline import geometry
-from pipeline.boxes import regions_2d, slice_label_boxes
-from pipeline.coords import normalise_box
-from pipeline.intensity import Window, window_for
-from pipeline.types import DisplaySlice, Region, Study
+from pipeline.ingest import geometry
+from pipeline.regions.boxes import regions_2d, slice_label_boxes
+from pipeline.regions.coords import normalise_box
+from pipeline.ingest.intensity import Window, window_for
+from pipeline.core.types import DisplaySlice, Region, Study
 from schemas.card import BoxPolicy, SourceCard
 from schemas.config import SlicingConfig
 

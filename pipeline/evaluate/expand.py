@@ -39,7 +39,7 @@ import orjson
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from pipeline.atomic import write_bytes_atomic
+from pipeline.core.atomic import write_bytes_atomic
 from schemas.language import NAME_REQUIRED, SLOTS, TASK_ABBR, TemplateBankSpec
 
 __all__ = [
@@ -54,7 +54,7 @@ __all__ = [
     "validate_template",
 ]
 
-DEFAULT_DATA_DIR = Path(__file__).resolve().parent / "language" / "data"
+DEFAULT_DATA_DIR = Path(__file__).resolve().parents[1] / "language" / "data"
 ENV_BASE_URL = "MEDREG_LLM_BASE_URL"
 ENV_MODEL = "MEDREG_LLM_MODEL"
 ENV_API_KEY = "MEDREG_LLM_API_KEY"

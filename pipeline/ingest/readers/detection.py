@@ -30,7 +30,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.readers import ReadError
+from pipeline.ingest.readers import ReadError
 
 
 def xywh_to_inclusive(x: float, y: float, w: float, h: float) -> tuple[float, float, float, float]:

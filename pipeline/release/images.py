@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from pipeline.atomic import write_bytes_atomic
-from pipeline.ids import sha256_hex
+from pipeline.core.atomic import write_bytes_atomic
+from pipeline.core.ids import sha256_hex
 
 
 def encode_png(img: np.ndarray, compress_level: int = 1) -> bytes:

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from pipeline.readers import ReadError
+from pipeline.ingest.readers import ReadError
 
 
 def _open(path: Path) -> Image.Image:
