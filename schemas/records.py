@@ -11,14 +11,18 @@ Lang = Literal["en", "zh"]
 Verdict = Literal["pass", "flag", "fail"]
 
 
-class RegionMeta(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class RegionMeta(_Strict):
+    """One box a row refers to."""
 
     term: str  # canonical term id (glossary key), e.g. "kidney_right"
     box: list[int] = Field(min_length=4, max_length=4)  # normalised 0..999
-    box_px: list[int] = Field(min_length=4, max_length=4)  # inclusive pixel indices
-    area: int | None = None
-    label_id: int | None = None
+    box_px: list[int] = Field(min_length=4, max_length=4)  # inclusive pixel indices on the written image
+    area: int = Field(ge=0)  # foreground pixels of the region (box area for detection boxes)
+    label_id: int = Field(ge=0)  # the dataset's label id; 0 = the region did not come from a label map
 
     @field_validator("box")
     @classmethod
@@ -29,6 +33,8 @@ class RegionMeta(BaseModel):
 
 
 class ValidationResult(BaseModel):
+    """A validator's verdict on one row, as validators return it (in memory; extras allowed)."""
+
     model_config = ConfigDict(extra="allow")
 
     validator: str
@@ -38,11 +44,24 @@ class ValidationResult(BaseModel):
     reason: str = ""
 
 
-class SampleMeta(BaseModel):
-    model_config = ConfigDict(extra="allow")
+class ValidationMeta(_Strict):
+    """A verdict as stored in a row (``meta.validation[]``): fixed keys, no nulls."""
+
+    validator: str
+    version: str
+    verdict: Verdict
+    score: float  # the validator's own score; 0.0 when it has none (the reason says why)
+    reason: str
+    codes: str  # comma-separated stable short codes ("" when none)
+
+
+class SampleMeta(_Strict):
+    """Provenance of one row.  Every key is present in every row of every source, never null: values
+    that do not apply are neutral and documented (``body_region`` "unknown", ``slice_index`` 0 and
+    ``axis`` "2d" for 2-D images, ``label_id`` 0); per-source facts go in ``transform`` as JSON text."""
 
     task: TaskName
-    subtask: str | None = None
+    subtask: str
     lang: Lang
     source: str
     licence: str
@@ -50,33 +69,31 @@ class SampleMeta(BaseModel):
     patient_id: str  # hashed
     split: str
     modality: str
-    body_region: str | None = None
+    body_region: str
     axis: str
     slice_index: int
-    position_mm: float | None = None
     template_id: str
     regions: list[RegionMeta]
-    transform: dict[str, Any] = Field(default_factory=dict)
-    validation: list[ValidationResult] = Field(default_factory=list)
+    window: str  # display window, e.g. "CT abdomen W400/L40"
+    transform: str  # JSON object (sorted keys): reader, orientation, spacing, position_mm, display fix, ...
+    validation: list[ValidationMeta]
 
 
-class Turn(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+class Turn(_Strict):
+    model_config = ConfigDict(extra="forbid", strict=True, populate_by_name=True)
 
     from_: Literal["human", "gpt", "system"] = Field(alias="from")
     value: str
 
 
-class Row(BaseModel):
-    """One InternVL chat row."""
-
-    model_config = ConfigDict(extra="forbid")
+class Row(_Strict):
+    """One InternVL chat row: the release's row contract (``schema.json`` in every release)."""
 
     id: str
     image: str  # relative path inside the release, images/ab/<sha256>.png
-    width: int
-    height: int
-    conversations: list[Turn]
+    width: int = Field(ge=1)
+    height: int = Field(ge=1)
+    conversations: list[Turn] = Field(min_length=2)
     meta: SampleMeta
 
 

@@ -70,7 +70,8 @@ def make_rows(case: str, k: int, labels: np.ndarray, w: int, h: int) -> list[dic
             "meta": {"task": "grounded_report", "lang": lang, "source": "totalseg-example", "licence": "Apache-2.0",
                      "case_id": case, "patient_id": "h" + case, "split": "train", "modality": "CT",
                      "body_region": "abdomen", "axis": "axial", "slice_index": k, "template_id": "t0",
-                     "regions": regions},
+                     "regions": regions, "subtask": "open", "window": "CT abdomen", "transform": "{}",
+                     "validation": []},
         })
     return rows
 

@@ -33,7 +33,8 @@ def make_row(
         "meta": {
             "task": "grounded_report", "lang": "en", "source": "synthetic", "licence": "CC0", "case_id": "c1",
             "patient_id": "p", "split": "train", "modality": modality, "body_region": "abdomen", "axis": axis,
-            "slice_index": 0, "template_id": "t", "regions": regions,
+            "slice_index": 0, "template_id": "t", "regions": regions, "subtask": "open", "window": "none",
+            "transform": "{}", "validation": [],
         },
     }
     if check:

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from pipeline.ingest.convert import convert
 from pipeline.core.ids import derived_rng, hash_patient, stable_id, unit_interval
 from pipeline.release.images import ImageStore, encode_png
@@ -148,6 +150,7 @@ def rows_for_slice(
         candidate_absent_terms=[t for t in vocabulary if t not in present],
     )
     rng = derived_rng(cfg.seed, "samples", ref.source, ref.case_id, sl.axis, sl.index)
+    transform_json = orjson.dumps({**transform, "position_mm": sl.position_mm}, option=orjson.OPT_SORT_KEYS).decode()
     rows = []
     for g in generate(ctx, mix, rng):
         rid = stable_id(ref.source, ref.case_id, sl.axis, sl.index, g.task, g.lang, g.template_id, g.key)
@@ -160,7 +163,7 @@ def rows_for_slice(
                 "conversations": g.conversations,
                 "meta": {
                     "task": g.task,
-                    "subtask": g.subtask,
+                    "subtask": g.subtask or "",
                     "lang": g.lang,
                     "source": ref.source,
                     "licence": card.licence,
@@ -168,22 +171,22 @@ def rows_for_slice(
                     "patient_id": patient,
                     "split": split,
                     "modality": modality,
-                    "body_region": body_region,
+                    "body_region": body_region or "unknown",
                     "axis": sl.axis,
-                    "slice_index": sl.index,
-                    "position_mm": sl.position_mm,
+                    "slice_index": int(sl.index),
                     "template_id": g.template_id,
                     "regions": [
                         {
                             "term": r.term,
-                            "box": list(r.box),
-                            "box_px": list(r.box_px),
-                            "area": r.area,
-                            "label_id": r.label_id,
+                            "box": [int(v) for v in r.box],
+                            "box_px": [int(v) for v in r.box_px],
+                            "area": int(r.area),
+                            "label_id": int(r.label_id or 0),
                         }
                         for r in g.regions
                     ],
-                    "transform": {**transform, "window": sl.window},
+                    "window": sl.window,
+                    "transform": transform_json,
                     "validation": [],
                 },
             }

@@ -62,6 +62,23 @@ def dumps_row(row: dict[str, Any]) -> bytes:
     return orjson.dumps(row) + b"\n"
 
 
+def check_rows(rows: list[dict[str, Any]]) -> None:
+    """Validate every row against the row contract (schemas.records.Row) once, before anything is written."""
+    from pydantic import ValidationError
+
+    from schemas.records import Row
+
+    for r in rows:
+        try:
+            Row.model_validate(r)
+        except ValidationError as exc:
+            m = r.get("meta", {})
+            raise ValueError(
+                f"row {r.get('id')} of {m.get('source')}/{m.get('case_id')} breaks the row contract "
+                f"(schemas/records.py Row): {exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}"
+            ) from None
+
+
 def _row_order(row: dict[str, Any]) -> tuple:
     m = row["meta"]
     return (m["source"], m["case_id"], m["axis"], m["slice_index"], row["id"])
@@ -129,6 +146,7 @@ def write_release(
     staging.mkdir(parents=True)
     try:
         rows: list[dict] = validated.rows
+        check_rows(rows)
         # images: only those referenced by kept rows, hard-linked from the store
         images = sorted({r["image"] for r in rows})
         image_entries = []

@@ -246,5 +246,22 @@ def build_validators(config: ValidationConfig, *, glossary: Any | None = None) -
 
 
 def validation_meta(results: Sequence[ValidationResult]) -> list[dict[str, Any]]:
-    """Results as plain dicts for ``row['meta']['validation']``."""
-    return [r.model_dump(mode="json", exclude_none=True) for r in results]
+    """Results as ``row['meta']['validation']`` entries (schemas.records.ValidationMeta: fixed keys, no nulls)."""
+    return [
+        {
+            "validator": r.validator,
+            "version": r.version,
+            "verdict": r.verdict,
+            "score": 0.0 if r.score is None else float(r.score),
+            "reason": r.reason,
+            "codes": ",".join(getattr(r, "codes", None) or []),
+        }
+        for r in results
+    ]
+
+
+def result_from_meta(entry: dict[str, Any]) -> ValidationResult:
+    """Inverse of :func:`validation_meta` for one stored entry (codes back to a list)."""
+    d = dict(entry)
+    codes = d.pop("codes", "")
+    return ValidationResult.model_validate({**d, "codes": [c for c in codes.split(",") if c] if isinstance(codes, str) else codes})

@@ -18,8 +18,8 @@ import numpy as np
 from PIL import Image
 
 from pipeline.release.images import ImageStore
+from pipeline.validate.base import result_from_meta
 from pipeline.validate import ValidationItem, VerdictCache, apply_policy, build_validators, run_validators, validation_meta
-from schemas.records import ValidationResult
 from schemas.validation import ValidationConfig
 
 CASE_LEVEL = ("rules",)
@@ -117,7 +117,7 @@ def release_validation(
     summary: Counter[str] = Counter()
     by_source: dict[str, dict[str, dict[str, int]]] = {}
     for r in rows:
-        res = [ValidationResult.model_validate(v) for v in r["meta"].get("validation") or []]
+        res = [result_from_meta(v) for v in r["meta"].get("validation") or []]
         for v in res:
             summary[f"{v.validator}:{v.verdict}"] += 1
             per = by_source.setdefault(r["meta"]["source"], {}).setdefault(v.validator, {"pass": 0, "flag": 0, "fail": 0})
