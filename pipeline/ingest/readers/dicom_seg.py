@@ -27,6 +27,7 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 
 from pipeline.ingest.align import align_labels_to_image
+from pipeline.ingest.packing import LayerPacker, MaskRuns
 from pipeline.ingest.readers import ReadError
 from pipeline.ingest.readers.dicom import SEG_SOP_CLASS, DicomSeries, _vec, short_uid
 
@@ -389,32 +390,11 @@ def _accumulate(path, hdr: SegHeader, frames: list[_Frame], targets: list[int | 
 
 def _pack(masks: dict[int, dict[int, np.ndarray]], shape) -> tuple[list[np.ndarray], list[list[int]], list[tuple[int, int]]]:
     """Greedy packing of segments into non-overlapping uint16 layers (segment number per voxel)."""
-    layers: list[np.ndarray] = []
-    layer_segs: list[list[int]] = []
-    overlaps: list[tuple[int, int]] = []
+    packer = LayerPacker(tuple(shape), order="C")
     for n in sorted(masks):
-        slices = masks[n]
-        if not any(m.any() for m in slices.values()):
-            continue
-        placed = False
-        for arr, segs in zip(layers, layer_segs):
-            clash = {int(v) for k, m in slices.items() for v in np.unique(arr[k][m]) if v}
-            if clash:
-                overlaps.extend((min(n, c), max(n, c)) for c in clash)
-                continue
-            for k, m in slices.items():
-                arr[k][m] = n
-            segs.append(n)
-            placed = True
-            break
-        if not placed:
-            arr = np.zeros(shape, dtype=np.uint16)
-            for k, m in slices.items():
-                arr[k][m] = n
-            layers.append(arr)
-            layer_segs.append([n])
-    # overlaps with segments in later layers are found when those are placed; record the rest
-    return layers, layer_segs, sorted(set(overlaps))
+        packer.add(n, MaskRuns.from_slices(masks[n], tuple(shape)), record_overlaps=True)
+    # overlaps with segments in later layers are found when those are placed
+    return packer.layers, packer.labels, sorted(packer.overlaps)
 
 
 def _read_physical(path, ds, hdr: SegHeader, frames: list[_Frame], iop, ps, thick, series: DicomSeries, notes) -> SegVolume:
