@@ -84,7 +84,7 @@ def load_sample(samples_root: str) -> Sample:
 
 
 def _side_key(name: str) -> tuple[str, str]:
-    """(side, base): side ``left``/``right``/``mid``; a left/right pair shares a base (``{side}`` in place of the side)."""
+    """(side, base): side ``left``/``right``/``mid``; a left/right pair shares a base (``{side}`` for the side)."""
     m = _LR.search(name)
     if not m:
         return "mid", name
@@ -285,7 +285,9 @@ def _png(arr: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def write_sam2d_case(samples_root: str, index: int, seed: int, root: Path, names: dict[int, str]) -> tuple[str, list[str]]:
+def write_sam2d_case(
+    samples_root: str, index: int, seed: int, root: Path, names: dict[int, str]
+) -> tuple[str, list[str]]:
     """One SA-Med2D-style case: RGB slice + one PNG per structure instance. Returns (image, masks) paths."""
     from scipy import ndimage
 
@@ -350,7 +352,8 @@ def cards_for(parts: dict[str, Any]) -> dict[str, dict[str, Any]]:
         }
     if parts.get("mask2d"):
         out["mask2d"] = {
-            "name": "corpus-mask2d", "title": "Scale corpus: image + label-value mask folder", "adapter": "mask_folder_2d",
+            "name": "corpus-mask2d", "title": "Scale corpus: image + label-value mask folder",
+            "adapter": "mask_folder_2d",
             **_CARD_COMMON, "root": "mask2d", "label_map": "totalseg_total",
             "box_policy": {"mode": "label", "min_pixels": 4},
             "layout": {"images": "images/*.png", "masks": "masks/{stem}.png", "mask_kind": "values"},
@@ -386,7 +389,8 @@ def write_cards_and_configs(out: Path, parts: dict[str, Any], seed: int) -> dict
         written[key] = str(path)
     if cards:
         path = out / "configs" / "all.yaml"
-        path.write_text(yaml.safe_dump(release_config("all", out, list(cards), seed), sort_keys=False), encoding="utf-8")
+        cfg = release_config("all", out, list(cards), seed)
+        path.write_text(yaml.safe_dump(cfg, sort_keys=False), encoding="utf-8")
         written["all"] = str(path)
     return written
 
@@ -400,7 +404,9 @@ def _progress(total: int, enabled: bool) -> Iterator[Callable[[str], None]]:
     if not enabled:
         yield lambda _desc: None
         return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn,
+    )
 
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   TextColumn("eta"), TimeRemainingColumn()) as bar:

@@ -12,6 +12,7 @@ ignored; anything else after a member, a truncated stream or a corrupt one raise
 
 from __future__ import annotations
 
+import os
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,9 +36,10 @@ class GzipError(ValueError):
 
 
 def backend(name: str | None = None) -> ModuleType:
-    """The zlib-compatible module to inflate with: ``"isal"`` (default when installed) or ``"zlib"``."""
+    """The zlib-compatible module to inflate with: ``"isal"`` or ``"zlib"``; default: the environment
+    variable ``MEDREG_GZIP`` when set, else isal when installed (benchmarks compare the two)."""
     if name is None:
-        name = "isal" if HAVE_ISAL else "zlib"
+        name = os.environ.get("MEDREG_GZIP") or ("isal" if HAVE_ISAL else "zlib")
     if name == "isal":
         if not HAVE_ISAL:
             raise ValueError("gzip backend 'isal' requested but the isal package is not installed")
