@@ -80,10 +80,10 @@ class MaskRuns:
 @njit(cache=True, nogil=True)
 def _any_nonzero(v: np.ndarray) -> bool:  # pragma: no cover - compiled
     """True at the first non-zero entry (numpy's ``any`` always reads the whole array)."""
-    for i in range(v.size):
-        if v[i] != 0:
-            return True
-    return False
+    i, n = 0, v.size
+    while i < n and v[i] == 0:
+        i += 1
+    return i < n
 
 
 def _any(v: np.ndarray) -> bool:
@@ -94,10 +94,10 @@ def _any(v: np.ndarray) -> bool:
 
 @njit(cache=True, nogil=True)
 def _overlaps(flat: np.ndarray, start: int, seg: np.ndarray) -> bool:  # pragma: no cover - compiled
-    for i in range(seg.size):
-        if seg[i] != 0 and flat[start + i] != 0:
-            return True
-    return False
+    i, n = 0, seg.size
+    while i < n and (seg[i] == 0 or flat[start + i] == 0):
+        i += 1
+    return i < n
 
 
 @njit(cache=True, nogil=True)
@@ -107,26 +107,28 @@ def _put_label(flat: np.ndarray, start: int, seg: np.ndarray, label: int) -> Non
             flat[start + i] = label
 
 
-def _partial_run(v: np.ndarray, pos: int) -> list[tuple[int, np.ndarray]]:
+def _partial_run(v: np.ndarray, pos: int, copy: bool) -> list[tuple[int, np.ndarray]]:
     nz = np.flatnonzero(v)
     if nz.size == 0:
         return []
-    return [(pos + int(nz[0]), v[nz[0] : nz[-1] + 1])]
+    seg = v[nz[0] : nz[-1] + 1]
+    return [(pos + int(nz[0]), seg.copy() if copy else seg)]
 
 
-def runs_of_chunk(values: np.ndarray, pos: int, row: int) -> list[tuple[int, np.ndarray]]:
+def runs_of_chunk(values: np.ndarray, pos: int, row: int, *, copy: bool = False) -> list[tuple[int, np.ndarray]]:
     """Runs of the non-zero entries of the 1-D ``values`` that start at flat index ``pos``.
 
     Whole rows of ``row`` elements are the unit: consecutive rows holding a foreground voxel form one
     run (a structure's rows on one slice are usually one run); partial rows at the ends of the chunk are
-    trimmed to their first and last foreground voxel.
+    trimmed to their first and last foreground voxel. Segments are views of ``values`` unless ``copy``
+    (a reader's transient decompression buffer: keeping views would keep whole chunks alive).
     """
     v = np.asarray(values).reshape(-1)
     if v.size == 0 or not _any(v):
         return []
     head = min((-pos) % row, v.size)
     body = (v.size - head) // row * row
-    out = _partial_run(v[:head], pos) if head else []
+    out = _partial_run(v[:head], pos, copy) if head else []
     if body:
         rows = v[head : head + body].reshape(-1, row)
         if rows.dtype.itemsize * row % 8 == 0 and rows.flags.c_contiguous:
@@ -140,19 +142,21 @@ def runs_of_chunk(values: np.ndarray, pos: int, row: int) -> list[tuple[int, np.
             lasts = idx[np.r_[cuts, idx.size - 1]]
             for r0, r1 in zip(firsts.tolist(), lasts.tolist(), strict=True):
                 a, b = head + r0 * row, head + (r1 + 1) * row
-                out.append((pos + a, v[a:b]))
+                out.append((pos + a, v[a:b].copy() if copy else v[a:b]))
     if head + body < v.size:
-        out.extend(_partial_run(v[head + body :], pos + head + body))
+        out.extend(_partial_run(v[head + body :], pos + head + body, copy))
     return out
 
 
 class LayerPacker:
     """Greedy first-fit packing of masks into non-overlapping ``dtype`` label layers of one ``shape``."""
 
-    def __init__(self, shape: tuple[int, ...], *, order: Order = "C", dtype: type = np.uint16) -> None:
+    def __init__(self, shape: tuple[int, ...], *, order: Order = "C", dtype: type[np.unsignedinteger] = np.uint16,
+                 ) -> None:
         self.shape = tuple(int(s) for s in shape)
         self.order: Order = order
         self.dtype = np.dtype(dtype)
+        self.max_label = int(np.iinfo(dtype).max)
         self._flat: list[np.ndarray] = []
         self.labels: list[list[int]] = []  # labels placed in each layer, in placement order
         self.overlaps: set[tuple[int, int]] = set()  # (smaller, larger) label pairs that share voxels
@@ -190,8 +194,8 @@ class LayerPacker:
         self._check(runs)
         if not runs:
             return -1
-        if not 0 < label <= np.iinfo(self.dtype).max:
-            raise ValueError(f"label {label} does not fit a {self.dtype} layer (1..{np.iinfo(self.dtype).max})")
+        if not 0 < label <= self.max_label:
+            raise ValueError(f"label {label} does not fit a {self.dtype} layer (1..{self.max_label})")
         for i in range(len(self._flat)):
             if record_overlaps:
                 clash = self.clashes(i, runs)

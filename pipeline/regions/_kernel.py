@@ -13,7 +13,6 @@ try:  # numba is a hard dependency of the project; the fallback only keeps the m
 
     HAVE_NUMBA = True
 except ImportError:  # pragma: no cover - exercised only on installs without numba
-    numba = None
     HAVE_NUMBA = False
 
 # ----------------------------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ left-to-right (:func:`pipeline.regions.coords.order_boxes`).
 
 from __future__ import annotations
 
+import builtins
 from dataclasses import dataclass
 from typing import Literal
 
@@ -68,7 +69,7 @@ class SliceLabelBoxes:
     def __len__(self) -> int:
         return int(self.slice.shape[0])
 
-    def _take(self, idx: np.ndarray | slice) -> SliceLabelBoxes:
+    def _take(self, idx: np.ndarray | builtins.slice) -> SliceLabelBoxes:
         return SliceLabelBoxes(
             self.slice[idx], self.label[idx], self.rmin[idx], self.rmax[idx],
             self.cmin[idx], self.cmax[idx], self.count[idx], self.shape,
@@ -190,7 +191,7 @@ def _boxes_numpy(lab: np.ndarray) -> SliceLabelBoxes:
     if not parts:
         return _empty_boxes((K, R, C))
     cols_ = [np.concatenate([p[i] for p in parts]).astype(np.int64) for i in range(7)]
-    return SliceLabelBoxes(*cols_, shape=(K, R, C))
+    return SliceLabelBoxes(cols_[0], cols_[1], cols_[2], cols_[3], cols_[4], cols_[5], cols_[6], (K, R, C))
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -18,13 +18,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
+_isal: ModuleType | None
 try:
-    from isal import isal_zlib
-
-    HAVE_ISAL = True
+    from isal import isal_zlib as _isal
 except ImportError:  # pragma: no cover - isal is a dependency; the fallback keeps zlib-only installs working
-    isal_zlib = None
-    HAVE_ISAL = False
+    _isal = None
+HAVE_ISAL = _isal is not None
 
 CHUNK = 1 << 19  # output bytes per step: stays in the CPU cache (512 KiB measured best of 256 KiB..1 MiB)
 _READ = 1 << 22  # compressed bytes read from the file per step
@@ -41,9 +40,9 @@ def backend(name: str | None = None) -> ModuleType:
     if name is None:
         name = os.environ.get("MEDREG_GZIP") or ("isal" if HAVE_ISAL else "zlib")
     if name == "isal":
-        if not HAVE_ISAL:
+        if _isal is None:
             raise ValueError("gzip backend 'isal' requested but the isal package is not installed")
-        return isal_zlib  # type: ignore[return-value]  # checked by HAVE_ISAL
+        return _isal
     if name == "zlib":
         return zlib
     raise ValueError(f"unknown gzip backend {name!r}; use 'isal' or 'zlib'")

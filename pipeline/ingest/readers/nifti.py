@@ -19,9 +19,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from math import prod
 from pathlib import Path
+from typing import cast
 
 import nibabel as nib
 import numpy as np
+from nibabel.spatialimages import SpatialImage
 from nibabel.volumeutils import apply_read_scaling
 
 from pipeline.ingest.packing import MaskRuns, runs_of_chunk
@@ -91,7 +93,8 @@ def _scale_like_nibabel(raw: np.ndarray, header: nib.Nifti1Header) -> np.ndarray
     scl_inter = np.asanyarray(0.0 if inter is None else inter)
     if np.can_cast(scl_inter, scl_slope.dtype):
         scl_inter = scl_inter.astype(scl_slope.dtype)
-    return apply_read_scaling(raw, scl_slope, scl_inter)
+    # numpy scalars of the 0-d arrays' dtypes: apply_read_scaling promotes them exactly as it does the arrays
+    return apply_read_scaling(raw, scl_slope.dtype.type(scl_slope), scl_inter.dtype.type(scl_inter))
 
 
 def _read_gz(path: Path, backend_name: str | None) -> tuple[np.ndarray, np.ndarray] | None:
@@ -121,7 +124,7 @@ def _load(path: Path, backend_name: str | None) -> tuple[np.ndarray, np.ndarray]
         got = _read_gz(path, backend_name)
         if got is not None:
             return got
-    img = nib.load(str(path))
+    img = cast(SpatialImage, nib.load(str(path)))
     return np.asanyarray(img.dataobj), np.asarray(img.affine, dtype=float)
 
 
@@ -206,7 +209,7 @@ def _mask_runs_gz(path: Path, backend_name: str | None) -> tuple[MaskRuns, np.nd
         if pos >= total:
             continue  # trailing bytes: ignored, the stream is still checked to its end
         n = min(len(c) // item, total - pos)
-        runs.extend(runs_of_chunk(np.frombuffer(c, nh.dtype, count=n), pos, runs.row))  # skips empty chunks
+        runs.extend(runs_of_chunk(np.frombuffer(c, nh.dtype, count=n), pos, runs.row, copy=True))  # skips empty
         pos += n
         if len(c) % item and pos < total:
             raise ValueError(f"{path.name}: decompressed chunk not aligned to {item}-byte voxels")
