@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from pipeline.language.glossary import load_glossary
-from pipeline.release.case import build
+from flows.run import build
 from pipeline.release.shards import verify_release
 from schemas.config import ReleaseConfig
 from sources.base import builtin_cards
