@@ -317,5 +317,6 @@ def format_pet_summary(d: dict[str, Any]) -> str:
         return f"PET values: {d.get('problem', 'unknown')}"
     lo, hi = d["rescale_slope_range"]
     text = (f"PET values: Units {d['units']} ({d['units_meaning']}), SUVType {d['suv_type']}, decay correction "
-            f"{d['decay_correction']}, RescaleSlope {lo:.3g}..{hi:.3g} ({d['distinct_slopes']} distinct) -> {d['values']}")
+            f"{d['decay_correction']}, RescaleSlope {lo:.3g}..{hi:.3g} ({d['distinct_slopes']} distinct) "
+            f"-> {d['values']}")
     return text + (f"; problem: {d['problem']}" if d.get("problem") else "")
