@@ -374,6 +374,13 @@ def test_release_of_both_pet_forms(samples, tmp_path):
     tr = orjson.loads(next(r for r in rows if r["meta"]["source"] == "ibsi-sts-pet-dicom")["meta"]["transform"])
     assert tr["pet_units"] == "GML" and tr["display_upscale"] == {"axial": 8, "coronal": 5}
     # the same images from both forms are stored once
+    # privacy: PatientID/Name, the StudyID, dates, dose and the UIDs never reach an output file
+    head = pydicom.dcmread(samples / "ibsi-sts-pet" / "dicom" / "image" / "000000.dcm", stop_before_pixels=True)
+    secrets = {"STS_002", "20060128", "20060129", "433344096", str(head.SeriesInstanceUID), str(head.StudyInstanceUID)}
+    for p in out.rglob("*"):
+        if p.is_file() and p.suffix in (".jsonl", ".json", ".md", ".html", ".txt"):
+            text = p.read_text(encoding="utf-8")
+            assert not [s for s in secrets if s in text], p.name
     forms = ("ibsi-sts-pet-dicom", "ibsi-sts-pet-nifti")
     images = {s: {r["image"] for r in rows if r["meta"]["source"] == s} for s in forms}
     assert images["ibsi-sts-pet-dicom"] == images["ibsi-sts-pet-nifti"]
