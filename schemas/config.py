@@ -131,9 +131,14 @@ class ReleaseConfig(BaseModel):
             ValidationConfig.model_validate(self.validation)
         return self
 
+    def release_dump(self) -> dict[str, Any]:
+        """The config as the release records it: everything but ``runner`` (how a build runs - serial,
+        local processes or a cluster - never changes what it builds)."""
+        return self.model_dump(mode="json", exclude={"runner"})
+
     def canonical_json(self) -> bytes:
         """Stable serialisation (sorted keys) used for the config hash and the manifest."""
-        return orjson.dumps(self.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS)
+        return orjson.dumps(self.release_dump(), option=orjson.OPT_SORT_KEYS)
 
     def config_hash(self) -> str:
         return hashlib.sha256(self.canonical_json()).hexdigest()

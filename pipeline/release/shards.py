@@ -149,7 +149,7 @@ def _finish(plan: Plan, summaries: list[CaseSummary], merge: MergeResult, stagin
     files["notes.txt"] = ("\n".join(notes) + "\n").encode() if notes else b""
     extra = _llava_copies(staging, merge.shards) if "llava" in cfg.output.formats else {}
     manifest = Manifest(
-        name=cfg.name, version=cfg.version, config=cfg.model_dump(mode="json"), config_sha256=cfg.config_hash(),
+        name=cfg.name, version=cfg.version, config=cfg.release_dump(), config_sha256=cfg.config_hash(),
         code_version=code_version(), sources=_source_entries(plan, summaries, errors), counts=counts,
         shards=merge.shards, images=images, errors=errors, dropped=dropped,
     )
