@@ -17,6 +17,7 @@ from typing import Any
 import orjson
 
 from pipeline.ingest.convert import convert
+from pipeline.ingest.guard import discover_cases, load_study
 from pipeline.core.ids import derived_rng, hash_patient, stable_id, unit_interval
 from pipeline.release.images import ImageStore, encode_png
 from pipeline.language.tasks import SliceContext, TaskMix, generate
@@ -207,7 +208,7 @@ def process_case(
     t0 = time.perf_counter()
     res = CaseResult(source=ref.source, case_id=ref.case_id)
     try:
-        study = adapter.load(ref)
+        study = load_study(adapter, ref)  # symlinks out of the data folder refused; messages without abs paths
     except Exception as exc:  # noqa: BLE001 - every failure becomes an error record
         res.errors.append(_error(ref, "load", exc))
         res.seconds = time.perf_counter() - t0
@@ -310,7 +311,7 @@ def prepare_sources(cfg: ReleaseConfig, samples_root: Path | None = None) -> lis
                     hint="set `root:` for this source in the release config, or MEDREG_SAMPLES",
                 )
             adapter = get_adapter(card, root)
-            refs = adapter.discover()
+            refs = discover_cases(adapter)
             if use.max_cases:
                 refs = refs[: use.max_cases]
             out.append(PreparedSource(use, card, adapter, refs))
