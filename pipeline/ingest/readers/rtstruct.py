@@ -23,6 +23,7 @@ import numpy as np
 import pydicom
 from pydicom.errors import InvalidDicomError
 
+from pipeline.core.paths import shown
 from pipeline.ingest.readers import ReadError
 from pipeline.ingest.readers.dicom import RTSTRUCT_SOP_CLASS, DicomSeries, short_uid
 from pipeline.ingest.readers.dicom_seg import Code, _code, _pack
@@ -128,6 +129,29 @@ def read_rtstruct_header(path: str | Path, ds=None) -> RtStructHeader:
     )
 
 
+MAX_COORD_MM = 1e5  # 100 m: no patient coordinate is further from the origin
+_HINT_CONTOUR = ("the structure set's ContourData are damaged or belong to another frame of reference; "
+                 "re-export the RTSTRUCT")
+
+
+def _check_points(pts: np.ndarray, path: str, roi: str) -> None:
+    """Refuse contour points that cannot be real: non-finite or beyond 100 m."""
+    worst = float(np.abs(pts).max())
+    if not np.isfinite(worst) or worst > MAX_COORD_MM:
+        raise ReadError(f"{shown(path)}: a contour of ROI {roi!r} has a point at {worst:.3g} mm", file=path,
+                        hint=_HINT_CONTOUR)
+
+
+def _check_in_plane(rc: np.ndarray, shape: tuple[int, int], path: str, roi: str) -> None:
+    """Refuse a contour reaching more than a whole image size outside its slice: a damaged file would
+    otherwise fill the whole image and give a full-image box."""
+    R, C = shape
+    lo, hi = rc.min(axis=0), rc.max(axis=0)
+    if lo[0] < -R or lo[1] < -C or hi[0] > 2 * R or hi[1] > 2 * C:
+        raise ReadError(f"{shown(path)}: a contour of ROI {roi!r} reaches more than an image size outside the "
+                        f"{C}x{R} slice", file=path, hint=_HINT_CONTOUR)
+
+
 def fill_even_odd(polygons: list[np.ndarray], shape: tuple[int, int]) -> np.ndarray:
     """Rasterise polygons given as (N, 2) continuous (row, col) vertices with the even-odd rule.
 
@@ -214,8 +238,11 @@ def read_rtstruct(path: str | Path, series: DicomSeries, *, rois: list[int] | No
                 continue
             data = c.get("ContourData")
             if not data or len(data) < 9 or len(data) % 3:
+                key = f"{gtype} with fewer than 3 points"  # counted and noted like other non-area contours
+                skipped_types[key] = skipped_types.get(key, 0) + 1
                 continue
             pts = np.asarray([float(v) for v in data], dtype=float).reshape(-1, 3)
+            _check_points(pts, path, hdr.rois[n].name)
             k_pos = series.index_at(pts.mean(axis=0))
             k_uid = None
             for im in c.get("ContourImageSequence") or []:
@@ -228,7 +255,9 @@ def read_rtstruct(path: str | Path, series: DicomSeries, *, rois: list[int] | No
             if k is None:
                 off_slice += 1
                 continue
-            polys.setdefault(n, {}).setdefault(k, []).append(series.to_rc(pts, k))
+            rc = series.to_rc(pts, k)
+            _check_in_plane(rc, (R, C), path, hdr.rois[n].name)
+            polys.setdefault(n, {}).setdefault(k, []).append(rc)
     masks: dict[int, dict[int, np.ndarray]] = {}
     for n, by_slice in polys.items():
         masks[n] = {k: fill_even_odd(ps, (R, C)) for k, ps in sorted(by_slice.items())}
