@@ -92,7 +92,8 @@ class SamMed2DAdapter(SourceAdapter):
             try:
                 structure, _inst = structure_of(Path(mpath).name, stem)
             except ValueError as exc:
-                raise ReadError(str(exc), file=mpath, hint="rename the mask to <image-stem>_<structure>_<NNN>.png") from exc
+                raise ReadError(str(exc), file=mpath,
+                                hint="rename the mask to <image-stem>_<structure>_<NNN>.png") from exc
             term = self.term_for(structure)
             if term is None:
                 notes.append(f"structure {structure!r} ({Path(mpath).name}) has no glossary term; skipped")
