@@ -787,6 +787,9 @@ def read_series(
         where = str(Path(os.path.commonpath([str(p) for p in paths]))) if paths else "?"
     files = list_files(paths)
     infos, skipped = scan_files(files, workers=workers)
+    for info in infos:  # a damaged image without its SeriesInstanceUID would form a "series" of its own
+        if info.problem and not info.series_uid:
+            raise_if_damaged(info.path, info.problem)
     groups = group_series(infos)
     group, notes = choose_series(groups, series_uid, where)
     return read_group(group, notes=notes + ([f"skipped {len(skipped)} non-DICOM file(s): {', '.join(skipped[:5])}"] if skipped else []), workers=workers)

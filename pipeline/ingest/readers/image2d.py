@@ -29,7 +29,11 @@ def _open(path: Path) -> Image.Image:
                     available=path.stat().st_size if im.format == "PNG" else None, compressed=True)
         im.load()
         return im
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+    except Image.DecompressionBombError as exc:
+        raise ReadError(f"{name}: header claims more than Pillow's limit of {2 * (Image.MAX_IMAGE_PIXELS or 0):,} "
+                        "pixels (a decompression bomb?)", file=str(path),
+                        hint="the image header is wrong or the image is not a medical image; re-export it") from exc
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise ReadError(f"cannot read image {name}: {type(exc).__name__}", file=str(path),
                         hint="the file is truncated or not an image; re-download it") from exc
 
