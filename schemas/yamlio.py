@@ -27,7 +27,7 @@ import yaml
 try:  # libyaml when installed (faster), the pure-Python loader otherwise: same results
     from yaml import CSafeLoader as _Loader
 except ImportError:  # pragma: no cover - depends on how PyYAML was built
-    from yaml import SafeLoader as _Loader  # type: ignore[assignment]
+    from yaml import SafeLoader as _Loader
 
 MAX_DEPTH = 1000
 _DEFAULT_MAX_MB = 16

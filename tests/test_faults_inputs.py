@@ -24,7 +24,6 @@ import nibabel as nib
 import numpy as np
 import orjson
 import pydicom
-import pytest
 import yaml
 from PIL import Image
 

@@ -13,6 +13,7 @@ import gzip
 import io
 import zlib
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -106,7 +107,7 @@ def read_nifti(path: str | Path, *, integer_labels: bool = False,
         raise ReadError(f"file not found: {name}", file=str(path), hint="check the card's layout paths/globs")
     _check_header(path, name, _raw_header(path, name), notes)
     try:
-        img = nib.load(str(path))
+        img: Any = nib.load(str(path))  # a Nifti1Image/Nifti2Image (FileBasedImage in the stubs)
         arr = np.asanyarray(img.dataobj)
     except (EOFError, OSError, zlib.error, gzip.BadGzipFile, nib.filebasedimages.ImageFileError, ValueError) as exc:
         raise ReadError(f"cannot read NIfTI {name}: {type(exc).__name__}: {exc}", file=str(path),
