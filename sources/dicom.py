@@ -349,13 +349,14 @@ class DicomNiftiLabelsAdapter(_DicomBase):
 
     def load(self, ref: CaseRef) -> Study:
         series = self._read_series(ref)
-        labels, lab_aff = read_nifti(ref.paths["labels"], integer_labels=True)
+        header_notes: list[str] = []
+        labels, lab_aff = read_nifti(ref.paths["labels"], integer_labels=True, notes=header_notes)
         arr, note = align_labels_to_image(labels, lab_aff, series.shape, series.affine_ras,
                                           label_file=ref.paths["labels"], image_file=series.files[0])
         m = np.linalg.inv(lab_aff) @ series.affine_ras
         exact = np.allclose(m[:3, :3], np.round(m[:3, :3]), atol=1e-4) and np.allclose(m[:3, 3], np.round(m[:3, 3]), atol=1e-3)
-        notes = [f"label map {Path(ref.paths['labels']).name} reoriented onto the series grid (exact voxel match)"
-                 if exact else note]
+        notes = header_notes + [f"label map {Path(ref.paths['labels']).name} reoriented onto the series grid (exact "
+                                "voxel match)" if exact else note]
         names: dict[int, str] = {}
         for v in np.unique(arr).tolist():
             if v == 0:
