@@ -27,6 +27,7 @@ import pydicom
 import yaml
 from PIL import Image
 
+from pipeline.core.limits import decode_limit
 from pipeline.ingest.guard import discover_cases
 from pipeline.ingest.readers.image2d import read_mask
 from pipeline.release.case import build, process_case
@@ -187,6 +188,19 @@ def test_nifti_nan_zero_pixdim_and_size_bomb(samples, tmp_path):
     assert_clear(res.errors["bomb"], "ct/bomb.nii", "6.0 GiB", "holds only 368 bytes", "re-download")
     assert_clear(res.errors["nan_labels"], "ct/nan_seg.nii.gz", "1 NaN/inf", "label map")
     assert res.rows["good"] == res.rows["pixdim0_sform"]  # the sform gives the same geometry
+
+
+def test_the_decode_limit_is_configurable(samples, tmp_path, monkeypatch):
+    """The same 0.7 MiB CT is read under the default limit and refused under a 0.5 MiB one (env or driver)."""
+    data = copy_tree(samples / "totalseg-nifti" / "ct", tmp_path / "data" / "ct").parent
+    card = load_card("totalseg-ct")
+    assert run_cases(card, data, tmp_path / "a").rows["example_ct_sm"] > 0
+    monkeypatch.setenv("MEDREG_MAX_DECODED_MB", "0.5")
+    err = run_cases(card, data, tmp_path / "b").errors["example_ct_sm"]
+    assert_clear(err, "ct/example_ct_sm.nii.gz", "over the decode limit of 524,288 bytes", "MEDREG_MAX_DECODED_MB")
+    monkeypatch.delenv("MEDREG_MAX_DECODED_MB")
+    with decode_limit(0.5):
+        assert "over the decode limit" in run_cases(card, data, tmp_path / "c").errors["example_ct_sm"].error
 
 
 def _mask_card(name: str) -> SourceCard:

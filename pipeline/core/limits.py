@@ -5,8 +5,9 @@ Readers check the claim before they allocate or decode anything:
 
 * against the file: uncompressed pixel data cannot be larger than the file that holds it, and deflate
   (gzip, zlib, PNG) cannot expand data more than :data:`DEFLATE_MAX_RATIO` times;
-* against :func:`max_decoded_bytes`: ``MEDREG_MAX_DECODED_MB`` (environment) or
-  :data:`DEFAULT_MAX_DECODED_MB` - enough for a 1000-slice 512x512 float32 volume.
+* against :func:`max_decoded_bytes`: ``MEDREG_MAX_DECODED_MB`` (environment; a driver may set a release
+  config's value per case with :func:`decode_limit`) or :data:`DEFAULT_MAX_DECODED_MB` - enough for a
+  1000-slice 512x512 float32 volume.
 
 A refused file is a per-case :class:`~pipeline.core.errors.ReadError` that names the file, the claim and
 the limit; the other cases build.
@@ -15,6 +16,9 @@ the limit; the other cases build.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 
 from pipeline.core.errors import ReadError
 
@@ -24,14 +28,30 @@ DEFAULT_MAX_DECODED_MB = 2048
 DEFLATE_MAX_RATIO = 1032
 
 
-def max_decoded_bytes() -> int:
-    """The largest decoded array (bytes) one input file may claim."""
-    raw = os.environ.get(ENV_MAX_DECODED_MB, "")
+_OVERRIDE_MB: ContextVar[float | None] = ContextVar("medreg_max_decoded_mb", default=None)
+
+
+@contextmanager
+def decode_limit(mb: float | None) -> Iterator[None]:
+    """Within this block the limit is ``mb`` MiB (a release config's value; None keeps env/default)."""
+    token = _OVERRIDE_MB.set(mb)
     try:
-        mb = float(raw) if raw.strip() else DEFAULT_MAX_DECODED_MB
-    except ValueError:
-        mb = DEFAULT_MAX_DECODED_MB
-    return int(max(mb, 1.0) * 2**20)
+        yield
+    finally:
+        _OVERRIDE_MB.reset(token)
+
+
+def max_decoded_bytes() -> int:
+    """The largest decoded array (bytes) one input file may claim: :func:`decode_limit`, else
+    ``MEDREG_MAX_DECODED_MB``, else :data:`DEFAULT_MAX_DECODED_MB` (MiB)."""
+    mb = _OVERRIDE_MB.get()
+    if mb is None:
+        raw = os.environ.get(ENV_MAX_DECODED_MB, "")
+        try:
+            mb = float(raw) if raw.strip() else DEFAULT_MAX_DECODED_MB
+        except ValueError:
+            mb = DEFAULT_MAX_DECODED_MB
+    return max(1, int(mb * 2**20))
 
 
 def _mb(n: float) -> str:
