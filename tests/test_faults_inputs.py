@@ -30,7 +30,9 @@ from PIL import Image
 from pipeline.core.limits import decode_limit
 from pipeline.ingest.guard import discover_cases
 from pipeline.ingest.readers.image2d import read_mask
-from pipeline.release.case import build, process_case
+from flows.run import build
+from pipeline.release.case import process_case
+from pipeline.release.executors import SerialExecutor
 from pipeline.release.images import ImageStore
 from schemas.card import SourceCard
 from schemas.config import ReleaseConfig
@@ -292,10 +294,12 @@ def _published(release: Path) -> str:
 
 
 def _build(tmp_path: Path, samples: Path, sources: list[dict]) -> tuple[Path, list[dict]]:
-    cfg = ReleaseConfig.model_validate({**CFG.model_dump(), "sources": sources})
+    # allow_shrink: a source that fails discovery is an error record here, not a refused build
+    cfg = ReleaseConfig.model_validate({**CFG.model_dump(), "sources": sources,
+                                        "output": {**CFG.output.model_dump(), "allow_shrink": True}})
     out = tmp_path / "out"
     before = _snapshot(tmp_path, out)
-    release = build(cfg, out, samples_root=samples)
+    release = build(cfg, out, samples_root=samples, executor=SerialExecutor())
     assert _snapshot(tmp_path, out) == before, "the build wrote outside its output folder"
     errors = [orjson.loads(line) for line in (release / "errors.jsonl").read_bytes().splitlines()]
     return release, errors
@@ -318,7 +322,7 @@ def test_non_card_yaml_and_empty_csv_leak_nothing(samples, tmp_path):
     by_source = {Path(e["source"]).name: e for e in errors}
     assert "api_key: Extra inputs are not permitted" in by_source["secrets.yaml"]["error"]  # the key, not the value
     assert "line 1, column" in by_source["broken.yaml"]["error"]
-    assert_clear(by_source["cxr-empty.yaml"], "boxes.csv", "no box rows", "layout.csv")
+    assert_clear(by_source["cxr-empty"], "boxes.csv", "no box rows", "layout.csv")
     manifest = orjson.loads((release / "manifest.json").read_bytes())
     assert manifest["counts"]["rows"] > 0  # the good source is built
 
@@ -341,6 +345,7 @@ def test_symlinks_out_of_the_data_folder_are_refused(samples, tmp_path):
     assert set(by_case) == {stems[0], stems[1]}
     for stem, rel in ((stems[0], f"images/{stems[0]}.jpg"), (stems[1], f"masks/{stems[1]}.jpg")):
         assert_clear(by_case[stem], rel, "symbolic link", "outside the data folder", "copy the file")
+        assert by_case[stem]["file"] == rel  # the link, relative to the data folder
     text = _published(release)
     assert "private-scan-name" not in text and "private-mask-name" not in text
     rows = [orjson.loads(line) for p in (release / "data").rglob("*.jsonl") for line in p.read_bytes().splitlines()]

@@ -8,7 +8,8 @@ It holds for every adapter, shipped or plugged in through the ``medreg.sources``
 * while the adapter runs, :func:`pipeline.core.paths.shown` names files relative to the data folder;
 * what comes back is scrubbed: ReadError messages and hints, and the study's notes, carry no absolute
   path (a message that slipped one through gets it replaced); an ``OSError`` (missing file, permission)
-  becomes a ReadError naming the file relative to the data folder.
+  becomes a ReadError naming the file relative to the data folder - except a disk/I-O failure
+  (:func:`pipeline.core.environment.is_environment_error`), which stops the build.
 
 :func:`discover_cases` does the same for ``discover()``.
 """
@@ -18,6 +19,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from pipeline.core.environment import is_environment_error
 from pipeline.core.errors import ReadError
 from pipeline.core.paths import data_root, escaping_link, scrub_paths, shown
 from pipeline.core.types import CaseRef, Study
@@ -72,6 +74,8 @@ def load_study(adapter: Any, ref: CaseRef) -> Study:
         except ReadError as exc:
             raise _scrubbed(exc, root) from exc.__cause__
         except OSError as exc:
+            if is_environment_error(exc):  # disk/I-O failure: the driver stops the build, not a case error
+                raise
             raise _from_os_error(exc, root) from exc
     study.notes = [scrub_paths(n, root) for n in study.notes]
     for layer in study.layers:  # origins reach notes ("label ids ... in <origin> have no term")
@@ -89,4 +93,6 @@ def discover_cases(adapter: Any) -> list[CaseRef]:
         except ReadError as exc:
             raise _scrubbed(exc, root) from exc.__cause__
         except OSError as exc:
+            if is_environment_error(exc):
+                raise
             raise _from_os_error(exc, root) from exc
