@@ -30,7 +30,7 @@ from pipeline.ingest.readers.nifti import read_nifti
 from pipeline.ingest.readers.pet import read_pet_facts, to_suv, uptake_seconds
 from pipeline.ingest.readers.rtstruct import read_rtstruct
 from pipeline.language.glossary import load_glossary
-from pipeline.release.case import build
+from flows.run import build
 from schemas.card import IntensitySpec, SourceCard
 from schemas.config import ReleaseConfig, SlicingConfig
 from sources.base import get_adapter, load_card
