@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pipeline.ingest.guard import discover_cases
 from pipeline.ingest.readers import ReadError
 from pipeline.release.plan import FingerprintCache, Plan, SourcePlan, make_jobs
 from pipeline.release.store import Store
@@ -28,7 +29,7 @@ def _source(use: SourceUse, samples_root: Path | None) -> SourcePlan:
                 hint="set `root:` for this source in the release config, or MEDREG_SAMPLES",
             )
         sp.adapter = get_adapter(card, root)
-        refs = sp.adapter.discover()
+        refs = discover_cases(sp.adapter)  # messages name files relative to the data folder
         sp.refs = refs[: use.max_cases] if use.max_cases else refs
     except Exception as exc:
         sp.error = _error(card.name, exc)

@@ -41,6 +41,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from pipeline.core.atomic import write_bytes_atomic
 from schemas.language import NAME_REQUIRED, SLOTS, TASK_ABBR, TemplateBankSpec
+from schemas.yamlio import YamlError, load_yaml, load_yaml_text
 
 __all__ = [
     "AcceptPlan",
@@ -125,9 +126,9 @@ def load_expand_config(path: str | Path) -> ExpandConfig:
     if not path.is_file():
         raise FileNotFoundError(f"expansion config {path} not found (docs/evaluation.md has an example)")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise ExpandError(f"{path}: not valid YAML: {exc}") from exc
+        data = load_yaml(path, what="expansion config", name=str(path)) or {}
+    except YamlError as exc:
+        raise ExpandError(str(exc)) from None
     if not isinstance(data, dict):
         raise ExpandError(f"{path}: must be a mapping")
     try:
@@ -255,7 +256,7 @@ def _json_from_reply(text: str) -> Any:
 
 
 def _read_bank(path: Path) -> dict[str, Any]:
-    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    data = load_yaml(path, what="template bank")
     TemplateBankSpec.model_validate(data)  # the shipped bank must be valid to start with
     return data
 
@@ -472,7 +473,7 @@ def _glossary_files(data_dir: Path) -> dict[str, Path]:
     """term id -> glossary file that defines it."""
     out: dict[str, Path] = {}
     for p in sorted((data_dir / "glossary").glob("*.yaml")):
-        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        data = load_yaml(p, what="glossary file") or {}
         for tid in data:
             out[str(tid)] = p
     return out
@@ -678,7 +679,7 @@ def _add_glossary_name(text: str, entry: dict[str, Any]) -> str:
         if m:
             if not fld.startswith("synonyms_"):
                 raise ExpandError(f"{tid}: {fld} is already set")
-            current = yaml.safe_load(m.group(2)) if m.group(2).strip() else []
+            current = load_yaml_text(m.group(2), f"glossary entry {tid}") if m.group(2).strip() else []
             if not isinstance(current, list) or not m.group(2).strip().startswith("["):
                 raise ExpandError(f"{tid}: {fld} is not a one-line [..] list; add {value!r} by hand")
             items = [*current, value]
@@ -735,9 +736,9 @@ def _load_review(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"review file {path} not found")
     try:
-        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise ExpandError(f"{path}: not valid YAML (was it edited by hand?): {exc}") from exc
+        doc = load_yaml(path, what="review file", name=str(path))
+    except YamlError as exc:
+        raise ExpandError(f"{exc} (was it edited by hand?)") from None
     if not isinstance(doc, dict) or doc.get("kind") not in ("templates", "glossary") or not isinstance(doc.get("entries"), list):
         raise ExpandError(f"{path}: not a review file (needs kind: templates|glossary and an entries list)")
     return doc
@@ -762,7 +763,7 @@ def plan_accept(review_file: str | Path, *, data_dir: str | Path | None = None) 
                 continue
             if name not in banks:
                 texts[name] = files[name].read_text(encoding="utf-8")
-                banks[name] = yaml.safe_load(texts[name])
+                banks[name] = load_yaml_text(texts[name], f"template bank {files[name].name}")
             bank = banks[name]
             missing = [k for k in ("id", "slot", "text") if not isinstance(e.get(k), str)]
             if missing:
@@ -781,7 +782,8 @@ def plan_accept(review_file: str | Path, *, data_dir: str | Path | None = None) 
         for name, new in texts.items():
             old = files[name].read_text(encoding="utf-8")
             if new != old:
-                TemplateBankSpec.model_validate(yaml.safe_load(new))  # the edited file as a whole
+                # the edited file as a whole
+                TemplateBankSpec.model_validate(load_yaml_text(new, f"template bank {files[name].name}"))
                 plan.changes[files[name]] = (old, new)
     else:
         from pipeline.language.glossary import Glossary, _load_spec

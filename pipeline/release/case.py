@@ -21,8 +21,10 @@ import orjson
 
 from pipeline.core.environment import environment_failure, is_environment_error
 from pipeline.core.ids import derived_rng, hash_patient, stable_id, unit_interval
+from pipeline.core.paths import relative_to_root
 from pipeline.core.types import CaseRef, DisplaySlice
 from pipeline.ingest.convert import convert
+from pipeline.ingest.guard import load_study
 from pipeline.ingest.readers import ReadError
 from pipeline.language.tasks import SliceContext, TaskMix, generate
 from pipeline.release.images import ImageStore, encode_png
@@ -124,10 +126,9 @@ def _relative(path: str | None, root: Path | None) -> str | None:
     if not p.is_absolute():
         return p.as_posix()
     if root is not None:
-        try:
-            return p.resolve().relative_to(Path(root).resolve()).as_posix()
-        except ValueError:
-            pass
+        rel = relative_to_root(p, root)  # lexically first: a symlink is named where it lies, not by its target
+        if rel is not None:
+            return rel
     return p.name
 
 
@@ -237,7 +238,7 @@ def _load_and_convert(card: SourceCard, adapter: Any, ref: CaseRef, cfg: Release
                       res: CaseResult) -> tuple[Any, Any] | None:
     root = getattr(adapter, "root", None)
     try:
-        study = adapter.load(ref)
+        study = load_study(adapter, ref)  # symlinks out of the data folder refused; messages without abs paths
     except Exception as exc:  # every failure of bad input becomes an error record
         res.errors.append(case_error(ref, "load", exc, root))
         return None
