@@ -50,6 +50,21 @@ class RulesConfig(_Cfg):
         0.05, ge=0, le=0.5, description="fraction of the width a *_right centre may lie right of the image centre"
     )
     centre_verdict: Literal["flag", "fail"] = "flag"
+    orientation: bool = Field(
+        True, description="check the anterior/posterior and superior/inferior order of known structures"
+    )
+    orientation_facts: str | None = Field(
+        None, description="order facts file (default: pipeline/language/data/anatomy/orientation.yaml)"
+    )
+    orientation_margin: float = Field(
+        0.02, ge=0, le=0.5, description="a pair is inverted when its centres are out of order by more than this x size"
+    )
+    orientation_fail_fraction: float = Field(
+        0.5, gt=0, le=1, description="fail when at least this share of compared pairs is inverted (fewer: flag)"
+    )
+    orientation_2d_axis: Literal["axial", "coronal", "sagittal", "none"] = Field(
+        "axial", description="2-D CT/MR/PET images (axis '2d') are checked as this view; 'none' skips them"
+    )
 
 
 class StatsConfig(_Cfg):
