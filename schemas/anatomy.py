@@ -1,6 +1,9 @@
-"""Contract of the anatomical order facts (``pipeline/language/data/anatomy/orientation.yaml``).
+"""Contracts of the anatomy facts in ``pipeline/language/data/anatomy/``.
 
-One entry per fact: on display images of ``axes`` and ``modalities`` the structures of ``tiers`` appear in
+:class:`OrientationSpec` -- ``orientation.yaml``, the anatomical order facts of the orientation guard.
+:class:`BodyRegionRules` -- ``body_regions.yaml``, how a slice's body region follows from its labelled mass.
+
+Orientation: one entry per fact: on display images of ``axes`` and ``modalities`` the structures of ``tiers`` appear in
 that order along ``direction`` (``down``: the first tier at the image top; ``right``: at the image left).
 ``first`` / ``last`` are the anatomical words for the two ends (``anterior`` / ``posterior``), used in
 the reason text.  Term ids are checked against the glossary when the file is loaded
@@ -13,6 +16,8 @@ import re
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, RootModel, model_validator
+
+from schemas.language import BodyRegion
 
 _CODE_RE = re.compile(r"^[a-z][a-z0-9_]*$")
 
@@ -55,3 +60,14 @@ class OrientationSpec(RootModel[dict[str, OrderFact]]):
             if not _CODE_RE.match(name):
                 raise ValueError(f"entry name {name!r} must be snake_case")
         return self
+
+
+class BodyRegionRules(BaseModel):
+    """``data/anatomy/body_regions.yaml``: how a slice's body region follows from its labelled mass."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    secondary: list[BodyRegion] = Field(
+        default_factory=list,
+        description="regions spanning the body (spine, limb, whole body): count only when no other region has mass",
+    )
