@@ -74,7 +74,9 @@ class StatsConfig(_Cfg):
     z_flag: float = Field(4.0, gt=0, description="max robust z above this -> flag")
     z_fail: float | None = Field(None, description="max robust z above this -> fail (None: never fail)")
     group_by: list[Literal["modality", "axis", "term", "source", "body_region"]] = Field(
-        default_factory=lambda: ["modality", "axis", "term"]
+        default_factory=lambda: ["modality", "axis", "body_region", "term"],
+        description="regions are compared within these groups; body_region keeps a neck-level spinal cord "
+        "out of the abdominal slices' statistics",
     )
     features: list[Literal["log_area", "log_aspect", "cx", "cy", "intensity"]] = Field(
         default_factory=lambda: ["log_area", "log_aspect", "cx", "cy", "intensity"]

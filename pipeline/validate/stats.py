@@ -7,7 +7,8 @@ For every region it computes five features
 * ``cx``, ``cy`` box centre as a fraction of the image width / height,
 * ``intensity``  mean grey value (0..255) of the written image inside the pixel box,
 
-groups regions by ``group_by`` (default: modality, axis, term) and scores each feature with a robust
+groups regions by ``group_by`` (default: modality, axis, body region, term: a structure at neck level is not
+compared with the same structure on abdominal slices) and scores each feature with a robust
 z-score ``|x - median| / sqrt(max(1.4826 * MAD, floor)**2 + q**2)`` where ``q`` is the region's own
 pixel quantisation (a one-pixel change of each box side: ``1/w_px + 1/h_px`` in log area and log
 aspect, ``1/W`` resp. ``1/H`` for the centre), so tiny boxes are not outliers by rounding alone.  A region whose largest z exceeds ``z_flag`` is
