@@ -67,14 +67,18 @@ class RulesConfig(_Cfg):
     )
 
 
+GroupKey = Literal["modality", "axis", "term", "source", "body_region"]
+_STATS_GROUP_BY: tuple[GroupKey, ...] = ("modality", "axis", "body_region", "term")
+
+
 class StatsConfig(_Cfg):
     """Robust (median/MAD) z-scores of box features per group, fitted on the release's own rows."""
 
     min_samples: int = Field(5, ge=2, description="fewer distinct regions in a group -> pass ('too few')")
     z_flag: float = Field(4.0, gt=0, description="max robust z above this -> flag")
     z_fail: float | None = Field(None, description="max robust z above this -> fail (None: never fail)")
-    group_by: list[Literal["modality", "axis", "term", "source", "body_region"]] = Field(
-        default_factory=lambda: ["modality", "axis", "body_region", "term"],
+    group_by: list[GroupKey] = Field(
+        default_factory=lambda: list(_STATS_GROUP_BY),
         description="regions are compared within these groups; body_region keeps a neck-level spinal cord "
         "out of the abdominal slices' statistics",
     )
