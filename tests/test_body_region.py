@@ -14,7 +14,7 @@ import pytest
 
 from pipeline.ingest.convert import convert
 from pipeline.language.body_region import body_region_by_mass, load_body_region_rules, mass_by_region
-from pipeline.release.case import build
+from flows.run import build
 from schemas.anatomy import BodyRegionRules
 from schemas.config import ReleaseConfig, SlicingConfig
 from sources.base import get_adapter, load_card

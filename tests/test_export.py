@@ -54,7 +54,7 @@ def test_to_llava_rejects_conversations_llava_cannot_train_on():
 
 @pytest.fixture(scope="module")
 def release(tmp_path_factory, samples) -> Path:
-    from pipeline.release.case import build
+    from flows.run import build
     from schemas.config import ReleaseConfig
 
     cfg = ReleaseConfig.model_validate(

@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from pipeline.language.anatomy import ORIENTATION_FILE, load_orientation_facts
-from pipeline.release.case import build
+from flows.run import build
 from schemas.config import ReleaseConfig
 
 CARDS = Path(__file__).resolve().parents[1] / "sources" / "cards"

@@ -16,7 +16,7 @@ import pytest
 from bs4 import BeautifulSoup
 
 from pipeline.language.glossary import load_glossary
-from pipeline.release.case import build
+from flows.run import build
 from pipeline.release.report import SUBTASKS
 from schemas.config import ReleaseConfig
 
@@ -134,8 +134,9 @@ def test_one_card_per_flagged_image(page, release):
         assert card.select_one(".rows").get_text().startswith(f"{len(items)} flagged rows")
         reasons = [li.get_text() for li in card.select("li")]
         assert len(reasons) == len(set(reasons)) and set(reasons) == {x for it in items for x in it["reasons"]}
-    summary = page.select_one("p.sum").get_text()
-    assert f"{len(review)} rows flagged for review on {len(per_image)} images" in summary
+    assert f"{len(review)} rows flagged for review" in page.select_one("p.sum").get_text()
+    heading = page.select_one("h2#review").get_text()
+    assert heading == f"Flagged for review ({len(review)} rows on {len(per_image)} images)"
 
 
 def test_stats_judge_the_neck_level_spinal_cord_only_with_neck_slices(release, tmp_path, samples):
@@ -171,3 +172,23 @@ def test_labels_of_boxes_at_the_image_corners_stay_inside():
         fs, x, y, length = (float(t[k]) for k in ("font-size", "x", "y", "textlength"))
         assert fs * float(svg.svg["width"]) / w >= 11.0
         assert x >= 0 and x + length <= w + 1e-6 and y - fs >= -1e-6 and y + 0.25 * fs <= h + 1e-6, t.get_text()
+
+
+def test_a_bounded_review_sample_says_how_many_more(release):
+    """The build keeps the first review entries for the report; the heading and the footer say so."""
+    from pipeline.release.report import render_report
+    from pipeline.release.shards import ReportInputs
+    from schemas.records import Manifest
+
+    manifest = Manifest.model_validate(orjson.loads((release / "manifest.json").read_bytes()))
+    rows = _rows(release)
+    review = [orjson.loads(x) for x in (release / "review.jsonl").read_bytes().splitlines()]
+    first = review[:3]
+    cfg = ReleaseConfig.model_validate(manifest.config)
+    page = BeautifulSoup(render_report(manifest, rows, ReportInputs(first, len(review)), cfg), "html.parser")
+    by_id = {r["id"]: r for r in rows}
+    images = {(by_id[x["id"]]["image"], by_id[x["id"]]["meta"]["slice_index"]) for x in first}
+    assert page.select_one("h2#review").get_text() == (
+        f"Flagged for review ({len(review)} rows; the first 3 on {len(images)} images)")
+    assert len(page.select("figure.flag")) == len(images)
+    assert f"{len(review) - 3} more flagged rows in review.jsonl" in page.get_text()

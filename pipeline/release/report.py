@@ -196,14 +196,18 @@ def _caption(row: dict[str, Any]) -> str:
 
 
 def _gallery(rows: list[dict[str, Any]], size: int, name: Any) -> str:
-    """Per source its first images (by row id) with a grounded report; each shows the boxes of the shown
-    rows and the question and answer in every language."""
+    """Per source its first images with a grounded report (those with the most languages first, then by row
+    id); each shows the boxes of the shown rows and the question and answer in every language."""
     slices: dict[tuple[str, str, str, str, int], list[dict[str, Any]]] = defaultdict(list)
     for r in sorted(rows, key=lambda r: r["id"]):
         if r["meta"]["task"] == "grounded_report":
             slices[_slice_key(r)].append(r)
+
+    def order(k: tuple[str, str, str, str, int]) -> tuple[str, int, str]:
+        return (k[0], -len({r["meta"]["lang"] for r in slices[k]}), slices[k][0]["id"])
+
     per_source: dict[str, list[list[dict[str, Any]]]] = defaultdict(list)
-    for key in sorted(slices, key=lambda k: (k[0], slices[k][0]["id"])):
+    for key in sorted(slices, key=order):
         per_source[key[0]].append(slices[key])
     take = max(1, size // max(1, len(per_source))) if size else 0
     cells = []
@@ -218,8 +222,9 @@ def _gallery(rows: list[dict[str, Any]], size: int, name: Any) -> str:
     return f"<h2>Gallery (boxes drawn on the written images)</h2><div class='g'>{''.join(cells)}</div>"
 
 
-def _review(rows: list[dict[str, Any]], review: list[dict[str, Any]], name: Any) -> str:
-    """One card per flagged image (all its flagged rows), with the distinct reasons and the rows' tasks."""
+def _review(rows: list[dict[str, Any]], review: list[dict[str, Any]], total: int, name: Any) -> str:
+    """One card per flagged image (all its flagged rows), with the distinct reasons and the rows' tasks.
+    ``review`` may be the first entries of ``total`` (the build keeps a bounded number for the report)."""
     by_id = {r["id"]: r for r in rows}
     cards: dict[tuple[str, str, str, str, int], list[tuple[dict[str, Any], dict[str, Any]]]] = defaultdict(list)
     for item in review:
@@ -237,9 +242,11 @@ def _review(rows: list[dict[str, Any]], review: list[dict[str, Any]], name: Any)
             f'<b>{html.escape(_caption(pairs[0][1]))}</b><ul>{reasons}</ul>'
             f'<span class="rows">{len(pairs)} flagged rows: {html.escape(which)}</span></figcaption></figure>'
         )
-    more = (f"<p>{len(cards) - _REVIEW_IMAGES} more images in review.jsonl</p>" if len(cards) > _REVIEW_IMAGES else "")
-    return (f"<h2>Flagged for review ({len(review)} rows on {len(cards)} images)</h2>"
-            f"<div class='g'>{''.join(out)}</div>{more}")
+    shown_rows = sum(len(cards[k]) for k in sorted(cards)[:_REVIEW_IMAGES])
+    more = f"<p>{total - shown_rows} more flagged rows in review.jsonl</p>" if total > shown_rows else ""
+    scope = f"{total} rows on {len(cards)} images" if total == len(review) else (
+        f"{total} rows; the first {len(review)} on {len(cards)} images")
+    return f"<h2 id='review'>Flagged for review ({scope})</h2><div class='g'>{''.join(out)}</div>{more}"
 
 
 def _subtask_legend(counts: dict[str, Any]) -> str:
@@ -289,13 +296,10 @@ _STYLE = (
 
 def render_report(manifest: Manifest, rows: list[dict[str, Any]], validated: Any, cfg: ReleaseConfig) -> str:
     c = manifest.counts
-    flagged = {x["id"] for x in validated.review or []}
-    images = {_slice_key(r) for r in rows if r["id"] in flagged}
     head = [f"<h1>QA report — {html.escape(manifest.name)} {html.escape(manifest.version)}</h1>",
             f"<p class='sum'><b>{c.get('rows', 0)}</b> rows · <b>{c.get('images', 0)}</b> images · "
             f"<b>{c.get('cases', 0)}</b> cases · <b>{c.get('errors', 0)}</b> case errors · "
-            f"<b>{c.get('dropped', 0)}</b> samples dropped · <b>{c.get('flagged', 0)}</b> rows flagged for review "
-            f"on <b>{len(images)}</b> images</p>",
+            f"<b>{c.get('dropped', 0)}</b> samples dropped · <b>{c.get('flagged', 0)}</b> rows flagged for review</p>",
             f"<p class='meta'>config sha256 <code>{manifest.config_sha256[:16]}…</code> · code "
             f"<code>{html.escape(manifest.code_version)}</code></p>"]
     body: list[str] = []
@@ -305,7 +309,8 @@ def render_report(manifest: Manifest, rows: list[dict[str, Any]], validated: Any
     name = _display_names("en")
     body.append(_gallery(rows, cfg.output.gallery_size, name))
     if validated.review:
-        body.append(_review(rows, validated.review, name))
+        total = int(getattr(validated, "review_total", len(validated.review)))
+        body.append(_review(rows, validated.review, total, name))
     cards = [_table(key.replace("_", " "), c.get(key, {}))
              for key in ("by_source", "by_task", "by_lang", "by_split", "by_modality")]
     cards.append(_subtask_legend(c))
