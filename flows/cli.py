@@ -120,7 +120,7 @@ def _print_summary(release: Path) -> None:
 @app.command()
 def verify(release: Path = typer.Argument(..., help="a release folder (holding manifest.json)")) -> None:
     """Re-hash every shard, image and file against manifest.json; exit 1 on any mismatch."""
-    from pipeline.release.shards import verify_release
+    from pipeline.release.verify import verify_release
 
     problems = verify_release(release)
     if problems:

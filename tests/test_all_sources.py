@@ -7,7 +7,7 @@ import pytest
 
 from pipeline.language.glossary import load_glossary
 from flows.run import build
-from pipeline.release.shards import verify_release
+from pipeline.release.verify import verify_release
 from schemas.config import ReleaseConfig
 from sources.base import builtin_cards
 

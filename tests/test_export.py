@@ -70,7 +70,7 @@ def release(tmp_path_factory, samples) -> Path:
 
 
 def test_release_writer_emits_llava_shards(release):
-    from pipeline.release.shards import verify_release
+    from pipeline.release.verify import verify_release
 
     assert verify_release(release) == []
     files = sorted((release / "data_llava").rglob("*.jsonl"))

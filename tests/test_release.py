@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from flows.run import build
-from pipeline.release.shards import verify_release
+from pipeline.release.verify import verify_release
 from schemas.config import ReleaseConfig
 
 SOURCES_2D_3D = ["totalseg-ct", "totalseg-mr", "sam-med2d", "biomedparse-2d", "kvasir-seg"]

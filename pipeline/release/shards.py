@@ -163,9 +163,15 @@ def _finish(plan: Plan, summaries: list[CaseSummary], merge: MergeResult, stagin
     manifest.files["review.jsonl"] = file_sha256(staging / "review.jsonl")
     manifest.files.update(extra)
     manifest.files = dict(sorted(manifest.files.items()))
-    data = orjson.dumps(manifest.model_dump(mode="json"), option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS)
-    write_bytes_atomic(staging / "manifest.json", data + b"\n")
+    manifest.manifest_sha256 = ""
+    manifest.manifest_sha256 = sha256_hex(manifest_bytes(manifest.model_dump(mode="json")))
+    write_bytes_atomic(staging / "manifest.json", manifest_bytes(manifest.model_dump(mode="json")))
     return manifest
+
+
+def manifest_bytes(data: dict[str, Any]) -> bytes:
+    """manifest.json as written (sorted keys, two-space indent, final newline)."""
+    return orjson.dumps(data, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n"
 
 
 @dataclass
@@ -174,43 +180,3 @@ class ReportInputs:
 
     review: list[dict[str, Any]]
     review_total: int
-
-
-def verify_release(release: str | Path) -> list[str]:
-    """Re-hash every shard, image and file against manifest.json.  Returns the problems (empty = OK)."""
-    release = Path(release)
-    mpath = release / "manifest.json"
-    if not mpath.is_file():
-        return [f"{mpath}: missing (is this a release folder?)"]
-    try:
-        manifest = Manifest.model_validate(orjson.loads(mpath.read_bytes()))
-    except Exception as exc:  # noqa: BLE001
-        return [f"{mpath}: unreadable manifest: {exc}"]
-    problems: list[str] = []
-
-    def check(rel: str, sha: str, lines: int | None = None) -> None:
-        p = release / rel
-        if not p.is_file():
-            problems.append(f"{rel}: missing")
-            return
-        got = file_sha256(p)
-        if got != sha:
-            problems.append(f"{rel}: sha256 {got[:16]}… != manifest {sha[:16]}…")
-        elif lines is not None:
-            n = p.read_bytes().count(b"\n")
-            if n != lines:
-                problems.append(f"{rel}: {n} lines != manifest {lines}")
-
-    for s in manifest.shards:
-        check(s.path, s.sha256, s.lines)
-    for im in manifest.images:
-        check(im.path, im.sha256)
-    for rel, sha in manifest.files.items():
-        check(rel, sha)
-    listed = {s.path for s in manifest.shards} | {i.path for i in manifest.images} | set(manifest.files) | {"manifest.json"}
-    for p in sorted(release.rglob("*")):
-        if p.is_file():
-            rel = p.relative_to(release).as_posix()
-            if rel not in listed:
-                problems.append(f"{rel}: not listed in the manifest")
-    return problems
