@@ -178,8 +178,10 @@ def rows_for_slice(
 ) -> list[dict[str, Any]]:
     h, w = sl.image.shape[:2]
     present = {r.term for r in sl.regions}
-    if body_region == "auto":
-        body_region = infer_body_region(sorted(present))
+    if body_region == "auto":  # where the bulk of the labelled mass lies (issue 12 A5), not a vote of names
+        from pipeline.language.body_region import body_region_by_mass
+
+        body_region = body_region_by_mass((r.term, r.area) for r in sl.regions)
     ctx = SliceContext(
         modality=modality,
         body_region=body_region,
