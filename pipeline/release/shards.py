@@ -135,7 +135,9 @@ def write_release(
     out_dir: str | Path,
 ) -> Path:
     """Write the release folder atomically and return its path."""
-    from pipeline.release.report import render_card, render_report
+    from pipeline.release.card import release_files
+    from pipeline.release.export import write_llava_splits
+    from pipeline.release.report import render_report
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -202,15 +204,8 @@ def write_release(
         counts["validation_by_source"] = validated.by_source
 
         extra_exports = {}
-        if "llava" in cfg.output.formats:
-            from pipeline.release.export import to_llava
-
-            for entry in list(shard_entries):
-                data = (staging / entry.path).read_bytes()
-                conv = b"".join(orjson.dumps(to_llava(orjson.loads(line))) + b"\n" for line in data.splitlines())
-                rel = entry.path.replace("data/", "data_llava/", 1)
-                write_bytes_atomic(staging / rel, conv)
-                extra_exports[rel] = sha256_hex(conv)
+        if "llava" in cfg.output.formats:  # data_llava/<split>.json: one JSON list per split (LLaVA's train.py)
+            extra_exports = write_llava_splits(staging, [(e.path, e.split) for e in shard_entries])
 
         manifest_wo_files = Manifest(
             name=cfg.name,
@@ -225,7 +220,7 @@ def write_release(
             errors=errors,
             dropped=dict(sorted(dropped.items())),
         )
-        files["README.md"] = render_card(manifest_wo_files, prepared).encode("utf-8")
+        files.update(release_files(manifest_wo_files, prepared))  # README.md card, LICENSE.md, schema.json
         if cfg.output.report:
             files["report.html"] = render_report(manifest_wo_files, rows, validated, cfg).encode("utf-8")
         for rel, data in files.items():
