@@ -156,7 +156,7 @@ def fetch_samples(
 def export_cmd(
     release: Path = typer.Argument(..., help="a release folder (holding manifest.json)"),
     fmt: str = typer.Option(..., "--format", "-f", help="internvl-meta | llava"),
-    out: Path = typer.Option(..., "--out", "-o", help="internvl-meta: the meta JSON file; llava: a .json (JSON list, what LLaVA's train.py reads), a .jsonl file, or a folder (one file per shard)"),
+    out: Path = typer.Option(..., "--out", "-o", help="internvl-meta: the meta JSON file; llava: a .json (one JSON list, what LLaVA's train.py reads), a folder (one <split>.json list per split), or a .jsonl (not for train.py)"),
     split: list[str] = typer.Option(["train"], "--split", "-s", help="split(s) to export (repeatable); 'all' for every split"),
     root_prefix: Optional[str] = typer.Option(None, "--root-prefix", help="internvl-meta: where the release folder lives on the training machine (default: its absolute path here)"),
     repeat_time: float = typer.Option(1.0, "--repeat-time", help="internvl-meta: repeat_time of every entry (<1 keeps that fraction; >1 must be an integer)"),
@@ -164,7 +164,7 @@ def export_cmd(
     max_dynamic_patch: Optional[int] = typer.Option(None, "--max-dynamic-patch", help="internvl-meta: per-dataset max_dynamic_patch"),
     system: str = typer.Option("fold", "--system", help="llava: fold system prompts into the first question, or drop them"),
 ) -> None:
-    """Export a release for a trainer: InternVL's --meta_path file or LLaVA (ShareGPT) data."""
+    """Export a release for a trainer: InternVL's / MedRegA's --meta_path file (with base_prompt) or LLaVA data."""
     import orjson
 
     from pipeline.core.atomic import write_bytes_atomic

@@ -257,13 +257,12 @@ def score_row(row: dict[str, Any], answer: str | None, glossary: Glossary | None
         if task == "grounded_report":
             s.text_f1 = text_f1(strip_grounding(answer), strip_grounding(reference_answer(row)), s.lang, g)
     elif task == "region_to_text":
-        named = set()
+        said: set[str] = set(spot_terms(answer, g))
         for ref in parse_grounded(answer):
             tid = resolve_ref(ref.term_text, g)
             if tid:
-                named.add(tid)
-        named |= set(spot_terms(answer, g))
-        s.pred_terms = sorted(named - context)
+                said.add(tid)
+        s.pred_terms = sorted(said - context)
         s.lenient_hits = sum(1 for t in s.gt_terms if any(g.related(t, p) for p in s.pred_terms if p in g))
     else:
         raise ValueError(f"row {row['id']}: unknown task {task!r}")
@@ -328,9 +327,8 @@ def aggregate(scores: Sequence[SampleScore]) -> dict[str, Any]:
         for term, c in sorted(per_term.items()):
             counts = {"gt_boxes": c["gt"], "tp": c["tp"], "fp": c["fp"], "fn": c["fn"]}
             terms[term] = {**_prf(c["tp"], c["fp"], c["fn"]), **counts}
-        out["object"] = {
-            k: _mean([v[k] for v in terms.values() if v[k] is not None]) for k in ("precision", "recall", "f1")
-        }
+        macro = ("precision", "recall", "f1")
+        out["object"] = {k: _mean([float(x) for v in terms.values() if (x := v[k]) is not None]) for k in macro}
         out["per_term"] = terms
         if task == "text_to_region":
             negs = [s for s in scores if s.negative]
@@ -350,9 +348,9 @@ def aggregate(scores: Sequence[SampleScore]) -> dict[str, Any]:
             out["exact_match"] = _ratio(sum(set(s.gt_terms) == set(s.pred_terms) for s in pos), len(pos))
         per: dict[str, Counter] = defaultdict(Counter)
         for s in pos:
-            for t in s.gt_terms:
-                per[t]["n"] += 1
-                per[t]["hit"] += t in s.pred_terms
+            for term in s.gt_terms:
+                per[term]["n"] += 1
+                per[term]["hit"] += term in s.pred_terms
         out["per_term_" + key] = {t: {"n": c["n"], key: c["hit"] / c["n"]} for t, c in sorted(per.items())}
     if task == "grounded_report":
         out["text_f1"] = _mean([s.text_f1 for s in scores if s.text_f1 is not None])

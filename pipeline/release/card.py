@@ -133,7 +133,7 @@ def overall_licence(sources: Sequence[Any]) -> tuple[str, str]:
         parts.append(f"{_USE[top]} The most restrictive source licence decides: {', '.join(deciders)}.")
     custom = [f"{s.name} ({s.licence})" for s in sources if classes[s.name] == "custom"]
     if custom:
-        parts.append(f"Also subject to the own terms of: {', '.join(custom)}; read them before redistributing.")
+        parts.append(f"Also subject to the terms of: {', '.join(custom)}; read them before redistributing.")
     parts.append("Each row carries its source licence in `meta.licence`: a subset of sources is usable under "
                  "their licences alone.")
     return top, " ".join(parts)

@@ -44,8 +44,8 @@ LIMITATIONS: tuple[str, ...] = (
     "Images are 8-bit renderings with one display window per source (recorded in `meta.window`); CT values in "
     "HU are not recoverable from them. 3-D volumes are shown in the radiological convention (patient right on "
     "image left); 2-D sources keep their own orientation unless their card declares a display fix.",
-    "Validation is automatic (the validators listed below); flagged rows are kept, and no row was reviewed by a "
-    "clinician unless a reviewer went through review.jsonl.",
+    "Validation is automatic (the validators listed under Validation); flagged rows are kept, and no row was "
+    "reviewed by a clinician unless a reviewer went through review.jsonl.",
     "Counts per source follow the build configuration (case limits, slices per case), not the sources' "
     "prevalence; a model trained on the release inherits that mix.",
     "Not for clinical use.",
@@ -67,8 +67,8 @@ def loading_section(release: str, splits: Sequence[str], llava: bool) -> list[st
     )
     return [
         "## How to load", "",
-        "Hugging Face `datasets` (one config per task x language, `default` = every row; the features are "
-        "declared below, nothing is inferred):", "", "```python", "from datasets import load_dataset",
+        "Hugging Face `datasets` >= 4 (one config per task x language, `default` = every row; the features are "
+        "declared in this card's header, nothing is inferred):", "", "```python", "from datasets import load_dataset",
         f'ds = load_dataset("{release}")                          # default config: every row',
         f't2r = load_dataset("{release}", "text_to_region.en")    # one task x language',
         f'stream = load_dataset("{release}", "grounded_report.zh", split="{split}", streaming=True)', "```", "",
