@@ -172,7 +172,7 @@ def check(kind: str, ns: dict[str, Any], meta_path: Path, tokenizers: dict[bool,
 
 
 def _build_release(tmp: Path, layout: str) -> Path:
-    from pipeline.release.case import build
+    from flows.run import build
     from schemas.config import ReleaseConfig
 
     cfg = ReleaseConfig.model_validate({

@@ -191,7 +191,7 @@ def test_missing_unknown_and_unreadable_predictions(tmp_path, write_rows_release
 
 @pytest.fixture(scope="module")
 def release(tmp_path_factory, samples) -> Path:
-    from pipeline.release.case import build
+    from flows.run import build
     from schemas.config import ReleaseConfig
 
     cfg = ReleaseConfig.model_validate(

@@ -54,7 +54,7 @@ def test_to_llava_rejects_conversations_llava_cannot_train_on():
 
 @pytest.fixture(scope="module")
 def release(tmp_path_factory, samples) -> Path:
-    from pipeline.release.case import build
+    from flows.run import build
     from schemas.config import ReleaseConfig
 
     cfg = ReleaseConfig.model_validate(
@@ -72,7 +72,7 @@ def release(tmp_path_factory, samples) -> Path:
 def test_release_writer_emits_one_llava_json_list_per_split(release):
     import json
 
-    from pipeline.release.shards import verify_release
+    from pipeline.release.verify import verify_release
 
     assert verify_release(release) == []
     manifest = orjson.loads((release / "manifest.json").read_bytes())
@@ -167,7 +167,7 @@ def test_cli_export(release, tmp_path):
 
 
 def _build(tmp, samples, **over):
-    from pipeline.release.case import build
+    from flows.run import build
     from schemas.config import ReleaseConfig
 
     data = {"name": "m", "version": "1", "sources": [{"card": "kvasir-seg"}, {"card": "totalseg-ct"}],

@@ -23,6 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.ingest.readers.pet import format_pet_summary, pet_summary
+
 _NIFTI = (".nii", ".nii.gz")
 _IMAGES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif")
 _MAX_LISTED = 40  # ids/values listed in full up to this many
@@ -127,6 +129,8 @@ def _series_summary(group, number: int, root: Path) -> dict[str, Any]:
         "rescale": sorted({(s.slope, s.intercept) for s in sl})[:3],
         "notes": facts["notes"],
     })
+    if group.modality == "PT":  # units, SUV type, decay correction, slope range; never weight or dose
+        out["pet"] = pet_summary([f.path for f in group.files])
     return out
 
 
@@ -469,6 +473,8 @@ def format_inspection(d: dict[str, Any], indent: int = 0) -> str:
                 continue
             lines.append(desc + f", {s['orientation']}, spacing {s['spacing_mm']} mm (slice, row, col), "
                          f"axes {s['axis_codes']}, stored {s['bits']}, rescale {s['rescale']}")
+            if s.get("pet"):
+                lines.append(f"{pad}    {format_pet_summary(s['pet'])}")
             for n in s.get("notes", []):
                 lines.append(f"{pad}    note: {n}")
         for g in d["segmentations"]:
