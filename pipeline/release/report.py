@@ -1,4 +1,4 @@
-"""Dataset card (HF-style README.md) and the static QA report (report.html)."""
+"""The static QA report (report.html).  The dataset card is :mod:`pipeline.release.card`."""
 
 from __future__ import annotations
 
@@ -11,50 +11,6 @@ from schemas.config import ReleaseConfig
 from schemas.records import Manifest
 
 _PALETTE = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45", "#fabed4", "#469990"]
-
-
-def render_card(manifest: Manifest, prepared: list[Any]) -> str:
-    configs: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
-    for s in manifest.shards:
-        configs[f"{s.task}.{s.lang}"][s.split].append(s.path)
-    lines = ["---", "license: other", "language:", "- en", "- zh", "task_categories:", "- visual-question-answering",
-             "- object-detection", "tags:", "- medical", "- grounding", "- region-centric", "configs:"]
-    for name in sorted(configs):
-        lines.append(f"- config_name: {name}")
-        lines.append("  data_files:")
-        for split in sorted(configs[name]):
-            lines.append(f"  - split: {split}")
-            lines.append("    path:")
-            for p in sorted(configs[name][split]):
-                lines.append(f"    - {p}")
-    lines += ["---", "", f"# {manifest.name} {manifest.version}", "",
-              "Region-centric bilingual (English/Chinese) medical instruction data in the MedRegA/InternVL chat format, "
-              "built by the MedRegInstruct builder from public datasets.", "",
-              f"- config sha256: `{manifest.config_sha256}`", f"- code version: `{manifest.code_version}`",
-              f"- rows: {manifest.counts.get('rows', 0)}, images: {manifest.counts.get('images', 0)}, "
-              f"cases: {manifest.counts.get('cases', 0)}, case errors: {manifest.counts.get('errors', 0)}", "",
-              "## Sources and licences", "", "Each row carries its source licence in `meta.licence`.", "",
-              "| source | title | licence | modality | cases | errors |", "|---|---|---|---|---|---|"]
-    for s in manifest.sources:
-        lines.append(f"| {s.name} | {s.title} | {s.licence} | {s.modality} | {s.cases} | {s.errors} |")
-    notes = [p.card for p in prepared if p.card is not None]
-    if notes:
-        lines += ["", "### Licence notes and citations", ""]
-        for c in notes:
-            lines.append(f"- **{c.name}**: {c.licence_note.strip() or c.licence}" + (f" Cite: {c.citation}" if c.citation else ""))
-    lines += ["", "## Counts", "", "| split | task | lang | rows |", "|---|---|---|---|"]
-    agg: dict[tuple[str, str, str], int] = defaultdict(int)
-    for s in manifest.shards:
-        agg[(s.split, s.task, s.lang)] += s.lines
-    for (split, task, lang), n in sorted(agg.items()):
-        lines.append(f"| {split} | {task} | {lang} | {n} |")
-    lines += ["", "## Format", "",
-              "Each JSONL line: `{id, image, width, height, conversations: [{from: human, value: \"<image>\\n...\"}, "
-              "{from: gpt, value}], meta}`. Boxes are `<ref>term</ref><box>[[x1, y1, x2, y2]]</box>` with integers "
-              "0-999 (continuous pixel edges scaled by 999/size). `meta.regions` gives every box in 0-999 and in "
-              "inclusive pixels. Images are content-addressed PNGs under `images/`. Patient ids are one-way hashes; "
-              "splits are by patient. `manifest.json` lists every file with its sha256 (`medreg verify` checks them).", ""]
-    return "\n".join(lines)
 
 
 # ------------------------------------------------------------------------------------------ QA report

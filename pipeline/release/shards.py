@@ -94,16 +94,10 @@ def _source_entries(plan: Plan, summaries: list[CaseSummary], errors: list[Error
 
 
 def _llava_copies(staging: Path, shards: list[ShardEntry]) -> dict[str, str]:
-    from pipeline.release.export import to_llava
+    """data_llava/<split>.json: one JSON list per split, what LLaVA's train.py json.loads (issue 8 item 4)."""
+    from pipeline.release.export import write_llava_splits
 
-    out = {}
-    for entry in shards:
-        rel = entry.path.replace("data/", "data_llava/", 1)
-        with open(staging / entry.path, "rb") as fh:
-            data = b"".join(orjson.dumps(to_llava(orjson.loads(line))) + b"\n" for line in fh)
-        write_bytes_atomic(staging / rel, data)
-        out[rel] = sha256_hex(data)
-    return out
+    return write_llava_splits(staging, [(e.path, e.split) for e in shards])
 
 
 def write_release(plan: Plan, summaries: list[CaseSummary], verdicts: ReleaseVerdicts, store: Store,
@@ -133,7 +127,8 @@ def write_release(plan: Plan, summaries: list[CaseSummary], verdicts: ReleaseVer
 
 
 def _finish(plan: Plan, summaries: list[CaseSummary], merge: MergeResult, staging: Path) -> Manifest:
-    from pipeline.release.report import render_card, render_report
+    from pipeline.release.card import release_files
+    from pipeline.release.report import render_report
 
     cfg = plan.cfg
     images = [ImageEntry.model_validate(e) for e in image_entries(staging)]
@@ -153,7 +148,7 @@ def _finish(plan: Plan, summaries: list[CaseSummary], merge: MergeResult, stagin
         code_version=code_version(), sources=_source_entries(plan, summaries, errors), counts=counts,
         shards=merge.shards, images=images, errors=errors, dropped=dropped,
     )
-    files["README.md"] = render_card(manifest, plan.sources).encode("utf-8")
+    files.update(release_files(manifest, plan.sources))  # README.md card, LICENSE.md, schema.json
     if cfg.output.report:
         report_in = ReportInputs(review=merge.review, review_total=merge.review_total)
         files["report.html"] = render_report(manifest, merge.report_rows, report_in, cfg).encode("utf-8")

@@ -49,7 +49,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from pipeline.evaluate.answers import parse_boxes, parse_terms, strip_grounding
-from pipeline.regions.coords import box_iou, format_boxes, order_boxes
+from pipeline.regions.coords import format_boxes, hungarian_iou, order_boxes
 from pipeline.validate._glossary import TermInfo
 from pipeline.validate.base import RegionFinding, ValidationItem, summarise
 from schemas.records import ValidationResult
@@ -269,18 +269,6 @@ class TransformersBackend:
 
 
 # ---------------------------------------------------------------------- scoring
-def hungarian_iou(pred: Sequence[Sequence[float]], true: Sequence[Sequence[float]]) -> tuple[float, list[float]]:
-    """(sum of matched IoUs / max(#pred, #true), matched IoUs) with one-to-one Hungarian matching."""
-    from scipy.optimize import linear_sum_assignment
-
-    if not pred or not true:
-        return 0.0, []
-    m = np.array([[box_iou(p, t) for t in true] for p in pred], dtype=np.float64)
-    rows, cols = linear_sum_assignment(-m)
-    matched = [float(m[r, c]) for r, c in zip(rows, cols, strict=True)]
-    return float(sum(matched) / max(len(pred), len(true))), matched
-
-
 _SIDE = re.compile(r"(^|_)(left|right)(_|$)")
 
 
@@ -298,7 +286,8 @@ class GroundingJudge:
         self.config = config or GroundingConfig()
         self.terms = TermInfo(glossary)
         if backend is None:
-            backend = OpenAIBackend(self.config) if self.config.backend == "openai" else TransformersBackend(self.config)
+            openai = self.config.backend == "openai"
+            backend = OpenAIBackend(self.config) if openai else TransformersBackend(self.config)
         self.backend = backend
         self.cache = AnswerCache(self.config.cache_dir) if self.config.cache_dir else None
         self.asked = 0  # requests sent to the backend (cache misses) over this judge's life
