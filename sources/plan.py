@@ -18,7 +18,8 @@ def _source(use: SourceUse, samples_root: Path | None) -> SourcePlan:
     try:
         card = load_card(use.card)
     except Exception as exc:  # a broken card is this source's error, reported by the driver
-        return SourcePlan(use, use.card, error=_error(use.card, exc))
+        name = Path(use.card).stem if use.card.endswith((".yaml", ".yml")) else use.card
+        return SourcePlan(use, name, error=_error(name, exc))
     sp = SourcePlan(use, card.name, card=card)
     try:
         root = Path(use.root).expanduser() if use.root else card.resolve_root(samples_root)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import time
 import traceback
 from collections import Counter
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -21,7 +20,7 @@ import orjson
 
 from pipeline.core.environment import environment_failure, is_environment_error
 from pipeline.core.ids import derived_rng, hash_patient, stable_id, unit_interval
-from pipeline.core.paths import relative_to_root
+from pipeline.core.paths import relative_to_root, scrub_paths
 from pipeline.core.types import CaseRef, DisplaySlice
 from pipeline.ingest.convert import convert
 from pipeline.ingest.guard import load_study
@@ -85,33 +84,6 @@ def task_mix(cfg: ReleaseConfig, use: SourceUse | None) -> TaskMix:
     )
 
 
-_SECONDARY_REGIONS = {"spine", "limb", "whole_body"}
-
-
-def infer_body_region(terms: Iterable[str]) -> str | None:
-    """Body region of a slice from its structures (card ``body_region: auto``): each term votes for its
-    glossary body regions; spine/limb/whole-body only count when nothing else does; ties -> name order."""
-    from pipeline.language.glossary import load_glossary
-
-    gl = load_glossary()
-    votes: Counter[str] = Counter()
-    fallback: Counter[str] = Counter()
-    for t in terms:
-        if t not in gl:
-            continue
-        regions = gl.term(t).body_regions
-        main = [r for r in regions if r not in _SECONDARY_REGIONS]
-        for r in main:
-            votes[r] += 1.0 / len(main)
-        for r in regions:
-            fallback[r] += 1.0 / len(regions)
-    pick = votes or fallback
-    if not pick:
-        return None
-    best = max(pick.values())
-    return sorted(r for r, v in pick.items() if v == best)[0]
-
-
 def card_vocabulary(card: SourceCard) -> list[str]:
     """Terms this source can emit (for absent-target negatives)."""
     return sorted(set(card.label_table().values()))
@@ -133,12 +105,12 @@ def _relative(path: str | None, root: Path | None) -> str | None:
 
 
 def _scrub(text: str, root: Path | None) -> str:
-    """Remove the data folder's absolute prefix from a message."""
-    if root is None:
-        return text
-    for prefix in {str(Path(root)), str(Path(root).resolve())}:
-        text = text.replace(prefix.rstrip("/") + "/", "").replace(prefix, ".")
-    return text
+    """A message without absolute paths: those in the data folder become relative, any other is replaced
+    (pipeline.core.paths.scrub_paths)."""
+    if root is not None:
+        for prefix in {str(Path(root)), str(Path(root).resolve())}:
+            text = text.replace(prefix.rstrip("/") + "/", "")
+    return scrub_paths(text, root)
 
 
 def case_error(ref: CaseRef, stage: str, exc: BaseException, root: Path | None = None) -> ErrorRecord:
