@@ -18,7 +18,7 @@ def _source(use: SourceUse, samples_root: Path | None) -> SourcePlan:
     try:
         card = load_card(use.card)
     except Exception as exc:  # a broken card is this source's error, reported by the driver
-        name = Path(use.card).stem if use.card.endswith((".yaml", ".yml")) else use.card
+        name = Path(use.card).name  # a path: its file name only (no build-machine folders)
         return SourcePlan(use, name, error=_error(name, exc))
     sp = SourcePlan(use, card.name, card=card)
     try:
