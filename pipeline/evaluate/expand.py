@@ -23,7 +23,6 @@ the key is never written anywhere.
 from __future__ import annotations
 
 import difflib
-import hashlib
 import json
 import os
 import re
@@ -35,11 +34,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import orjson
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from pipeline.core.atomic import write_bytes_atomic
+from pipeline.core.jsoncache import JsonDirCache, cache_key
 from schemas.language import NAME_REQUIRED, SLOTS, TASK_ABBR, TemplateBankSpec
 from schemas.yamlio import YamlError, load_yaml, load_yaml_text
 
@@ -145,10 +144,9 @@ def load_expand_config(path: str | Path) -> ExpandConfig:
 # ----------------------------------------------------------------------------------------- LLM client
 
 
-def cache_key(model: str, messages: list[dict[str, str]]) -> str:
-    """sha256 of the model name and the messages (canonical JSON)."""
-    payload = json.dumps({"model": model, "messages": messages}, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
-    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+def llm_cache_key(model: str, messages: list[dict[str, str]]) -> str:
+    """The cache key of one request: the model name and the messages (canonical JSON)."""
+    return cache_key({"model": model, "messages": messages})
 
 
 class LLMClient:
@@ -169,6 +167,7 @@ class LLMClient:
             raise ExpandError(f"no LLM model: set llm.model in the config or ${ENV_MODEL}")
         self.cfg = cfg
         self.cache_dir = Path(cache_dir)
+        self.cache = JsonDirCache(self.cache_dir)
         self.sleep = sleep
         self.requests = 0  # HTTP requests made (retries included)
         self.cache_hits = 0
@@ -183,21 +182,15 @@ class LLMClient:
             self._client = openai.OpenAI(base_url=self.base_url, api_key=key, max_retries=0, timeout=self.cfg.timeout_s)
         return self._client
 
-    def _cache_path(self, key: str) -> Path:
-        return self.cache_dir / key[:2] / f"{key}.json"
-
     def chat(self, messages: list[dict[str, str]]) -> str:
         """The assistant's reply text (from the cache when this model has seen these messages)."""
         import openai
 
-        key = cache_key(self.model, messages)
-        path = self._cache_path(key)
-        if path.is_file():
-            try:
-                self.cache_hits += 1
-                return orjson.loads(path.read_bytes())["content"]
-            except (orjson.JSONDecodeError, KeyError):
-                self.cache_hits -= 1  # unreadable entry: ask again
+        key = llm_cache_key(self.model, messages)
+        hit = self.cache.get(key)
+        if hit is not None and isinstance(hit.get("content"), str):
+            self.cache_hits += 1
+            return str(hit["content"])
         client = self._openai()
         params: dict[str, Any] = {"model": self.model, "messages": messages, "temperature": self.cfg.temperature}
         if self.cfg.max_tokens:
@@ -221,11 +214,7 @@ class LLMClient:
             if content is None:
                 last = ExpandError("empty reply")
                 continue
-            path.parent.mkdir(parents=True, exist_ok=True)
-            write_bytes_atomic(
-                path,
-                orjson.dumps({"model": self.model, "messages": messages, "content": content}, option=orjson.OPT_INDENT_2),
-            )
+            self.cache.put(key, {"model": self.model, "messages": messages, "content": content})
             return content
         raise ExpandError(
             f"LLM endpoint {self.base_url} failed after {self.cfg.max_retries + 1} attempt(s): {type(last).__name__}: {last}"
