@@ -18,7 +18,8 @@ from benchmarks import corpus
 from pipeline.ingest.convert import convert
 from pipeline.ingest.readers.nifti import read_nifti
 from pipeline.language.glossary import load_label_map
-from pipeline.release.case import build, process_case
+from flows.run import build
+from pipeline.release.case import process_case
 from pipeline.release.images import ImageStore
 from pipeline.validate.stage import case_validators_for
 from schemas.config import load_config

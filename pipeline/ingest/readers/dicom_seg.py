@@ -27,9 +27,11 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 
 from pipeline.ingest.align import align_labels_to_image
+from pipeline.core.paths import shown
 from pipeline.ingest.packing import LayerPacker, MaskRuns
 from pipeline.ingest.readers import ReadError
 from pipeline.ingest.readers.dicom import SEG_SOP_CLASS, DicomSeries, _vec, short_uid
+from pipeline.ingest.readers.dicom_checks import check_decoded, pixel_problem, raise_if_damaged
 
 LABELMAP_SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.7"
 
@@ -110,10 +112,10 @@ class SegHeader:
 
 def _open(path: str | Path, *, pixels: bool):
     path = str(path)
-    try:
-        ds = pydicom.dcmread(path, stop_before_pixels=not pixels, defer_size=None if pixels else 4096)
+    try:  # large values (PixelData) deferred: their offset and length are known, nothing is read
+        ds = pydicom.dcmread(path, defer_size=None if pixels else 4096)
     except (InvalidDicomError, OSError, EOFError, ValueError, KeyError, TypeError) as exc:
-        raise ReadError(f"cannot read DICOM-SEG {Path(path).name}: {type(exc).__name__}: {exc}", file=path,
+        raise ReadError(f"cannot read DICOM-SEG {shown(path)}: {type(exc).__name__}", file=path,
                         hint="the file is truncated or not DICOM; re-download it") from exc
     sop_class = str(ds.get("SOPClassUID", ""))
     if sop_class not in (SEG_SOP_CLASS, LABELMAP_SEG_SOP_CLASS) and ds.get("Modality") != "SEG":
@@ -269,6 +271,16 @@ def _shared_geometry(ds) -> tuple[np.ndarray | None, np.ndarray | None, float | 
     return iop, ps, thick
 
 
+def _check_pixels(ds, hdr: SegHeader) -> None:  # noqa: ANN001
+    """Before any frame is built or decoded: the frame count and pixel data the header claims must be in
+    the file (a truncated SEG would decode its lost frames as empty) and under the decode limit."""
+    per = ds.get("PerFrameFunctionalGroupsSequence") if "PerFrameFunctionalGroupsSequence" in ds else None
+    bits = int(ds.get("BitsAllocated", 1 if hdr.segmentation_type == "BINARY" else 8) or 1)
+    raise_if_damaged(hdr.path, pixel_problem(ds, hdr.path, rows=hdr.rows, cols=hdr.cols, frames=hdr.n_frames,
+                                             bits=bits, per_frame=len(per) if per is not None else None))
+    check_decoded(hdr.n_frames * hdr.rows * hdr.cols, hdr.path, f"SEG frames ({hdr.n_frames})")
+
+
 def _binarise(frame: np.ndarray, hdr: SegHeader) -> np.ndarray:
     if hdr.segmentation_type == "FRACTIONAL":
         return frame >= 0.5 * hdr.max_fractional
@@ -285,6 +297,7 @@ def read_seg(path: str | Path, series: DicomSeries) -> SegVolume:
     if not hdr.segments:
         raise ReadError(f"{name}: the SEG describes no segment (empty SegmentSequence)", file=path,
                         hint="the SEG is malformed or empty; re-export it")
+    _check_pixels(ds, hdr)
     frames = _frames(ds, hdr)
     _check_same_series(path, hdr, series)
     iop, ps, thick = _shared_geometry(ds)
@@ -376,9 +389,11 @@ def _accumulate(
 
     masks: dict[int, dict[int, np.ndarray]] = {n: {} for n in hdr.segments}
     placed = [(i, t) for i, t in enumerate(targets) if t is not None]
+    done = 0
     try:
         it = iter_pixels(path, indices=[i for i, _ in placed])
         for (i, k), px in zip(placed, it, strict=False):
+            done += 1
             fr = frames[i]
             if px.shape != shape[1:]:
                 raise ReadError(f"{Path(path).name}: frame {i + 1} is {px.shape}, expected {shape[1:]}", file=path,
@@ -399,6 +414,9 @@ def _accumulate(
         raise ReadError(f"cannot decode the frames of {Path(path).name}: {type(exc).__name__}: {exc}", file=path,
                         hint="the SEG's pixel data are damaged or use a transfer syntax without an installed "
                         "decoder") from exc
+    if done != len(placed):
+        raise ReadError(f"{shown(path)}: only {done} of {len(placed)} frames could be decoded", file=path,
+                        hint="the SEG's pixel data are truncated; re-download or re-export it")
     return masks
 
 
