@@ -93,7 +93,7 @@ def main() -> None:
                 assert not res.errors, res.errors
             os.environ.pop("MEDREG_GZIP", None)
             n_written = len(res.images)
-            imgs = [np.asarray(Image.open(store.path(r))) for r in res.images]
+            imgs = [np.asarray(Image.open(store.path(r.rel))) for r in res.images]
             t0 = time.perf_counter()
             np.asanyarray(nib.load(str(ip)).dataobj)
             np.asanyarray(nib.load(str(lp)).dataobj)
