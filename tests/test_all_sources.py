@@ -82,3 +82,16 @@ def test_refs_are_glossary_display_names_in_the_row_language(release):
             assert gl.display(reg["term"], lang).lower() in text.lower(), (r["id"], reg["term"])
         if lang == "zh":
             assert not re.search(r"[A-Za-z]{4,}", "".join(refs)), refs  # Chinese rows use Chinese names
+
+
+def test_the_release_passes_the_language_lint(release):
+    """Issue 12 B11: article/number agreement, Chinese punctuation and lists, no prompt/answer contradiction,
+    every <ref> a display name of the row's language -- over every row of a release of every shipped source."""
+    from collections import Counter
+
+    from pipeline.language.lint import lint_release
+
+    rows = _rows(release)
+    assert len(rows) > 500
+    hits = lint_release(release)
+    assert hits == [], (Counter(h.rule for h in hits), hits[:20])

@@ -70,6 +70,7 @@ def task_mix(cfg: ReleaseConfig, use: SourceUse | None) -> TaskMix:
         negative_ratio=cfg.tasks.negative_ratio,
         max_regions_per_sample=cfg.tasks.max_regions_per_sample,
         system_prompt=cfg.tasks.system_prompt,
+        region_to_text_answer=cfg.tasks.region_to_text_answer,
     )
 
 
@@ -148,6 +149,7 @@ def rows_for_slice(
         height=h,
         regions=sl.regions,
         candidate_absent_terms=[t for t in vocabulary if t not in present],
+        exhaustive_findings=card.exhaustive_findings,
     )
     rng = derived_rng(cfg.seed, "samples", ref.source, ref.case_id, sl.axis, sl.index)
     transform_json = orjson.dumps({**transform, "position_mm": sl.position_mm}, option=orjson.OPT_SORT_KEYS).decode()
