@@ -111,6 +111,7 @@ class Term:
     number: str = "singular"  # singular | plural
     article: str = "the"  # the | none: the definite article written before the name
     plural_en: str = ""  # for several instances of a countable singular term ("" otherwise)
+    kind: str = "anatomy"  # anatomy | finding (lesion/finding family) | device: what templates may call it
 
     @property
     def en(self) -> str:
@@ -119,11 +120,6 @@ class Term:
     @property
     def zh(self) -> str:
         return self.names["zh"]
-
-    @property
-    def kind(self) -> str:
-        """anatomy | finding | device: what the term names (template traits use it)."""
-        return "finding" if self.family == "abnormality" else "device" if self.family == "device" else "anatomy"
 
     @classmethod
     def from_spec(cls, tid: str, spec: TermSpec) -> Term:
@@ -150,6 +146,7 @@ class Term:
             number=spec.number,
             article=article,
             plural_en=plural,
+            kind="finding" if family == "abnormality" else "device" if family == "device" else "anatomy",
         )
 
 

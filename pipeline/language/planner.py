@@ -82,9 +82,6 @@ class Planner:
         self.cap = max(1, int(cap))
         self.negative_ratio = negative_ratio
 
-    def _first_box(self, term: str) -> int:
-        return self.sl.by_term[term][0]
-
     def _regions_of(self, terms: list[str]) -> list[Region]:
         regs, by_term = self.sl.regions, self.sl.by_term
         return [regs[i] for t in terms for i in by_term[t]]
@@ -113,12 +110,16 @@ class Planner:
         k = 1
         if n >= 2 and self.cap >= 2 and d.chance(0.5):
             k = 2 + d.index(min(n, self.cap) - 1)
-        pool = list(range(n))
-        chosen: list[int] = []
-        while pool and len(chosen) < k:
-            i = pool.pop(d.index(len(pool)))
-            if not sl.ambiguous(i):
-                chosen.append(i)
+        # boxes drawn without replacement (one number each) until k unambiguous ones are found; the first
+        # draw is from the whole range, so the common single-box case needs no pool
+        first = d.index(n)
+        chosen: list[int] = [] if sl.ambiguous(first) else [first]
+        if len(chosen) < k:
+            pool = [i for i in range(n) if i != first]
+            while pool and len(chosen) < k:
+                i = pool.pop(d.index(len(pool)))
+                if not sl.ambiguous(i):
+                    chosen.append(i)
         if not chosen:
             return None
         chosen.sort()  # canonical order
@@ -138,9 +139,9 @@ class Planner:
         """MedRegA's four detection subtasks, or (with ``negative_ratio``) an absent target."""
         sl, d, cap = self.sl, self.d, self.cap
         if d.chance(self.negative_ratio):
-            absent = sl.absent_terms()
-            if absent:
-                return Plan("absent", [], [d.pick(absent)])
+            absent = sl.absent_term(d)
+            if absent is not None:
+                return Plan("absent", [], [absent])
         opt = sl.t2r_options(cap)
         if not opt.options:
             return None
@@ -157,7 +158,7 @@ class Planner:
             budget = cap - len(by_term[first])
             others = [t for t in opt.fitting if t != first and len(by_term[t]) <= budget]
             terms = [first, *self._fill(others, 1 + d.index(len(others)), budget)]
-        terms.sort(key=self._first_box)
+        terms.sort(key=self.sl.first.__getitem__)
         return Plan(sub, self._regions_of(terms), terms)
 
     # ---------------------------------------------------------------- grounded report
@@ -171,5 +172,5 @@ class Planner:
         if len(sl.regions) <= cap and d.chance(0.5):
             return Plan("open", self._regions_of(sl.terms), list(sl.terms))
         terms = self._fill(fitting, 1 + d.index(len(fitting)), cap)
-        terms.sort(key=self._first_box)
+        terms.sort(key=self.sl.first.__getitem__)
         return Plan("targeted", self._regions_of(terms), terms)

@@ -11,7 +11,7 @@ from typing import Any
 
 from pipeline.language.planner import Draws, Plan
 from pipeline.language.slices import SliceView
-from pipeline.language.voice import Choice, Voice, capitalise, phrase_traits
+from pipeline.language.voice import Choice, Voice, phrase_traits
 
 ABBR = {"region_to_text": "r2t", "text_to_region": "t2r", "grounded_report": "grg"}
 SUBTASKS = {
@@ -23,50 +23,46 @@ SUBTASKS = {
 KEY_PREFIX = {sub: f"{ABBR[task]}.{sub}." for task, subs in SUBTASKS.items() for sub in subs}
 
 
-class Rendered:
-    """What a renderer returns for one sample (``tasks.generate`` wraps it in a ``Generated``)."""
-
-    __slots__ = ("answer", "ids", "question")
-
-    def __init__(self, question: str, answer: str, ids: tuple[str, ...]) -> None:
-        self.question, self.answer, self.ids = question, answer, ids
+#: what a renderer returns for one sample: (question, answer, template ids, question first)
+Rendered = tuple[str, str, tuple[str, ...]]
 
 
 class Renderer:
     """Renders plans in one language.  ``self.v`` holds the placeholder values of this slice and
     language: the context words, plus the per-sample values every path sets before it fills a template."""
 
-    __slots__ = ("d", "sentence", "sl", "terms", "v", "voice")
+    __slots__ = ("cache", "p", "sentence", "sl", "terms", "u", "v", "voice")
 
     def __init__(self, sl: SliceView, voice: Voice, draws: Draws, sentence_answers: bool) -> None:
         self.sl = sl
         self.voice = voice
-        self.d = draws
+        self.p = voice.phrases
+        self.cache = voice.choice_cache
+        self.u = draws.u
         self.sentence = sentence_answers
         self.terms = sl.language.glossary.terms
         self.v: dict[str, Any] = dict(voice.words)
 
     def _draw(self, task: str, slot: str, traits: tuple[str, ...] = ()) -> Choice:
-        choices = self.voice.choices(task, slot, traits)
-        return choices[self.d.index(len(choices))]
+        """A template of the slot that fits ``traits``: one number, by the draw rule (planner.Draws)."""
+        choices = self.cache.get((task, slot, traits)) or self.voice.choices(task, slot, traits)
+        n = len(choices)
+        return choices[int(self.u() * n) % n]
 
     def _set_names(self, tid: str) -> None:
-        p, v = self.voice.phrases, self.v
+        p, v = self.p, self.v
         v["term"] = p.name[tid]
-        v["Term"] = capitalise(p.name[tid])
+        v["Term"] = p.Name[tid]
         v["the_term"] = p.the[tid]
-        v["The_term"] = capitalise(p.the[tid])
-
-    def _ref_phrase(self, tid: str, instances: str) -> str:
-        p = self.voice.phrases
-        return p.regions_ref[tid] if instances == "several" else p.the_ref[tid]
+        v["The_term"] = p.The[tid]
 
     def _refs(self, terms: list[str]) -> tuple[str, str]:
         """(``{refs}``, its grammatical number) for the named terms."""
-        by_term = self.sl.by_term
-        traits = [phrase_traits(self.terms[t], len(by_term[t])) for t in terms]
-        text = self.voice.join([self._ref_phrase(t, inst) for t, (_n, inst) in zip(terms, traits, strict=True)])
-        return text, traits[0][0] if len(terms) == 1 else "plural"
+        several, p = self.sl.several, self.p
+        text = self.voice.join([p.regions_ref[t] if t in several else p.the_ref[t] for t in terms])
+        if len(terms) > 1 or terms[0] in several:
+            return text, "plural"
+        return text, self.terms[terms[0]].number
 
     # ---------------------------------------------------------------- region -> text
 
@@ -82,7 +78,7 @@ class Renderer:
                 a_id, a_fill = self._draw(task, "answer_sentence", (term.number,))
             else:
                 a_id, a_fill = self._draw(task, "answer_single")
-            return Rendered(q_fill(v), a_fill(v), (q_id, a_id))
+            return q_fill(v), a_fill(v), (q_id, a_id)
         kinds = {self.terms[t].kind for t in plan.terms}
         q_id, q_fill = self._draw(task, "question_multi", (kinds.pop() if len(kinds) == 1 else "mixed",))
         a_id, a_fill = self._draw(task, "answer_multi", ("one" if len(plan.grouped) == 1 else "several",))
@@ -90,7 +86,7 @@ class Renderer:
         v["boxes"] = voice.join(plan.boxes)
         v["n"] = voice.number(len(plan.boxes))
         v["grounded"] = voice.item_sep.join([refs[t] + box for t, box in plan.grouped])
-        return Rendered(q_fill(v), a_fill(v), (q_id, a_id))
+        return q_fill(v), a_fill(v), (q_id, a_id)
 
     # ---------------------------------------------------------------- text -> region
 
@@ -102,8 +98,11 @@ class Renderer:
             tid = plan.terms[0]
             number, instances = phrase_traits(self.terms[tid], len(plan.regions))
             q_id, q_fill = self._draw(task, "question_single", (number, instances))
-            phrase = self._ref_phrase(tid, instances)
-            v["ref"], v["the_ref"], v["The_ref"] = refs[tid], phrase, capitalise(phrase)
+            p = self.p
+            several = instances == "several"
+            v["ref"] = refs[tid]
+            v["the_ref"] = p.regions_ref[tid] if several else p.the_ref[tid]
+            v["The_ref"] = p.The_regions_ref[tid] if several else p.The_ref[tid]
         else:
             q_id, q_fill = self._draw(task, "question_multi")
             v["refs"] = self._refs(plan.terms)[0]
@@ -111,11 +110,11 @@ class Renderer:
             tid = plan.terms[0]
             a_id, a_fill = self._draw(task, "answer_absent", (self.terms[tid].number,))
             self._set_names(tid)
-            return Rendered(q_fill(v), a_fill(v), (q_id, a_id))
+            return q_fill(v), a_fill(v), (q_id, a_id)
         shape = ("one" if len(plan.terms) == 1 else "several", "one" if len(plan.regions) == 1 else "several")
         a_id, a_fill = self._draw(task, "answer_grounded", shape)
         v["grounded"] = voice.item_sep.join([refs[t] + boxes[t] for t in plan.terms])
-        return Rendered(q_fill(v), a_fill(v), (q_id, a_id))
+        return q_fill(v), a_fill(v), (q_id, a_id)
 
     # ---------------------------------------------------------------- grounded report
 
@@ -130,23 +129,20 @@ class Renderer:
         question = q_fill(v)
         ids = [q_id]
         lines = [self._report_line(tid, ids) for tid in plan.terms]
-        return Rendered(question, voice.line_sep.join(lines), tuple(ids))
+        return question, voice.line_sep.join(lines), tuple(ids)
 
     def _report_line(self, tid: str, ids: list[str]) -> str:
-        """``<ref>name</ref><box>[[...]]</box>: sentence`` for one term (the template id joins ``ids``)."""
-        v, voice, term = self.v, self.voice, self.terms[tid]
-        k = len(self.sl.by_term[tid])
-        positions, size = self.sl.geometry[tid]
-        if term.kind == "finding":
-            number = phrase_traits(term, k)[0]
-            count = "countable" if term.countable else "mass"
-            a_id, a_fill = self._draw("grounded_report", "answer_finding", (number, count))
-        else:
-            a_id, a_fill = self._draw("grounded_report", "answer_anatomy", (term.number,))
+        """``<ref>name</ref><box>[[...]]</box>: sentence`` for one term (the template id joins ``ids``); the
+        language-independent part (template traits, positions, size, box tag) comes from the slice."""
+        v, voice, p = self.v, self.voice, self.p
+        key, k, positions, size, box = self.sl.lines[tid]
+        choices = self.cache.get(key) or voice.choices(*key)
+        a_id, a_fill = choices[int(self.u() * len(choices)) % len(choices)]
         ids.append(a_id)
-        self._set_names(tid)
-        subject = voice.phrases.subject(tid, k)
-        v["subject"], v["Subject"] = subject, capitalise(subject)
-        v["position"] = voice.positions(positions)
+        the, the_cap = p.the[tid], p.The[tid]
+        v["term"], v["Term"], v["the_term"], v["The_term"] = p.name[tid], p.Name[tid], the, the_cap
+        # a report's subject is its definite phrase, except for a countable finding ("a polyp", "two polyps")
+        v["subject"], v["Subject"] = p.subject(tid, k) if key[2][-1] == "countable" else (the, the_cap)
+        v["position"] = voice.position_cache.get(positions) or voice.positions(positions)
         v["size"] = voice.sizes[size]
-        return voice.phrases.ref[tid] + self.sl.boxes[tid] + voice.colon + a_fill(v)
+        return p.ref[tid] + box + voice.colon + a_fill(v)

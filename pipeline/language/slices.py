@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING
 from pipeline.core.types import Region
 
 if TYPE_CHECKING:
+    from pipeline.language.glossary import Term
+    from pipeline.language.planner import Draws
     from pipeline.language.tasks import SliceContext
     from pipeline.language.voice import Language
 
@@ -66,21 +68,37 @@ class TermBoxes(dict[str, str]):  # a dict subclass: a hit is one C-level lookup
         return tag
 
 
-class TermGeometry(dict[str, tuple[tuple[str, ...], str]]):
-    """term -> (positions, size): the part of the image each of its boxes lies in (distinct, in box
-    order) and its size word from the mask area (the sum of its regions' pixels) over the image area."""
+class ReportLines(dict[str, tuple[tuple[str, str, tuple[str, ...]], int, tuple[str, ...], str, str]]):
+    """term -> what its report line needs in every language, made on first use: the (task, slot, traits)
+    key of the sentence templates that fit it, its number of boxes, the part of the image each box lies in
+    (distinct, in box order), its size word key from the mask area (the sum of its regions' pixels over
+    the image area: < 1 % small, < 10 % moderate, else large) and its box tag."""
 
-    __slots__ = ("by_term", "image_area", "regions")
+    __slots__ = ("boxes", "by_term", "image_area", "regions", "terms")
+    boxes: TermBoxes
     by_term: dict[str, list[int]]
     image_area: int
     regions: list[Region]
+    terms: dict[str, Term]
 
-    def __missing__(self, term: str) -> tuple[tuple[str, ...], str]:
-        regs = [self.regions[i] for i in self.by_term[term]]
-        positions = tuple(dict.fromkeys(position_of(r.box) for r in regs))
-        share = sum(int(r.area) for r in regs) / self.image_area
+    def __missing__(self, tid: str) -> tuple[tuple[str, str, tuple[str, ...]], int, tuple[str, ...], str, str]:
+        term, idx = self.terms[tid], self.by_term[tid]
+        k = len(idx)
+        key: tuple[str, str, tuple[str, ...]]
+        if term.kind == "finding":
+            number = "plural" if term.countable and k >= 2 else term.number
+            key = ("grounded_report", "answer_finding", (number, "countable" if term.countable else "mass"))
+        else:
+            key = ("grounded_report", "answer_anatomy", (term.number,))
+        regs = [self.regions[i] for i in idx]
+        if k == 1:
+            positions: tuple[str, ...] = (position_of(regs[0].box),)
+            share = int(regs[0].area) / self.image_area
+        else:
+            positions = tuple(dict.fromkeys([position_of(r.box) for r in regs]))
+            share = sum([int(r.area) for r in regs]) / self.image_area
         size = "small" if share < SMALL_AREA else "moderate" if share < MODERATE_AREA else "large"
-        got = self[term] = (positions, size)
+        got = self[tid] = (key, k, positions, size, self.boxes[tid])
         return got
 
 
@@ -89,8 +107,9 @@ class SliceView:
     the order of each term's first box), with the shared views."""
 
     __slots__ = (
-        "_absent", "_amb", "_candidates", "_exhaustive", "_region_parts", "_t2r", "boxes", "by_term", "geometry",
-        "language", "regions", "terms",
+        "_absent", "_absent_filter", "_amb", "_body_region", "_candidates", "_exhaustive", "_t2r", "boxes", "by_term",
+        "first",
+        "language", "lines", "regions", "several", "terms",
     )  # fmt: skip
 
     def __init__(self, ctx: SliceContext, language: Language) -> None:
@@ -112,15 +131,20 @@ class SliceView:
         # (the views hold the regions, not the slice: no reference cycle, so a slice is freed at once)
         self.boxes = boxes = TermBoxes()
         boxes.regions, boxes.by_term = regs, by_term
-        self.geometry = geometry = TermGeometry()
-        geometry.regions, geometry.by_term = regs, by_term
-        geometry.image_area = max(1, int(ctx.width) * int(ctx.height))
+        self.first = {t: idx[0] for t, idx in by_term.items()}  # sort key: a term's first box
+        # countable findings with several boxes: said "the <ref>polyp</ref> regions" (plural)
+        counted = language.countable_findings
+        self.several = {t for t, idx in by_term.items() if len(idx) > 1 and t in counted}
+        self.lines = lines = ReportLines()
+        lines.terms, lines.by_term, lines.regions, lines.boxes = known, by_term, regs, boxes
+        lines.image_area = max(1, int(ctx.width) * int(ctx.height))
         self._amb: dict[int, bool] = {}
         self._absent: list[str] | None = None
+        self._absent_filter: tuple[frozenset[str], frozenset[str]] | None = None
         self._t2r: dict[int, T2ROptions] = {}
         self._candidates = ctx.candidate_absent_terms
         self._exhaustive = ctx.exhaustive_findings
-        self._region_parts = language.vocab.body_region_parts(ctx.body_region)
+        self._body_region = ctx.body_region
 
     def ambiguous(self, i: int) -> bool:
         """Whether region ``i``'s box (almost) coincides with a box of another term (IoU >= AMBIGUOUS_IOU).
@@ -129,46 +153,60 @@ class SliceView:
         """
         got = self._amb.get(i)
         if got is None:
-            got = self._amb[i] = self._scan(i, -1) or self._scan(i, 1)
+            regs = self.regions
+            ri = regs[i]
+            bi = ri.box
+            h = bi[3] - bi[1]
+            lo, hi = bi[1] - _AMB_ABOVE * h, bi[1] + _AMB_BELOW * h
+            j = i - 1
+            while j >= 0 and regs[j].box[1] >= lo:  # above (sorted by top edge)
+                j -= 1
+            got = False
+            for rj in regs[j + 1 :]:
+                if rj.box[1] > hi:
+                    break
+                if rj.term != ri.term and _iou(bi, rj.box) >= AMBIGUOUS_IOU:
+                    got = True
+                    break
+            self._amb[i] = got
         return got
-
-    def _scan(self, i: int, step: int) -> bool:
-        regs = self.regions
-        ri = regs[i]
-        bi = ri.box
-        h = bi[3] - bi[1]
-        lo, hi = bi[1] - _AMB_ABOVE * h, bi[1] + _AMB_BELOW * h
-        j = i + step
-        while 0 <= j < len(regs) and lo <= regs[j].box[1] <= hi:
-            if regs[j].term != ri.term and _iou(bi, regs[j].box) >= AMBIGUOUS_IOU:
-                return True
-            j += step
-        return False
 
     # ---------------------------------------------------------------- absent targets
 
-    def absent_terms(self) -> list[str]:
-        """The terms this slice may ask for as absent ("hard negatives"): terms the source annotates
+    def absent_term(self, d: Draws) -> str | None:
+        """A random hard negative, or None.  Usable absent targets are terms the source annotates
         (``candidate_absent_terms``) that are not on the slice, lie in the slice's body region (glossary),
         neither contain nor belong to a present term, and -- for a lesion or finding -- only when the
-        source annotates it exhaustively (otherwise "no cyst" would be a claim the data does not make)."""
-        if self._absent is None:
-            regions = self._region_parts or frozenset(
-                r for t in self.by_term for r in self.language.glossary.terms[t].body_regions
-            )
-            self._absent = [t for t in dict.fromkeys(self._candidates) if self._usable(t, regions)]
-        return self._absent
+        source annotates it exhaustively (otherwise "no cyst" would be a claim the data does not make).
 
-    def _usable(self, t: str, regions: frozenset[str]) -> bool:
+        Draws: up to 8 candidates, one number each, until one is usable; then (once per slice) the whole
+        usable list is made and one of it is picked."""
+        cands = self._candidates
+        if not cands:
+            return None
+        if self._absent is None:
+            for _ in range(8):
+                t = d.pick(cands)
+                if self._usable(t):
+                    return t
+            self._absent = [t for t in dict.fromkeys(cands) if self._usable(t)]
+        return d.pick(self._absent) if self._absent else None
+
+    def _usable(self, t: str) -> bool:
+        if self._absent_filter is None:
+            terms, lineage = self.language.glossary.terms, self.language.lineage
+            regions = self.language.vocab.body_region_parts(self._body_region) or frozenset(
+                r for p in self.by_term for r in terms[p].body_regions
+            )
+            self._absent_filter = (regions, frozenset().union(*(lineage[p] for p in self.by_term)))
+        regions, containing = self._absent_filter  # containing: the ancestors of present terms
         term = self.language.glossary.terms.get(t)
         if term is None or t in self.by_term or regions.isdisjoint(term.body_regions):
             return False
         if term.family == "abnormality" and not self._exhaustive_for(t):
             return False
-        lineage = self.language.lineage
-        if not lineage[t].isdisjoint(self.by_term):
-            return False  # a part of a present term (e.g. a lobe of a present lung)
-        return not any(t in lineage[p] for p in self.by_term)  # contains a present term ("lung" vs "left lung")
+        # neither a part of a present term (a lobe of a present lung) nor containing one ("lung" vs "left lung")
+        return t not in containing and self.language.lineage[t].isdisjoint(self.by_term)
 
     def _exhaustive_for(self, t: str) -> bool:
         flag = self._exhaustive
@@ -192,18 +230,25 @@ class T2ROptions:
     __slots__ = ("fitting", "multis", "options", "singles", "starters")
 
     def __init__(self, by_term: dict[str, list[int]], cap: int) -> None:
-        count = {t: len(idx) for t, idx in by_term.items() if len(idx) <= cap}
-        self.fitting = list(count)
-        self.singles = [t for t, k in count.items() if k == 1]
-        self.multis = [t for t, k in count.items() if k > 1]
-        self.starters = [m for m in self.multis if any(k <= cap - count[m] for t, k in count.items() if t != m)]
-        self.options = [
-            sub
-            for sub, possible in (
-                ("sr_so", bool(self.singles)),
-                ("sr_mo", bool(self.multis)),
-                ("mr_so", len(self.singles) >= 2 and cap >= 2),
-                ("mr_mo", bool(self.starters)),
-            )
-            if possible
-        ]
+        self.fitting: list[str] = []
+        self.singles: list[str] = []
+        self.multis: list[str] = []
+        for t, idx in by_term.items():
+            if len(idx) <= cap:
+                self.fitting.append(t)
+                (self.singles if len(idx) == 1 else self.multis).append(t)
+        # a starter leaves room for another term: its count plus the smallest count among the others fits
+        counts = sorted([len(by_term[t]) for t in self.fitting])
+        self.starters = [
+            m for m in self.multis
+            if len(counts) >= 2 and len(by_term[m]) + (counts[1] if len(by_term[m]) == counts[0] else counts[0]) <= cap
+        ]  # fmt: skip
+        self.options = []
+        if self.singles:
+            self.options.append("sr_so")
+        if self.multis:
+            self.options.append("sr_mo")
+        if len(self.singles) >= 2 and cap >= 2:
+            self.options.append("mr_so")
+        if self.starters:
+            self.options.append("mr_mo")

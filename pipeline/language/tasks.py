@@ -30,7 +30,7 @@ import numpy as np
 
 from pipeline.core.types import Region
 from pipeline.language.planner import Draws, Planner
-from pipeline.language.render import KEY_PREFIX, Rendered, Renderer
+from pipeline.language.render import KEY_PREFIX, Renderer
 from pipeline.language.slices import AMBIGUOUS_IOU, SliceView
 from pipeline.language.voice import R2T_ANSWER_STYLES, SYSTEM_PROMPT_MODES, Language
 
@@ -118,23 +118,23 @@ def generate(
         Renderer(sl, lang_data.voice(ctx.modality, ctx.body_region, lang), draws, sentence) for lang in mix.langs
     ]
     out: list[Generated] = []
+    mode = mix.system_prompt
     for task, rate in rates:
         n = int(rate)
-        if rate > n and draws.chance(rate - n):
+        if draws.chance(rate - n):  # one number per task, also for a whole rate (then never more)
             n += 1
+        style = "sentence" if sentence and task == "region_to_text" else "default"
+        # per language: the renderer method, the language and the system prompt (id, text)
+        voices = [(getattr(r, task), r.voice.lang, *r.voice.system(task, style)) for r in renderers]
+        plan_one = getattr(planner, task)
         for i in range(n):
-            plan = getattr(planner, task)()
+            plan = plan_one()
             if plan is None:
                 continue
-            style = "sentence" if sentence and task == "region_to_text" else "default"
-            for r in renderers:
-                done: Rendered = getattr(r, task)(plan)
-                sys_id, sys_text = r.voice.system(task, style)
-                out.append(
-                    Generated(
-                        task, plan.subtask, r.voice.lang, done.ids[0],
-                        conversation(mix.system_prompt, sys_text, done.question, done.answer), plan.regions[:],
-                        KEY_PREFIX[plan.subtask] + str(i), done.ids, None if mix.system_prompt == "none" else sys_id,
-                    )
-                )  # fmt: skip
+            key = KEY_PREFIX[plan.subtask] + str(i)
+            for render, lang, sys_id, sys_text in voices:
+                question, answer, ids = render(plan)
+                turns = conversation(mode, sys_text, question, answer)
+                system_id = None if mode == "none" else sys_id
+                out.append(Generated(task, plan.subtask, lang, ids[0], turns, plan.regions[:], key, ids, system_id))
     return out

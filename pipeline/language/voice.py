@@ -16,12 +16,20 @@ Chinese has no articles and no number: every form is the display name.
 from __future__ import annotations
 
 import re
-from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipeline.language.glossary import DATA_DIR, Glossary, Term, load_glossary
-from pipeline.language.templates import TASKS, Fill, TemplateSet, Vocab, load_templates, load_vocab
+from pipeline.language.glossary import DATA_DIR, Glossary, Term, _load_glossary_cached, load_glossary
+from pipeline.language.templates import (
+    TASKS,
+    Fill,
+    TemplateSet,
+    Vocab,
+    _load_templates_cached,
+    _load_vocab_cached,
+    load_templates,
+    load_vocab,
+)
 from schemas.language import TRAITS
 
 if TYPE_CHECKING:
@@ -64,6 +72,11 @@ class Phrases:
         self.the_ref: dict[str, str] = {}
         self.regions_ref: dict[str, str] = {}  # a countable finding with several boxes
         self.plural: dict[str, str] = {}
+        # the same with a capital first letter (sentence starts): "Liver", "The liver", "The <ref>liver</ref>"
+        self.Name: dict[str, str] = {}
+        self.The: dict[str, str] = {}
+        self.The_ref: dict[str, str] = {}
+        self.The_regions_ref: dict[str, str] = {}
         self._numbers = numbers
         for tid, t in glossary.terms.items():
             if lang not in t.names:
@@ -77,24 +90,27 @@ class Phrases:
             self.the_ref[tid] = "the " + ref if definite else ref
             self.regions_ref[tid] = "the " + ref + " regions" if en else ref
             self.plural[tid] = t.plural_en if en else name
-        self._subject: dict[tuple[str, int], str] = {}
+            for low, cap in ((self.name, self.Name), (self.the, self.The), (self.the_ref, self.The_ref),
+                             (self.regions_ref, self.The_regions_ref)):  # fmt: skip
+                cap[tid] = capitalise(low[tid])
+        self._subject: dict[tuple[str, int], tuple[str, str]] = {}
         self._terms = glossary.terms
 
-    def subject(self, tid: str, boxes: int) -> str:
-        """A report sentence's subject: anatomy definite; a finding bare (mass), "a polyp" or "two polyps"."""
-        key = (tid, boxes if boxes < 2 else 2 + boxes)
-        got = self._subject.get(key)
+    def subject(self, tid: str, boxes: int) -> tuple[str, str]:
+        """A report sentence's subject and its capitalised form: anatomy definite ("the right kidney"); a
+        finding bare when it is a mass noun ("atelectasis"), else "a polyp" or "two polyps"."""
+        got = self._subject.get((tid, boxes))
         if got is None:
             t: Term = self._terms[tid]
             if self.lang != "en" or t.kind != "finding" or not t.countable:
-                got = self.the[tid]
+                text = self.the[tid]
             elif boxes >= 2:
                 n = self._numbers[boxes] if boxes < len(self._numbers) else str(boxes)
-                got = n + " " + self.plural[tid]
+                text = n + " " + self.plural[tid]
             else:
                 name = self.name[tid]
-                got = indefinite(name) + " " + name
-            self._subject[key] = got
+                text = indefinite(name) + " " + name
+            got = self._subject[(tid, boxes)] = (text, capitalise(text))
         return got
 
 
@@ -113,8 +129,8 @@ class Voice:
     prompts and the compiled template choices per (task, slot, traits) (made on first use)."""
 
     __slots__ = (
-        "_choices", "_has_region", "_positions", "_templates", "colon", "item_sep", "lang", "last_sep", "line_sep",
-        "list_sep", "numbers", "phrases", "sizes", "vocab", "words",
+        "_has_region", "_system", "_templates", "choice_cache", "colon", "item_sep", "lang", "last_sep", "line_sep",
+        "list_sep", "numbers", "phrases", "position_cache", "sizes", "vocab", "words",
     )  # fmt: skip
 
     def __init__(self, language: Language, lang: str, words: dict[str, Any]) -> None:
@@ -130,28 +146,33 @@ class Voice:
         self.sizes = {k: w.get(lang) for k, w in language.vocab.spec.sizes.items()}
         self._has_region = words["body_region"] is not None
         self._templates = language.templates
-        self._choices: dict[tuple[str, str, tuple[str, ...]], tuple[Choice, ...]] = {}
-        self._positions: dict[tuple[str, ...], str] = {}
+        #: (task, slot, traits) -> choices; renderers read it directly and call :meth:`choices` on a miss
+        self.choice_cache: dict[tuple[str, str, tuple[str, ...]], tuple[Choice, ...]] = {}
+        self.position_cache: dict[tuple[str, ...], str] = {}
+        self._system: dict[tuple[str, str], tuple[str, str]] = {}
 
     def choices(self, task: str, slot: str, traits: tuple[str, ...] = ()) -> tuple[Choice, ...]:
         """The templates of a slot that fit a target; ``traits`` are the slot's trait values in
         :data:`schemas.language.TRAITS` order."""
         key = (task, slot, traits)
-        got = self._choices.get(key)
+        got = self.choice_cache.get(key)
         if got is None:
             names = tuple(TRAITS.get((task, slot), {}))
             bank = self._templates.bank(task, self.lang)
             found = bank.choices(slot, self._has_region, tuple(zip(names, traits, strict=True)))
-            got = self._choices[key] = tuple((t.id, t.fill) for t in found)
+            got = self.choice_cache[key] = tuple((t.id, t.fill) for t in found)
         return got
 
     def system(self, task: str, style: str) -> tuple[str, str]:
-        return self._templates.bank(task, self.lang).system_prompt(style)
+        got = self._system.get((task, style))
+        if got is None:
+            got = self._system[(task, style)] = self._templates.bank(task, self.lang).system_prompt(style)
+        return got
 
     def positions(self, keys: tuple[str, ...]) -> str:
-        got = self._positions.get(keys)
+        got = self.position_cache.get(keys)
         if got is None:
-            got = self._positions[keys] = self.vocab.positions_phrase(keys, self.lang)
+            got = self.position_cache[keys] = self.vocab.positions_phrase(keys, self.lang)
         return got
 
     def number(self, n: int) -> str:
@@ -177,14 +198,20 @@ class Language:
         self.templates = templates
         self.vocab = vocab
         self.lineage: dict[str, frozenset[str]] = {tid: frozenset(glossary.ancestors(tid)) for tid in glossary.terms}
+        #: countable lesions/findings: several boxes are several instances ("the <ref>polyp</ref> regions")
+        self.countable_findings = frozenset(
+            t for t, term in glossary.terms.items() if term.kind == "finding" and term.countable
+        )
         self._phrases: dict[str, Phrases] = {}
         self._voices: dict[tuple[str, str | None, str], Voice] = {}
         self._mixes: dict[tuple[Any, ...], list[tuple[str, float]]] = {}
 
     @classmethod
     def load(cls, data_dir: str | Path | None = None) -> Language:
-        """The language data of a folder (cached per folder)."""
-        return _load_language(str(Path(data_dir or DATA_DIR)))
+        """The language data of a folder (cached per folder; the shipped data by default)."""
+        if data_dir is None:
+            return _shipped()
+        return _load_language(str(Path(data_dir)))
 
     def phrases(self, lang: str) -> Phrases:
         got = self._phrases.get(lang)
@@ -234,7 +261,25 @@ class Language:
                     bank.system_prompt("sentence" if mix.region_to_text_answer == "sentence" else "default")
 
 
-@lru_cache(maxsize=4)
+#: Language per (glossary, banks, vocab) objects: the loaders cache those per folder (and drop them when an
+#: accepted expansion rewrites a file), so a Language always wraps the current data
+_BY_PARTS: dict[tuple[int, int, int], Language] = {}
+_SHIPPED_DIRS = (str(DATA_DIR / "glossary"), str(DATA_DIR / "templates"), str(DATA_DIR / "vocab"))
+
+
+def _wrap(glossary: Glossary, templates: TemplateSet, vocab: Vocab) -> Language:
+    key = (id(glossary), id(templates), id(vocab))
+    got = _BY_PARTS.get(key)
+    if got is None or got.glossary is not glossary or got.templates is not templates or got.vocab is not vocab:
+        got = _BY_PARTS[key] = Language(glossary, templates, vocab)
+    return got
+
+
+def _shipped() -> Language:
+    g, t, v = _SHIPPED_DIRS  # the loaders' per-folder caches, called with their keys (no Path work per slice)
+    return _wrap(_load_glossary_cached(g), _load_templates_cached(t), _load_vocab_cached(v))
+
+
 def _load_language(data_dir: str) -> Language:
     base = Path(data_dir)
-    return Language(load_glossary(base / "glossary"), load_templates(base / "templates"), load_vocab(base / "vocab"))
+    return _wrap(load_glossary(base / "glossary"), load_templates(base / "templates"), load_vocab(base / "vocab"))
