@@ -454,3 +454,40 @@ def test_extra_languages_are_allowed() -> None:
     gl = Glossary(spec)
     assert gl.display("a", "ja") == "エー"
     assert gl.resolve("えー", "ja") == "a"
+
+
+# ----------------------------------------------------------------------------------------- card flags
+
+
+def test_exhaustive_findings_are_findings_the_card_annotates(g: Glossary) -> None:
+    """Card ``exhaustive_findings`` (issue 12 A6): validated on the card; every shipped one names lesion or
+    finding terms among the card's own labels."""
+    from schemas.card import SourceCard
+
+    flagged = 0
+    for path in _card_files():
+        card = SourceCard.from_yaml(path)
+        if isinstance(card.exhaustive_findings, list):
+            vocab = set(card.label_table().values())
+            for t in card.exhaustive_findings:
+                assert t in vocab and g.term(t).kind == "finding", (path.name, t)
+                flagged += 1
+    assert flagged >= 1  # Kvasir-SEG segments every polyp
+    base = {"name": "x", "title": "x", "adapter": "mask_folder_2d", "licence": "CC0-1.0", "modality": "XR",
+            "labels": {"Nodule": "nodule"}}  # fmt: skip
+    assert SourceCard.model_validate({**base, "exhaustive_findings": True}).exhaustive_findings is True
+    assert SourceCard.model_validate({**base, "exhaustive_findings": ["nodule"]}).exhaustive_findings == ["nodule"]
+    assert SourceCard.model_validate(base).exhaustive_findings is False
+    with pytest.raises(ValueError, match="not terms of this card"):
+        SourceCard.model_validate({**base, "exhaustive_findings": ["mass"]})
+    with pytest.raises(ValueError, match="term ids"):
+        SourceCard.model_validate({**base, "exhaustive_findings": ["Nodule"]})
+
+
+def test_sentence_answers_need_their_prompt_in_the_rows() -> None:
+    from schemas.config import TaskConfig
+
+    assert TaskConfig().system_prompt == "none" and TaskConfig().region_to_text_answer == "name"
+    assert TaskConfig(system_prompt="inline", region_to_text_answer="sentence").region_to_text_answer == "sentence"
+    with pytest.raises(ValueError, match="inline or turn"):
+        TaskConfig(region_to_text_answer="sentence")
