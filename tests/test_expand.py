@@ -92,6 +92,13 @@ def llm(monkeypatch):
     fake.close()
 
 
+def _next_ids(k: int) -> list[str]:
+    """The ids expansion gives k new question_single templates of text_to_region.en: after the slot's last."""
+    bank = yaml.safe_load((DEFAULT_DATA_DIR / "templates" / "text_to_region.en.yaml").read_text(encoding="utf-8"))
+    last = max(int(t["id"][-3:]) for t in bank["templates"] if t["slot"] == "question_single")
+    return [f"t2r.en.q{last + i:03d}" for i in range(1, k + 1)]
+
+
 def _bank_hashes() -> dict[str, str]:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(DEFAULT_DATA_DIR.rglob("*.yaml"))}
 
@@ -129,7 +136,7 @@ def test_templates_are_validated_before_they_are_proposed(llm, workdir):
     texts = [e["text"] for e in doc["entries"]]
     assert texts == [VALID_1, VALID_2]
     assert all(e["accepted"] is False for e in doc["entries"])
-    assert [e["id"] for e in doc["entries"]] == ["t2r.en.q048", "t2r.en.q049"]  # after the slot's last id
+    assert [e["id"] for e in doc["entries"]] == _next_ids(2)  # after the slot's last id
     # a paraphrase is drawn for the targets its seed is drawn for (t2r.en.q001)
     assert all(e["fits"] == {"instances": ["one", "several"]} for e in doc["entries"])
     rejected = {r["text"]: r["reason"] for r in doc["rejected"]}
@@ -199,15 +206,16 @@ def test_accept_writes_only_accepted_entries_after_a_diff(llm, workdir):
     diff = plan.diff()
     assert "--- a/templates/text_to_region.en.yaml" in diff
     added = [ln for ln in diff.splitlines() if ln.startswith("+") and not ln.startswith("+++")]
+    first, second = _next_ids(2)
     assert added == [
-        '+  - {id: t2r.en.q049, slot: question_single, fits: {instances: [one, several]}, '
+        f"+  - {{id: {second}, slot: question_single, fits: {{instances: [one, several]}}, "
         'text: "Where in the picture can {the_ref} be found?"}'
     ]
     plan.apply()
     bank = load_templates(workdir / "langdata" / "templates").bank("text_to_region", "en")
-    assert bank.by_id["t2r.en.q049"].text == VALID_2
-    assert dict(bank.by_id["t2r.en.q049"].fits) == {"instances": {"one", "several"}}
-    assert "t2r.en.q048" not in bank.by_id
+    assert bank.by_id[second].text == VALID_2
+    assert dict(bank.by_id[second].fits) == {"instances": {"one", "several"}}
+    assert first not in bank.by_id
     assert _bank_hashes() == before  # the shipped banks were never touched
     # accepting again is a no-op with a reason
     again = plan_accept(res.review_path)
@@ -286,7 +294,7 @@ def test_cli_expand_and_accept(llm, workdir):
         e["accepted"] = True
     review.write_text(yaml.safe_dump(doc, allow_unicode=True, sort_keys=False), encoding="utf-8")
     res = runner.invoke(app, ["expand", "accept", str(review)], input="n\n")
-    assert res.exit_code == 1 and "+  - {id: t2r.en.q048" in res.output and "not applied" in res.output
+    assert res.exit_code == 1 and f"+  - {{id: {_next_ids(1)[0]}" in res.output and "not applied" in res.output
     res = runner.invoke(app, ["expand", "accept", str(review), "--yes"])
     assert res.exit_code == 0, res.output
     text = (workdir / "langdata" / "templates" / "text_to_region.en.yaml").read_text(encoding="utf-8")
