@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-
-import typer  # noqa: E402
-from rich.console import Console  # noqa: E402
-from rich.table import Table  # noqa: E402
-from rich.text import Text  # noqa: E402
+import typer
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="MedRegInstruct builder: region-centric bilingual medical instruction data.")
 console = Console(stderr=False)
@@ -23,42 +20,77 @@ err = Console(stderr=True)
 def build(
     config: Path = typer.Argument(..., help="release config YAML (see examples/demo.yaml)"),
     out: Path = typer.Option(Path("out"), "--out", "-o", help="output folder; the release goes to OUT/<name>-<version>"),
-    no_prefect: bool = typer.Option(False, "--no-prefect", help="run in-process without the Prefect flow"),
+    no_prefect: bool = typer.Option(False, "--no-prefect", help="run in-process (worker processes) without Prefect"),
+    wait: float = typer.Option(0.0, "--wait", help="seconds to wait for another build into the same --out to end"),
 ) -> None:
     """Build a release: ingest sources, make samples, validate, write shards + manifest + card + report."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.markup import escape
 
-    from pipeline.release.case import prepare_sources, resolve_samples_root
+    from pipeline.core.environment import EnvironmentFailure
+    from pipeline.release.driver import BuildFailure
+    from pipeline.release.publish import BuildRefused
     from schemas.config import load_config
 
     try:
-        cfg = load_config(config)
-        root = resolve_samples_root(cfg)
-        total = sum(len(p.refs) for p in prepare_sources(cfg, root))
+        load_config(config)
     except (ValueError, FileNotFoundError) as exc:
-        err.print(f"[red]error:[/red] {exc}")
+        err.print(f"[red]error:[/red] {escape(str(exc))}")
         raise typer.Exit(2) from None
-    with Progress(TextColumn("[bold]cases"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("{task.description}"), console=err) as prog:
-        tid = prog.add_task("", total=total)
+    try:
+        with _ProgressBar() as on_event:
+            if no_prefect:
+                from flows.run import run_build as run_local
 
-        def on_case(res) -> None:  # noqa: ANN001
-            prog.update(tid, advance=1, description=f"{res.source}/{res.case_id}: {len(res.rows)} rows" + (" [red]error[/red]" if res.errors else ""))
+                res = run_local(config, out, progress=on_event, wait_seconds=wait)
+                release, errors = res.release, [e.one_line() for e in res.errors]
+            else:
+                from flows.build import run_build
 
-        if no_prefect:
-            from pipeline.release.case import build as build_plain
-
-            release = build_plain(cfg, out, samples_root=root, progress=on_case)
-            errors = []
-        else:
-            from flows.build import run_build
-
-            summary = run_build(str(config), str(out), on_case)
-            release = Path(summary["release"])
-            errors = summary["errors"]
-    _print_summary(Path(release))
+                summary = run_build(config, out, on_event, wait_seconds=wait, say=lambda m: err.print(m, markup=False))
+                release, errors = Path(summary["release"]), summary["errors"]
+    except (BuildRefused, EnvironmentFailure, BuildFailure) as exc:
+        err.print(f"[red]error:[/red] {escape(str(exc))}")
+        raise typer.Exit(1) from None
+    _print_summary(release)
     for e in errors:
-        err.print(f"[yellow]case error:[/yellow] {e}")
-    console.print(f"release: {release}")
+        err.print(f"[yellow]case error:[/yellow] {escape(e)}")
+    console.print(f"release: {release}", markup=False, highlight=False)
+
+
+class _ProgressBar:
+    """A rich progress bar over cases (cached cases count at once), with ETA."""
+
+    def __enter__(self) -> Any:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        self.prog = Progress(TextColumn("[bold]cases"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                             TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.description}"), console=err)
+        self.prog.__enter__()
+        self.tid = self.prog.add_task("", total=None)
+        return self.on_event
+
+    def on_event(self, event: str, payload: Any) -> None:
+        from rich.markup import escape
+
+        if event == "planned":
+            self.prog.update(self.tid, total=payload)
+        elif event in ("built", "cached") and payload is not None:
+            flag = " [red]error[/red]" if payload.errors else ""
+            what = "cached" if event == "cached" else f"{payload.rows} rows"
+            self.prog.update(self.tid, advance=1, description=f"{escape(payload.source)}/{escape(payload.case_id)}: "
+                             f"{what}{flag}")
+        elif event == "validated":
+            self.prog.update(self.tid, description="validating")
+
+    def __exit__(self, *exc: Any) -> None:
+        self.prog.__exit__(*exc)
 
 
 def _print_summary(release: Path) -> None:
@@ -88,7 +120,7 @@ def _print_summary(release: Path) -> None:
 @app.command()
 def verify(release: Path = typer.Argument(..., help="a release folder (holding manifest.json)")) -> None:
     """Re-hash every shard, image and file against manifest.json; exit 1 on any mismatch."""
-    from pipeline.release.shards import verify_release
+    from pipeline.release.verify import verify_release
 
     problems = verify_release(release)
     if problems:
@@ -156,7 +188,7 @@ def fetch_samples(
 def export_cmd(
     release: Path = typer.Argument(..., help="a release folder (holding manifest.json)"),
     fmt: str = typer.Option(..., "--format", "-f", help="internvl-meta | llava"),
-    out: Path = typer.Option(..., "--out", "-o", help="internvl-meta: the meta JSON file; llava: a .json (JSON list, what LLaVA's train.py reads), a .jsonl file, or a folder (one file per shard)"),
+    out: Path = typer.Option(..., "--out", "-o", help="internvl-meta: the meta JSON file; llava: a .json (one JSON list, what LLaVA's train.py reads), a folder (one <split>.json list per split), or a .jsonl (not for train.py)"),
     split: list[str] = typer.Option(["train"], "--split", "-s", help="split(s) to export (repeatable); 'all' for every split"),
     root_prefix: Optional[str] = typer.Option(None, "--root-prefix", help="internvl-meta: where the release folder lives on the training machine (default: its absolute path here)"),
     repeat_time: float = typer.Option(1.0, "--repeat-time", help="internvl-meta: repeat_time of every entry (<1 keeps that fraction; >1 must be an integer)"),
@@ -164,7 +196,7 @@ def export_cmd(
     max_dynamic_patch: Optional[int] = typer.Option(None, "--max-dynamic-patch", help="internvl-meta: per-dataset max_dynamic_patch"),
     system: str = typer.Option("fold", "--system", help="llava: fold system prompts into the first question, or drop them"),
 ) -> None:
-    """Export a release for a trainer: InternVL's --meta_path file or LLaVA (ShareGPT) data."""
+    """Export a release for a trainer: InternVL's / MedRegA's --meta_path file (with base_prompt) or LLaVA data."""
     import orjson
 
     from pipeline.core.atomic import write_bytes_atomic
@@ -195,8 +227,9 @@ def export_cmd(
 
 @app.command("eval")
 def eval_cmd(
-    predictions: Path = typer.Argument(..., help='JSONL of {"id": sample id, "answer": model text}'),
+    predictions: Path = typer.Argument(..., help='JSONL of {"id": row id, "answer": model text}, or MedRegA\'s native answer file (a JSON list, or JSONL with question_id/pred_answer)'),
     release: Path = typer.Option(..., "--release", "-r", help="the release folder the samples come from"),
+    protocol: str = typer.Option("default", "--protocol", "-p", help="default | medrega (MedRegA's published definitions, bugs fixed; docs/evaluation.md)"),
     json_out: Optional[Path] = typer.Option(None, "--json", help="write the full report (all metrics, per term) as JSON"),
     details: Optional[Path] = typer.Option(None, "--details", help="write per-sample scores as JSONL"),
     split: Optional[list[str]] = typer.Option(None, "--split", "-s", help="split(s) to score (default: the splits holding predicted ids)"),
@@ -205,23 +238,26 @@ def eval_cmd(
     """Score model answers against a release: box IoU/acc@t/P-R-F1, term accuracy, grounded-report metrics."""
     import orjson
 
+    from flows.eval_tables import render_tables
     from pipeline.core.atomic import write_bytes_atomic
-    from pipeline.evaluate.scoring import evaluate, render_tables, write_details
+    from pipeline.evaluate.run import evaluate, write_details
 
     if not predictions.is_file():
         err.print(f"[red]error:[/red] predictions file {predictions} not found")
         raise typer.Exit(2)
     try:
-        report = evaluate(release, predictions, splits=split or None, ignore_missing=ignore_missing)
+        report = evaluate(release, predictions, protocol=protocol, splits=split or None, ignore_missing=ignore_missing)
     except (ValueError, FileNotFoundError) as exc:
-        err.print(f"[red]error:[/red] {exc}")
+        err.print(f"[red]error:[/red] {exc}", markup=False, highlight=False)
         raise typer.Exit(2) from None
     for t in render_tables(report):
         console.print(t)
     c = report.counts
     line = f"evaluated {c['evaluated']} rows; missing predictions: {c['missing']}" + (" (left out)" if c["missing_ignored"] else " (scored as empty answers)")
-    line += f"; ids not in the release: {c['unknown_ids']}; duplicates: {c['duplicates']}; unreadable lines: {len(c['invalid_lines'])}"
-    (err if c["missing"] or c["unknown_ids"] or c["invalid_lines"] else console).print(line)
+    line += f"; ids not in the release: {c['unknown_ids']}; duplicates: {c['duplicates']}; unusable entries: {c['invalid']}"
+    (err if c["missing"] or c["unknown_ids"] or c["invalid"] else console).print(line)
+    for problem in c["invalid_lines"][:20]:
+        err.print(f"  {predictions}: {problem}", markup=False, highlight=False)
     if json_out:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         write_bytes_atomic(json_out, orjson.dumps(report.to_json(), option=orjson.OPT_INDENT_2) + b"\n")

@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from schemas.config import ReleaseConfig
+
 __all__ = [
     "ChecksumMismatchError",
     "DownloadReport",
@@ -124,10 +126,10 @@ def manifest_path() -> Path:
 
 def load_manifest(path: Path | str | None = None) -> list[SampleFile]:
     """Read the manifest (default :func:`manifest_path`) into :class:`SampleFile` entries."""
-    import yaml
+    from schemas.yamlio import load_yaml
 
     p = Path(path) if path is not None else manifest_path()
-    doc = yaml.safe_load(p.read_text(encoding="utf-8"))
+    doc = load_yaml(p, what="samples manifest")
     if not isinstance(doc, dict) or not isinstance(doc.get("files"), list):
         raise ValueError(f"{p}: expected a mapping with a 'files' list")
     out: list[SampleFile] = []
@@ -439,3 +441,10 @@ def download_samples(
             + "\nSet MEDREG_SAMPLES to a folder that has them, or MEDREG_SAMPLES_MIRROR to a mirror."
         )
     return report
+
+
+def resolve_samples_root(cfg: ReleaseConfig, required: list[str] | None = None) -> Path:
+    """The config's ``samples_root`` if set, else :func:`find_samples_root`."""
+    if cfg.samples_root:
+        return Path(cfg.samples_root).expanduser()
+    return find_samples_root(required)

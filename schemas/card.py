@@ -11,10 +11,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from schemas.language import TERM_ID_RE
+from schemas.yamlio import load_yaml, validation_lines
 
 
 class BoxPolicy(BaseModel):
@@ -28,10 +28,54 @@ class BoxPolicy(BaseModel):
 
 
 class IntensitySpec(BaseModel):
+    """How a 3-D source's values become display grey levels (pipeline/ingest/intensity.py).
+
+    CT: a named ``preset`` window in HU.  Others: ``percentiles`` of the foreground, or a fixed
+    ``window`` in the image's own values (PET: SUV, e.g. ``[0, 10]``).  ``invert`` shows high values
+    dark (PET readers' inverted grey).  ``suv_conversion`` says how a PET series whose values are not
+    SUV becomes SUV (pipeline/ingest/readers/pet.py); ``none`` refuses such a series.
+    """
+
     model_config = ConfigDict(extra="forbid")
 
     preset: str | None = None  # CT window name: abdomen, lung, bone, brain, soft_tissue, liver, mediastinum
     percentiles: tuple[float, float] = (0.5, 99.5)  # MR/PET/US window on foreground
+    window: tuple[float, float] | None = Field(
+        None, description="fixed [low, high] in the image's values (HU for CT, SUV for PET) instead of percentiles")
+    invert: bool = Field(False, description="high values dark (inverted grey, as PET readers show SUV)")
+    suv_conversion: Literal["none", "bqml_to_bw"] = Field(
+        "none", description="PET series not in SUV: none = the case fails; bqml_to_bw = body-weight SUV from Bq/ml")
+
+    @field_validator("percentiles")
+    @classmethod
+    def _percentiles_ordered(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not 0.0 <= v[0] < v[1] <= 100.0:
+            raise ValueError(f"percentiles must satisfy 0 <= low < high <= 100, got {list(v)}")
+        return v
+
+    @field_validator("window")
+    @classmethod
+    def _window_ordered(cls, v: tuple[float, float] | None) -> tuple[float, float] | None:
+        if v is not None and not v[0] < v[1]:
+            raise ValueError(f"window must be [low, high] with low < high, got {list(v)}")
+        return v
+
+    @model_validator(mode="after")
+    def _one_window(self) -> IntensitySpec:
+        if self.preset is not None and self.window is not None:
+            raise ValueError("give either a CT window preset or a fixed window, not both")
+        return self
+
+
+class DisplaySpec(BaseModel):
+    """Display images of a 3-D source beyond the house conventions (pipeline/ingest/convert.py)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    upscale_to_px: int | None = Field(
+        None, ge=32, le=2048,
+        description="small volumes (e.g. a 30x27-voxel PET crop): enlarge each display image by the largest integer "
+        "factor that keeps its longer side <= this (image bilinear, labels nearest: boxes scale exactly)")
 
 
 class SplitSpec(BaseModel):
@@ -60,6 +104,7 @@ class SourceCard(BaseModel):
     body_region: str | None = None
     root: str = "."  # data folder: relative to the samples root (or absolute / ~)
     intensity: IntensitySpec = Field(default_factory=IntensitySpec)
+    display: DisplaySpec = Field(default_factory=DisplaySpec)
     label_map: str | None = None  # a named shipped label map (e.g. totalseg_total)
     labels: dict[str, str] = Field(default_factory=dict)  # dataset label (id or name) -> term
     ignore_labels: list[str] = Field(default_factory=list)  # dataset labels deliberately not emitted
@@ -91,8 +136,9 @@ class SourceCard(BaseModel):
 
     @model_validator(mode="after")
     def _findings_are_labels(self) -> SourceCard:
-        """A listed finding must be one of the card's own label terms (checked here for ``labels``; a named
-        label map is checked when the table is built, see :meth:`label_table`)."""
+        """A listed finding must be one of the card's own label terms.  Checked here against ``labels``; a
+        card with a named ``label_map`` needs the glossary for that (tests/test_glossary.py checks the shipped
+        cards), and a listed term the card never emits is simply never asked for."""
         if isinstance(self.exhaustive_findings, list) and not self.label_map:
             missing = sorted(set(self.exhaustive_findings) - set(self.labels.values()))
             if missing:
@@ -102,13 +148,14 @@ class SourceCard(BaseModel):
     @classmethod
     def from_yaml(cls, path: str | Path) -> SourceCard:
         path = Path(path)
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except yaml.YAMLError as exc:
-            raise ValueError(f"{path}: not valid YAML ({exc}); fix the syntax") from exc
+        data = load_yaml(path, what="source card")
         if not isinstance(data, dict):
-            raise ValueError(f"{path}: a source card must be a YAML mapping with name, adapter, licence, ...")
-        card = cls.model_validate(data)
+            raise ValueError(f"source card {path.name}: must be a YAML mapping with name, adapter, licence, ...")
+        try:
+            card = cls.model_validate(data)
+        except ValidationError as exc:  # keys and rules only: the file may not be a card at all (no values)
+            raise ValueError(f"source card {path.name} is not a valid card:\n  "
+                             + "\n  ".join(validation_lines(exc))) from None
         card.card_path = str(path)
         return card
 

@@ -17,6 +17,11 @@ Layout options (card ``layout``)
   * ``split_lists``: ``{split: file}`` lists of image names (``train_val_list.txt``, ``test_list.txt``)
     relative to the root; used when present (else the card's ``split``).
   * ``patient_regex``: first group of the image stem = patient id (``^(\\d{8})_``).
+  * ``encoding``: the CSV's text encoding (default: a byte-order mark, else UTF-8); a line that does
+    not decode fails only its image's case, with its line number.
+  * ``missing_images``: ``error`` (default: an image named in the CSV but absent fails its case) or
+    ``skip`` (the images present are the cases, e.g. a partial download; every case carries a note
+    counting the images and boxes left out; no image present at all fails discovery).
 
 ``coco_json``
   * ``annotations``: a COCO JSON relative to the root, or ``{split: json}`` (the key is the official
@@ -37,6 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.core.paths import shown
 from pipeline.ingest.readers import ReadError
 from pipeline.ingest.readers.detection import BoxRecord, read_coco_json, read_cxr14_csv
 from pipeline.ingest.readers.image2d import read_image
@@ -90,14 +96,14 @@ class _BoxAdapter(SourceAdapter):
         img_name = Path(ref.paths["image"]).name
         if ref.extra.get("errors"):
             raise ReadError(
-                f"{Path(ann).name}: invalid box for image {img_name}: " + "; ".join(ref.extra["errors"][:3]),
+                f"{shown(ann)}: invalid box for image {img_name}: " + "; ".join(ref.extra["errors"][:3]),
                 file=ann,
                 hint="fix or delete that row in the annotation file (the other images are unaffected)",
             )
         path = Path(ref.paths["image"])
         if not path.is_file():
             raise ReadError(
-                f"image {img_name} (boxes in {Path(ann).name}) not found under {path.parent}",
+                f"image {img_name} (boxes in {shown(ann)}) not found under {shown(path.parent)}",
                 file=str(path),
                 hint=self._missing_hint(),
             )
@@ -109,6 +115,8 @@ class _BoxAdapter(SourceAdapter):
         if frame and frame[0] and frame[1] and (int(frame[0]), int(frame[1])) != (w, h):
             sx, sy = w / float(frame[0]), h / float(frame[1])
             notes.append(f"image {img_name} is {w}x{h}, boxes are given for {frame[0]}x{frame[1]}: boxes scaled")
+        if ref.extra.get("subset_note"):
+            notes.append(ref.extra["subset_note"])
         boxes: list[PixelBoxAnnotation] = []
         for label, x, y, bw, bh, where in ref.extra.get("boxes", []):
             term = self.term_for(label)
@@ -146,14 +154,15 @@ class Cxr14CsvAdapter(_BoxAdapter):
         for split, rel in (self.card.layout.get("split_lists") or {}).items():
             p = self._path(rel, rel)
             if p.is_file():
-                for line in p.read_text(encoding="utf-8").split():
+                text = p.read_bytes().decode(self.card.layout.get("encoding") or "utf-8-sig", errors="replace")
+                for line in text.split():
                     out.setdefault(line.strip(), split)
         return out
 
     def discover(self) -> list[CaseRef]:
         lay = self.card.layout
         csv_path = self._path(lay.get("csv"), "BBox_List_2017.csv")
-        recs = read_cxr14_csv(csv_path)
+        recs = read_cxr14_csv(csv_path, encoding=lay.get("encoding"))
         folder = self._path(lay.get("images"), "images")
         index = self._image_index(folder)
         splits = self._split_map()
@@ -161,11 +170,37 @@ class Cxr14CsvAdapter(_BoxAdapter):
         by_image: dict[str, list[BoxRecord]] = {}
         for r in recs:
             by_image.setdefault(r.image, []).append(r)
+        note = self._subset_note(by_image, index, csv_path, folder)
         refs = []
         for name, group in by_image.items():
+            if note is not None and Path(name).name not in index:
+                continue
             image = index.get(Path(name).name, folder / name)
-            refs.append(self._ref(_safe_id(name), image, csv_path, group, splits.get(name), size))
+            ref = self._ref(_safe_id(name), image, csv_path, group, splits.get(name), size)
+            if note:
+                ref.extra["subset_note"] = note
+            refs.append(ref)
         return sorted(refs, key=lambda r: r.case_id)
+
+    def _subset_note(self, by_image: dict[str, list[BoxRecord]], index: dict[str, Path], csv_path: Path,
+                     folder: Path) -> str | None:
+        """``layout.missing_images: skip``: the images present are the cases (a partial download).
+
+        Returns None when every image is a case (``error``, the default: a missing image fails its case),
+        else the note every case carries, which counts the images and boxes left out.  Raises when no
+        image is present at all (nothing to build: the images were not downloaded)."""
+        mode = str(self.card.layout.get("missing_images", "error"))
+        if mode not in ("error", "skip"):
+            raise ValueError(f"card {self.card.name}: layout.missing_images must be 'error' or 'skip', got {mode!r}")
+        if mode == "error":
+            return None
+        absent = [n for n in by_image if Path(n).name not in index]
+        if len(absent) == len(by_image):
+            raise ReadError(f"none of the {len(by_image)} images named in {csv_path.name} is under {folder}",
+                            file=str(folder), hint=self._missing_hint())
+        boxes = sum(len(by_image[n]) for n in absent)
+        return (f"{len(absent)} of the {len(by_image)} images named in {csv_path.name} are not under {folder.name}/ "
+                f"(layout.missing_images: skip); their {boxes} boxes are not used") if absent else ""
 
     def _missing_hint(self) -> str:
         return ("ChestX-ray14 images are not in the box CSV: download images_*.tar.gz from the NIH "
@@ -205,7 +240,8 @@ class CocoJsonAdapter(_BoxAdapter):
 
 
 def synthesise_blank_images(folder: str | Path, names: list[str], size: tuple[int, int] = (1024, 1024)) -> None:
-    """Write blank grey PNGs named ``names`` (test and demo helper: the CXR14 sample has no images)."""
+    """Write blank grey PNGs named ``names`` (test helper for CSV edge cases; the card and the demo use the real
+    images of the nih-cxr14-images sample)."""
     from PIL import Image
 
     folder = Path(folder)

@@ -41,7 +41,7 @@ def _to_regions(found, width: int, height: int) -> list[Region]:
 def _layer_regions(study: Study, label_slices: list[np.ndarray], policy: BoxPolicy) -> list[Region]:
     h, w = label_slices[0].shape[:2] if label_slices else study.image.shape[1:3]
     regions: list[Region] = []
-    for layer, lab in zip(study.layers, label_slices):
+    for layer, lab in zip(study.layers, label_slices, strict=True):
         found = regions_2d(
             lab,
             layer.names,
@@ -95,7 +95,9 @@ def convert_2d(study: Study, policy: BoxPolicy) -> ConvertResult:
 
 def convert_3d(study: Study, card: SourceCard, policy: BoxPolicy, slicing: SlicingConfig) -> ConvertResult:
     vol = study.image
-    win: Window = window_for(study.modality, study.intensity_preset, vol, card.intensity.percentiles)
+    spec = card.intensity
+    win: Window = window_for(study.modality, study.intensity_preset, vol, spec.percentiles,
+                             fixed=spec.window, invert=spec.invert)
     notes: list[str] = []
     slices: list[DisplaySlice] = []
     for axis in slicing.axes:
@@ -103,6 +105,10 @@ def convert_3d(study: Study, card: SourceCard, policy: BoxPolicy, slicing: Slici
         sr, sc = geometry.inplane_spacing(study.spacing, axis)
         shape0 = geometry.display_view(vol, axis, 0).shape[:2]
         out_shape = geometry.square_shape(shape0, (sr, sc))
+        factor = geometry.upscale_factor(out_shape, card.display.upscale_to_px)
+        if factor > 1:  # recorded in the rows' transform (a small volume shown enlarged)
+            study.transform.setdefault("display_upscale", {})[axis] = factor
+            out_shape = (out_shape[0] * factor, out_shape[1] * factor)
         if min(out_shape) < slicing.min_image_px:
             notes.append(
                 f"{axis} images would be {out_shape[1]}x{out_shape[0]} px (< slicing.min_image_px "
@@ -129,10 +135,12 @@ def convert_3d(study: Study, card: SourceCard, policy: BoxPolicy, slicing: Slici
         for idx in picked:
             raw = geometry.display_view(vol, axis, idx)
             shape = geometry.square_shape(raw.shape[:2], (sr, sc))
+            shape = (shape[0] * factor, shape[1] * factor)
             img = win.apply(raw)
             if shape != raw.shape[:2]:
                 img = win.apply(geometry.resample_linear(raw, shape))
-            labs = [geometry.resample_nearest(geometry.display_view(layer.array, axis, idx), shape) for layer in study.layers]
+            labs = [geometry.resample_nearest(geometry.display_view(layer.array, axis, idx), shape)
+                    for layer in study.layers]
             regions = _layer_regions(study, labs, policy)
             if not regions:
                 continue

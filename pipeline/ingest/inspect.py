@@ -23,6 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.ingest.readers.pet import format_pet_summary, pet_summary
+
 _NIFTI = (".nii", ".nii.gz")
 _IMAGES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif")
 _MAX_LISTED = 40  # ids/values listed in full up to this many
@@ -127,6 +129,8 @@ def _series_summary(group, number: int, root: Path) -> dict[str, Any]:
         "rescale": sorted({(s.slope, s.intercept) for s in sl})[:3],
         "notes": facts["notes"],
     })
+    if group.modality == "PT":  # units, SUV type, decay correction, slope range; never weight or dose
+        out["pet"] = pet_summary([f.path for f in group.files])
     return out
 
 
@@ -195,6 +199,8 @@ def inspect_dicom(path: Path) -> dict[str, Any]:
                            "structure_sets": rts}
     if idx.skipped:
         out["non_dicom_files"] = len(idx.skipped)
+    if idx.damaged:  # look like DICOM but cannot be read: a build fails the cases that need them
+        out["damaged_dicom_files"] = [f"{_rel(Path(p), root)}: {why}" for p, why in idx.damaged]
     if segs:
         out["suggested_adapter"] = "dicom_seg"
     elif rts:
@@ -461,6 +467,7 @@ def format_inspection(d: dict[str, Any], indent: int = 0) -> str:
     if kind == "dicom":
         lines.append(f"{head}: {len(d['series'])} image series, {len(d['segmentations'])} SEG, {len(d['structure_sets'])} RTSTRUCT"
                      + (f", {d['non_dicom_files']} non-DICOM files" if d.get("non_dicom_files") else ""))
+        lines.extend(f"{pad}  damaged: {x}" for x in d.get("damaged_dicom_files", []))
         for s in d["series"]:
             desc = (f"{pad}  series {s['series']}: {s['modality']} {s['slices']} slices of {s['rows_cols']}, "
                     f"e.g. {s['example_file']}")
@@ -469,6 +476,8 @@ def format_inspection(d: dict[str, Any], indent: int = 0) -> str:
                 continue
             lines.append(desc + f", {s['orientation']}, spacing {s['spacing_mm']} mm (slice, row, col), "
                          f"axes {s['axis_codes']}, stored {s['bits']}, rescale {s['rescale']}")
+            if s.get("pet"):
+                lines.append(f"{pad}    {format_pet_summary(s['pet'])}")
             for n in s.get("notes", []):
                 lines.append(f"{pad}    note: {n}")
         for g in d["segmentations"]:

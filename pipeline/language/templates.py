@@ -20,8 +20,6 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from schemas.language import (
     SLOTS,
     TASK_ABBR,
@@ -30,6 +28,7 @@ from schemas.language import (
     VocabSpec,
     template_fields,
 )
+from schemas.yamlio import load_yaml
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 TEMPLATES_DIR = DATA_DIR / "templates"
@@ -206,10 +205,7 @@ class TemplateSet:
 
 
 def _read_yaml(path: Path) -> object:
-    try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise ValueError(f"{path.name}: not valid YAML ({exc})") from exc
+    return load_yaml(path)  # alias expansion and size limited; errors name the file (a ValueError)
 
 
 @lru_cache(maxsize=4)

@@ -7,13 +7,14 @@ For every region it computes five features
 * ``cx``, ``cy`` box centre as a fraction of the image width / height,
 * ``intensity``  mean grey value (0..255) of the written image inside the pixel box,
 
-groups regions by ``group_by`` (default: modality, axis, term) and scores each feature with a robust
+groups regions by ``group_by`` (default: modality, axis, body region, term: a structure at neck level is not
+compared with the same structure on abdominal slices) and scores each feature with a robust
 z-score ``|x - median| / sqrt(max(1.4826 * MAD, floor)**2 + q**2)`` where ``q`` is the region's own
 pixel quantisation (a one-pixel change of each box side: ``1/w_px + 1/h_px`` in log area and log
-aspect, ``1/W`` resp. ``1/H`` for the centre), so tiny boxes are not outliers by rounding alone.  A region whose largest z exceeds ``z_flag`` is
-flagged (``z_fail``: failed) naming the feature; a group with fewer than ``min_samples`` distinct
-regions passes with reason ``too_few``.  The same region appearing in several rows (EN and ZH, several
-tasks) counts once in the fit.
+aspect, ``1/W`` resp. ``1/H`` for the centre), so tiny boxes are not outliers by rounding alone.  A region
+whose largest z exceeds ``z_flag`` is flagged (``z_fail``: failed) naming the feature; a group with fewer
+than ``min_samples`` distinct regions passes with reason ``too_few``.  The same region appearing in several
+rows (EN and ZH, several tasks) counts once in the fit.
 
 Fitting can be split from extraction for distributed runs: :func:`region_features` per item (in any
 worker), :meth:`StatsValidator.fit_features` on the concatenation, then ``validate``.
@@ -28,6 +29,7 @@ import hashlib
 import json
 import math
 from collections import defaultdict
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -43,7 +45,7 @@ SCALE_FLOOR = {"log_area": 0.05, "log_aspect": 0.05, "cx": 0.015, "cy": 0.015, "
 MAD_TO_SD = 1.4826
 
 
-def group_key(meta: dict[str, Any], term: str, group_by: list[str]) -> str:
+def group_key(meta: dict[str, Any], term: str, group_by: Sequence[str]) -> str:
     return "|".join(term if g == "term" else str(meta.get(g, "")) for g in group_by)
 
 
@@ -138,6 +140,42 @@ class StatsValidator:
             groups[key] = g
         self.groups = groups
         self.fitted = True
+        return self
+
+    def fit_tables(self, paths: list[Any]) -> StatsValidator:
+        """Fit from the compact per-region tables the case tasks wrote (JSONL of :func:`region_features`
+        records), read with polars: the rows and images of the release are never loaded for the fit."""
+        import polars as pl
+
+        meta_keys = ("modality", "axis", "source", "body_region")
+        schema = {
+            "term": pl.String,
+            "dedup": pl.String,
+            "meta": pl.Struct({k: pl.String for k in meta_keys}),
+            "features": pl.Struct({f: pl.Float64 for f in FEATURES}),
+        }
+        frames = [pl.scan_ndjson(p, schema=schema) for p in paths if p.is_file() and p.stat().st_size > 0]
+        self.groups, self.fitted = {}, True
+        if not frames:
+            return self
+        df = pl.concat(frames).unique("dedup", keep="first").unnest("meta").unnest("features")
+        key = pl.concat_str(
+            [pl.col("term") if g == "term" else pl.col(g).fill_null("None") for g in self.config.group_by], separator="|"
+        )
+        aggs: list[Any] = [pl.len().alias("__n__")]
+        for f in self.config.features:
+            x = pl.col(f).filter(pl.col(f).is_finite())
+            aggs += [x.median().alias(f"med_{f}"), (x - x.median()).abs().median().alias(f"mad_{f}")]
+        table = df.with_columns(key.alias("__key__")).group_by("__key__").agg(aggs).sort("__key__").collect()
+        for rec in table.iter_rows(named=True):
+            g: dict[str, Any] = {"n": int(rec["__n__"]), "median": {}, "scale": {}}
+            for f in self.config.features:
+                med, mad = rec[f"med_{f}"], rec[f"mad_{f}"]
+                if med is None:
+                    continue
+                g["median"][f] = round(float(med), 9)
+                g["scale"][f] = round(max(MAD_TO_SD * float(mad), SCALE_FLOOR[f]), 9)
+            self.groups[rec["__key__"]] = g
         return self
 
     def to_dict(self) -> dict[str, Any]:
