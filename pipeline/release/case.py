@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 import traceback
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -266,7 +266,11 @@ def process_case(
     vocab = card_vocabulary(card)
     body_region = study.transform.get("body_region") or card.body_region
     transform = {k: v for k, v in study.transform.items() if k != "body_region"}
-    for sl in conv.slices:
+    rules = _region_rules(case_validators, cfg)
+    for raw in conv.slices:
+        sl = _screen(raw, rules, study.modality, res)
+        if sl is None:
+            continue
         try:
             png = encode_png(sl.image, cfg.output.png_compress_level)
             sha, rel = store.put(png)
@@ -278,6 +282,7 @@ def process_case(
             res.errors.append(case_error(ref, "samples", exc, getattr(adapter, "root", None)))
             continue
         rows = _case_validation(rows, sl, sha, case_validators, cfg, res)
+        _count_unused(sl, rows, mix.max_regions_per_sample, res)
         if rows:
             res.slices += 1
             h, w = sl.image.shape[:2]
@@ -287,6 +292,54 @@ def process_case(
                 res.features.extend(_region_records(rows, sl, sha))
     res.seconds = time.perf_counter() - t0
     return res
+
+
+def _region_rules(validators: list[Any] | None, cfg: ReleaseConfig) -> Any:
+    """The rules validator, when the policy drops what it fails (then failing regions are removed before
+    any sentence is written, instead of dropping whole rows)."""
+    from pipeline.validate.stage import validation_config
+
+    rules = next((v for v in validators or [] if hasattr(v, "check_regions")), None)
+    if rules is None or validation_config(cfg.validation).policy.action(rules.name, "fail") != "drop":
+        return None
+    return rules
+
+
+def _screen(sl: DisplaySlice, rules: Any, modality: str, res: CaseResult) -> DisplaySlice | None:
+    """The slice without its failing regions (each counted by its first failing rule), or None when the
+    whole image fails (orientation) or no region is left."""
+    if rules is None or not sl.regions:
+        return sl
+    per, image_level = rules.check_regions(sl.image, _slice_regions(sl), axis=sl.axis, modality=modality)
+    bad = [f for f in image_level if f.verdict == "fail"]
+    if bad:
+        for f in bad:
+            res.count_drop(f"slice:rules:{f.code}")
+        res.count_drop("region:slice_failed", len(sl.regions))
+        res.notes.append(f"{sl.axis} slice {sl.index} not written: " + "; ".join(f"{f.code}: {f.text}" for f in bad))
+        return None
+    keep = []
+    for region, findings in zip(sl.regions, per, strict=True):
+        fails = [f for f in findings if f.verdict == "fail"]
+        if fails:
+            res.count_drop(f"region:rules:{fails[0].code}")
+        else:
+            keep.append(region)
+    if not keep:
+        res.count_drop("slice:no_region_left")
+        return None
+    return sl if len(keep) == len(sl.regions) else replace(sl, regions=keep)
+
+
+def _count_unused(sl: DisplaySlice, rows: list[dict[str, Any]], cap: int, res: CaseResult) -> None:
+    """Regions of a written slice that no kept row mentions, by reason: ``over_cap`` (the term has more
+    boxes than tasks.max_regions_per_sample, so detection and report rows cannot hold it) or ``unused``
+    (the task mix drew no row for it)."""
+    used = {(r["term"], tuple(r["box"])) for row in rows for r in row["meta"]["regions"]}
+    per_term = Counter(r.term for r in sl.regions)
+    for r in sl.regions:
+        if (r.term, tuple(int(v) for v in r.box)) not in used:
+            res.count_drop("region:over_cap" if per_term[r.term] > cap else "region:unused")
 
 
 def _case_validation(rows: list[dict[str, Any]], sl: DisplaySlice, sha: str, validators: list[Any] | None,

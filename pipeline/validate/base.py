@@ -122,11 +122,13 @@ def worst(verdicts: Sequence[str]) -> str:
 
 @dataclass
 class RegionFinding:
-    """One problem found with one region (validators collect these, then :func:`summarise`)."""
+    """One problem found with one region (validators collect these, then :func:`summarise`).
+    ``terms``: the structures the finding is about (empty: the row or the whole image)."""
 
     verdict: str
     code: str
     text: str
+    terms: tuple[str, ...] = ()
 
 
 def summarise(
