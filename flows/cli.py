@@ -132,6 +132,35 @@ def verify(release: Path = typer.Argument(..., help="a release folder (holding m
 
 
 @app.command()
+def diff(
+    old: Path = typer.Argument(..., help="the older release folder (holding manifest.json)"),
+    new: Path = typer.Argument(..., help="the newer release folder"),
+    json_out: bool = typer.Option(False, "--json", help="print the diff as JSON (for tools) instead of tables"),
+    full: bool = typer.Option(False, "--full", help="also the table by source x task x lang x split"),
+    examples: int = typer.Option(10, "--examples", help="ids / images listed per kind of change (JSON)"),
+) -> None:
+    """What changed between two releases: rows added/removed/changed by source, task, language and split,
+    images, regions per term, config keys, sources and licences, validation verdicts, patients' splits."""
+    from pipeline.versions.diff import diff_releases
+
+    try:
+        d = diff_releases(old, new, examples=examples)
+    except (ValueError, FileNotFoundError) as exc:
+        from rich.markup import escape
+
+        err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
+        raise typer.Exit(2) from None
+    if json_out:
+        import orjson
+
+        sys.stdout.write(orjson.dumps(d, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS).decode() + "\n")
+        return
+    from flows.diff_view import print_diff
+
+    print_diff(d, console, full=full)
+
+
+@app.command()
 def sources() -> None:
     """List adapters (format families) and shipped source cards with modality and licence."""
     from sources.base import adapters, builtin_cards, load_card

@@ -6,6 +6,7 @@ import html
 from collections import defaultdict
 from typing import Any
 
+from pipeline.versions.sections import changes_section, duplicates_html, licence_section
 from schemas.config import ReleaseConfig
 from schemas.records import Manifest
 
@@ -41,6 +42,7 @@ def render_card(manifest: Manifest, prepared: list[Any]) -> str:
         lines += ["", "### Licence notes and citations", ""]
         for c in notes:
             lines.append(f"- **{c.name}**: {c.licence_note.strip() or c.licence}" + (f" Cite: {c.citation}" if c.citation else ""))
+    lines += licence_section(manifest) + changes_section(manifest)
     lines += ["", "## Counts", "", "| split | task | lang | rows |", "|---|---|---|---|"]
     agg: dict[tuple[str, str, str], int] = defaultdict(int)
     for s in manifest.shards:
@@ -133,6 +135,7 @@ def render_report(manifest: Manifest, rows: list[dict[str, Any]], validated: Any
     cards.append(_table("dropped (reason → samples)", manifest.dropped))
     if c.get("validation"):
         cards.append(_table("validation (validator:verdict → samples)", c["validation"]))
+    body.append(duplicates_html(manifest))
     body.append(f"<h2>Distributions</h2><div class='grid'>{''.join(cards)}</div>")
     body.append(f"<div class='grid'>{_table('regions by term', c.get('regions_by_term', {}))}</div>")
     style = ("<style>body{font-family:sans-serif;margin:2em;color:#222}h2{margin-top:1.4em;border-bottom:1px solid #ddd}"
