@@ -6,6 +6,7 @@ from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 
 def _count_table(title: str, key: str | list[str], rows: list[dict[str, Any]], only_changed: bool = False) -> Table:
@@ -18,7 +19,7 @@ def _count_table(title: str, key: str | list[str], rows: list[dict[str, Any]], o
     for r in rows:
         if only_changed and not (r["added"] or r["removed"] or r["changed"]):
             continue
-        t.add_row(*(str(r[k]) for k in keys), *(str(r[c]) for c in ("old", "new", "added", "removed", "changed")))
+        t.add_row(*(Text(str(r[k])) for k in keys), *(str(r[c]) for c in ("old", "new", "added", "removed", "changed")))
     return t
 
 
@@ -31,16 +32,16 @@ def _before_after(title: str, entries: list[dict[str, Any]], only_changed: bool 
     for col in ("before", "after", "change"):
         t.add_column(col, justify="right")
     for e in rows:
-        t.add_row(e["key"], str(e["old"]), str(e["new"]), f"{e['delta']:+d}")
+        t.add_row(Text(e["key"]), str(e["old"]), str(e["new"]), f"{e['delta']:+d}")
     return t
 
 
 def print_diff(d: dict[str, Any], console: Console, full: bool = False) -> None:
     """Human tables: totals, per source/task/lang/split, fields, images, terms, config, verdicts."""
     o, n, r = d["old"], d["new"], d["rows"]
-    console.print(f"[bold]{o['name']} {o['version']}[/bold] -> [bold]{n['name']} {n['version']}[/bold]: "
+    console.print(f"{o['name']} {o['version']} -> {n['name']} {n['version']}: "
                   f"{r['old']} -> {r['new']} rows; added {r['added']}, removed {r['removed']}, "
-                  f"changed {r['changed']}, unchanged {r['unchanged']}")
+                  f"changed {r['changed']}, unchanged {r['unchanged']}", markup=False, highlight=False)
     for key in ("source", "task", "lang", "split"):
         console.print(_count_table(f"rows by {key}", key, d["by"][key]))
     if full:
@@ -51,12 +52,12 @@ def print_diff(d: dict[str, Any], console: Console, full: bool = False) -> None:
         t.add_column("part")
         t.add_column("rows", justify="right")
         for k, v in d["changed_fields"].items():
-            t.add_row(k, str(v))
+            t.add_row(Text(k), str(v))
         console.print(t)
     im, pa = d["images"], d["patients"]
     console.print(f"images: {im['old']} -> {im['new']} (added {im['added']}, removed {im['removed']}); "
                   f"patients: {pa['old']} -> {pa['new']} (added {pa['added']}, removed {pa['removed']}, "
-                  f"moved to another split {pa['moved']})")
+                  f"moved to another split {pa['moved']})", markup=False, highlight=False)
     _sources(d["sources"], console)
     for title, entries in (("regions per term (changed terms)", d["regions_by_term"]),
                            ("validation verdict counts (changed)", d["validation"]["counts"]),
@@ -69,14 +70,14 @@ def print_diff(d: dict[str, Any], console: Console, full: bool = False) -> None:
         for col in ("validator", "before", "after", "rows"):
             t.add_column(col)
         for e in d["validation"]["transitions"]:
-            t.add_row(e["validator"], e["old"], e["new"], str(e["rows"]))
+            t.add_row(*(Text(str(e[k])) for k in ("validator", "old", "new", "rows")))
         console.print(t)
     if d["config"]:
         t = Table(title="config changes")
         for col in ("key", "before", "after"):
             t.add_column(col)
         for e in d["config"]:
-            t.add_row(e["key"], *(repr(e[side]) if side in e else "(absent)" for side in ("old", "new")))
+            t.add_row(Text(e["key"]), *(Text(repr(e[side]) if side in e else "(absent)") for side in ("old", "new")))
         console.print(t)
 
 

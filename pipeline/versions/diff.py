@@ -184,7 +184,9 @@ def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
         for v in value:
             key = f"{prefix}[{v['card']}]"
             out[key] = "included"
-            out.update(flatten({k: x for k, x in v.items() if k != "card" and x is not None}, key))
+            overrides = {k: x for k, x in v.items() if k != "card" and x is not None}
+            if overrides:
+                out.update(flatten(overrides, key))
         return out
     return {prefix: value}
 

@@ -28,7 +28,7 @@ from typing import Any, Literal, get_args, get_origin
 import polars as pl
 from pydantic import BaseModel
 
-from schemas.records import Row
+from schemas.records import Row, SampleMeta
 
 _SCALARS: dict[Any, pl.DataType] = {str: pl.String(), int: pl.Int64(), float: pl.Float64(), bool: pl.Boolean()}
 
@@ -58,7 +58,7 @@ def schema_of(model: type[BaseModel]) -> dict[str, pl.DataType]:
 
 #: the explicit polars schema of a release row (schemas.records.Row)
 ROW_SCHEMA: dict[str, pl.DataType] = schema_of(Row)
-_META = dict(ROW_SCHEMA["meta"].to_schema()) if isinstance(ROW_SCHEMA["meta"], pl.Struct) else {}
+_META: dict[str, pl.DataType] = schema_of(SampleMeta)
 #: dtype of ``meta.validation`` (decoded for rows whose verdicts changed)
 VALIDATION_DTYPE: pl.DataType = _META["validation"]
 
@@ -143,16 +143,12 @@ def read_keys(release: Path, shards: Sequence[str]) -> pl.DataFrame:
         schema: dict[str, pl.DataType] = {k: pl.String() for k in KEYS}
         schema.update(width=pl.Int64(), height=pl.Int64(), h=pl.UInt64())
         return pl.DataFrame(schema=schema)
-    df = scan_keys(files).collect()
+    df = scan_keys(files).collect(engine="streaming")  # bounded memory: the lines are never all held
     check_layout(df, release)
     dup = df.height - df["id"].n_unique()
     if dup:
         raise ValueError(f"{release.name}: {dup} row ids occur more than once; ids must be unique in a release")
     return df.drop("file", "line_no")
-
-
-def _split(expr: pl.Expr, sep: str, part: int) -> pl.Expr:
-    return expr.str.split_exact(sep, 1).struct.field(f"field_{part}")
 
 
 def read_parts(release: Path, shards: Sequence[str], ids: pl.Series) -> pl.DataFrame:
@@ -177,4 +173,4 @@ def read_parts(release: Path, shards: Sequence[str], ids: pl.Series) -> pl.DataF
         validation.hash().alias("h_validation"),
         pl.format("{{{}}}", pl.col("_s")).str.json_decode(pl.Struct(META_SCALARS)).alias("meta"),
         validation.str.json_decode(VALIDATION_DTYPE).alias("verdicts"),
-    ).collect()
+    ).collect(engine="streaming")
