@@ -13,10 +13,12 @@ split.  Then, in a child process pinned to one CPU with ``POLARS_MAX_THREADS=1``
 * ``diff``         -- ours: :func:`pipeline.versions.diff.diff_releases` (keys + line hashes of both,
   join, then part hashes and verdicts of the changed rows only).
 
-It checks the diff's counts against what was synthesised and prints the ratios and peak memory.
+With ``--nested`` it also times what the diff avoids: polars' JSON reader with the full nested row schema
+(``pipeline.versions.frame.ROW_SCHEMA``) over the first release.  It checks the diff's counts against what
+was synthesised and prints the ratios and peak memory.
 Target: the diff of 1M rows in under a minute on one core.
 
-Run: ``python -m benchmarks.b9_diff [--rows N] [--quick] [--repeats N] [--keep DIR]``.
+Run: ``python -m benchmarks.b9_diff [--rows N] [--quick] [--repeats N] [--keep DIR] [--nested]``.
 """
 
 from __future__ import annotations
@@ -159,7 +161,7 @@ def _best(fn, repeats: int) -> tuple[float, object]:
     return best, out
 
 
-def measure(root: Path, repeats: int, want: dict[str, int]) -> int:
+def measure(root: Path, repeats: int, want: dict[str, int], nested: bool = False) -> int:
     """The timed part (run in a child pinned to one CPU, POLARS_MAX_THREADS=1)."""
     import polars as pl
 
@@ -183,6 +185,13 @@ def measure(root: Path, repeats: int, want: dict[str, int]) -> int:
     t_read, _ = _best(read_bytes, repeats)
     t_scan, _ = _best(polars_scan, repeats)
     t_diff, d = _best(lambda: diff_releases(root / "a", root / "b"), repeats)
+    t_nested = 0.0
+    if nested:
+        from pipeline.versions.frame import ROW_SCHEMA
+
+        files_a = sorted(str(p) for p in (root / "a").rglob("*.jsonl"))
+        t_nested, _ = _best(lambda: pl.scan_ndjson(files_a, schema=ROW_SCHEMA).select(pl.all().hash())
+                            .collect(engine="streaming").height, 1)
     assert isinstance(d, dict)
     r, f = d["rows"], d["changed_fields"]
     got = {"old": r["old"], "removed": r["removed"], "added": r["added"], "changed": r["changed"],
@@ -196,6 +205,9 @@ def measure(root: Path, repeats: int, want: dict[str, int]) -> int:
     print(f"{'read bytes':<14}{t_read:>9.2f}{1.0:>9.2f}")
     print(f"{'polars scan':<14}{t_scan:>9.2f}{t_scan / t_read:>9.2f}")
     print(f"{'diff':<14}{t_diff:>9.2f}{t_diff / t_read:>9.2f}   ({t_diff / t_scan:.2f}x the polars scan)")
+    if nested:
+        print(f"{'nested JSON':<14}{t_nested:>9.2f}{t_nested / t_read:>9.2f}   (first release only: polars' JSON "
+              f"reader with the full Row schema, {r['old'] / t_nested / 1e3:,.0f} k rows/s)")
     print(f"diff rate: {(r['old'] + r['new']) / t_diff / 1e3:,.0f} k rows/s; peak RSS {peak:,.0f} MB; "
           f"target < 60 s for 1M rows: {'met' if t_diff < 60 else 'NOT met'}")
     return 0 if ok else 1
@@ -207,11 +219,12 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="100k rows")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--keep", type=Path, default=None, help="synthesise into this folder and keep it")
+    ap.add_argument("--nested", action="store_true", help="also time a full nested JSON parse (slow)")
     ap.add_argument("--measure", type=Path, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--want", type=str, default="", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.measure is not None:
-        return measure(args.measure, args.repeats, orjson.loads(args.want))
+        return measure(args.measure, args.repeats, orjson.loads(args.want), args.nested)
     rows = 100_000 if args.quick else args.rows
     root = args.keep or Path(tempfile.mkdtemp(prefix="medreg-b9-"))
     try:
@@ -221,7 +234,7 @@ def main() -> int:
         env = {**os.environ, "POLARS_MAX_THREADS": "1"}
         cpu = min(os.sched_getaffinity(0))
         cmd = [sys.executable, "-m", "benchmarks.b9_diff", "--measure", str(root), "--repeats", str(args.repeats),
-               "--want", orjson.dumps(want).decode()]
+               "--want", orjson.dumps(want).decode(), *(["--nested"] if args.nested else [])]
         return subprocess.call(["taskset", "-c", str(cpu), *cmd] if shutil.which("taskset") else cmd, env=env)
     finally:
         if args.keep is None:

@@ -2,19 +2,20 @@
 
 Every row in a release is written by :func:`pipeline.release.writer.canonical_row`: validated against
 :class:`schemas.records.Row` and dumped by orjson in the model's field order, one line per row, no spaces.
-So a row's text *is* its content (same text = same row) and its fields sit at known places.  Reading
-2 KB rows with polars' JSON reader and the full nested schema costs ~155 s per million rows on one core
-(measured: docs/versions.md), so the scan reads each shard line as text (one ``String`` column, explicit
-schema) and takes:
+So a row's text *is* its content (same text = same row) and its fields sit at known places.  Decoding
+~2 KB rows with polars' JSON reader and the full nested schema runs at ~24k rows/s on one core (B9
+``--nested``, docs/benchmarks.md): too slow for a million-row diff in a minute.  So the scan reads each
+shard line as text (one ``String`` column, explicit schema) and takes, in two passes:
 
-* the keys (id, image, size, task, lang, source, case id, patient, split) with one anchored regular
-  expression per object, built from the field order of ``Row`` and ``SampleMeta`` (not written by hand);
-* a 64-bit hash of the whole line and of each part a diff reports on: conversations, regions,
-  validation, the other meta fields, display window and transform.
+1. for every row (:func:`scan_keys`): the keys (id, image, size, task, lang, source, patient, split)
+   with one anchored regular expression per object, built from the field order of ``Row`` and
+   ``SampleMeta`` (not written by hand), and a 64-bit hash of the whole line;
+2. for the changed rows only (:func:`read_parts`): a hash of each part a diff reports on
+   (conversations, regions, display window + transform, validation), the meta scalars and the verdicts,
+   decoded with dtypes from :data:`ROW_SCHEMA` (derived from ``Row``: nothing is inferred).
 
 A line the expressions do not fit (edited by hand, another writer) stops the scan with the file and line
-number.  Where JSON is decoded (validation verdicts of changed rows), the dtype is :data:`ROW_SCHEMA`,
-derived from ``Row``: nothing is inferred.
+number.  Both passes run on polars' streaming engine: memory holds the keys, never the lines.
 """
 
 from __future__ import annotations
