@@ -122,7 +122,7 @@ def _print_summary(release: Path) -> None:
 @app.command()
 def verify(release: Path = typer.Argument(..., help="a release folder (holding manifest.json)")) -> None:
     """Re-hash every shard, image and file against manifest.json; exit 1 on any mismatch."""
-    from pipeline.release.shards import verify_release
+    from pipeline.release.verify import verify_release
 
     problems = verify_release(release)
     if problems:
@@ -219,7 +219,7 @@ def fetch_samples(
 def export_cmd(
     release: Path = typer.Argument(..., help="a release folder (holding manifest.json)"),
     fmt: str = typer.Option(..., "--format", "-f", help="internvl-meta | llava"),
-    out: Path = typer.Option(..., "--out", "-o", help="internvl-meta: the meta JSON file; llava: a .json (JSON list, what LLaVA's train.py reads), a .jsonl file, or a folder (one file per shard)"),
+    out: Path = typer.Option(..., "--out", "-o", help="internvl-meta: the meta JSON file; llava: a .json (one JSON list, what LLaVA's train.py reads), a folder (one <split>.json list per split), or a .jsonl (not for train.py)"),
     split: list[str] = typer.Option(["train"], "--split", "-s", help="split(s) to export (repeatable); 'all' for every split"),
     root_prefix: Optional[str] = typer.Option(None, "--root-prefix", help="internvl-meta: where the release folder lives on the training machine (default: its absolute path here)"),
     repeat_time: float = typer.Option(1.0, "--repeat-time", help="internvl-meta: repeat_time of every entry (<1 keeps that fraction; >1 must be an integer)"),
@@ -227,7 +227,7 @@ def export_cmd(
     max_dynamic_patch: Optional[int] = typer.Option(None, "--max-dynamic-patch", help="internvl-meta: per-dataset max_dynamic_patch"),
     system: str = typer.Option("fold", "--system", help="llava: fold system prompts into the first question, or drop them"),
 ) -> None:
-    """Export a release for a trainer: InternVL's --meta_path file or LLaVA (ShareGPT) data."""
+    """Export a release for a trainer: InternVL's / MedRegA's --meta_path file (with base_prompt) or LLaVA data."""
     import orjson
 
     from pipeline.core.atomic import write_bytes_atomic
@@ -258,8 +258,9 @@ def export_cmd(
 
 @app.command("eval")
 def eval_cmd(
-    predictions: Path = typer.Argument(..., help='JSONL of {"id": sample id, "answer": model text}'),
+    predictions: Path = typer.Argument(..., help='JSONL of {"id": row id, "answer": model text}, or MedRegA\'s native answer file (a JSON list, or JSONL with question_id/pred_answer)'),
     release: Path = typer.Option(..., "--release", "-r", help="the release folder the samples come from"),
+    protocol: str = typer.Option("default", "--protocol", "-p", help="default | medrega (MedRegA's published definitions, bugs fixed; docs/evaluation.md)"),
     json_out: Optional[Path] = typer.Option(None, "--json", help="write the full report (all metrics, per term) as JSON"),
     details: Optional[Path] = typer.Option(None, "--details", help="write per-sample scores as JSONL"),
     split: Optional[list[str]] = typer.Option(None, "--split", "-s", help="split(s) to score (default: the splits holding predicted ids)"),
@@ -268,23 +269,26 @@ def eval_cmd(
     """Score model answers against a release: box IoU/acc@t/P-R-F1, term accuracy, grounded-report metrics."""
     import orjson
 
+    from flows.eval_tables import render_tables
     from pipeline.core.atomic import write_bytes_atomic
-    from pipeline.evaluate.scoring import evaluate, render_tables, write_details
+    from pipeline.evaluate.run import evaluate, write_details
 
     if not predictions.is_file():
         err.print(f"[red]error:[/red] predictions file {predictions} not found")
         raise typer.Exit(2)
     try:
-        report = evaluate(release, predictions, splits=split or None, ignore_missing=ignore_missing)
+        report = evaluate(release, predictions, protocol=protocol, splits=split or None, ignore_missing=ignore_missing)
     except (ValueError, FileNotFoundError) as exc:
-        err.print(f"[red]error:[/red] {exc}")
+        err.print(f"[red]error:[/red] {exc}", markup=False, highlight=False)
         raise typer.Exit(2) from None
     for t in render_tables(report):
         console.print(t)
     c = report.counts
     line = f"evaluated {c['evaluated']} rows; missing predictions: {c['missing']}" + (" (left out)" if c["missing_ignored"] else " (scored as empty answers)")
-    line += f"; ids not in the release: {c['unknown_ids']}; duplicates: {c['duplicates']}; unreadable lines: {len(c['invalid_lines'])}"
-    (err if c["missing"] or c["unknown_ids"] or c["invalid_lines"] else console).print(line)
+    line += f"; ids not in the release: {c['unknown_ids']}; duplicates: {c['duplicates']}; unusable entries: {c['invalid']}"
+    (err if c["missing"] or c["unknown_ids"] or c["invalid"] else console).print(line)
+    for problem in c["invalid_lines"][:20]:
+        err.print(f"  {predictions}: {problem}", markup=False, highlight=False)
     if json_out:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         write_bytes_atomic(json_out, orjson.dumps(report.to_json(), option=orjson.OPT_INDENT_2) + b"\n")

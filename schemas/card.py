@@ -11,8 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from schemas.yamlio import load_yaml, validation_lines
 
 
 class BoxPolicy(BaseModel):
@@ -122,13 +123,14 @@ class SourceCard(BaseModel):
     @classmethod
     def from_yaml(cls, path: str | Path) -> SourceCard:
         path = Path(path)
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except yaml.YAMLError as exc:
-            raise ValueError(f"{path}: not valid YAML ({exc}); fix the syntax") from exc
+        data = load_yaml(path, what="source card")
         if not isinstance(data, dict):
-            raise ValueError(f"{path}: a source card must be a YAML mapping with name, adapter, licence, ...")
-        card = cls.model_validate(data)
+            raise ValueError(f"source card {path.name}: must be a YAML mapping with name, adapter, licence, ...")
+        try:
+            card = cls.model_validate(data)
+        except ValidationError as exc:  # keys and rules only: the file may not be a card at all (no values)
+            raise ValueError(f"source card {path.name} is not a valid card:\n  "
+                             + "\n  ".join(validation_lines(exc))) from None
         card.card_path = str(path)
         return card
 

@@ -7,10 +7,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import orjson
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from schemas.card import BoxPolicy
+from schemas.yamlio import load_yaml, validation_lines
 
 
 class SourceUse(BaseModel):
@@ -162,9 +162,14 @@ class ReleaseConfig(BaseModel):
             ValidationConfig.model_validate(self.validation)
         return self
 
+    def release_dump(self) -> dict[str, Any]:
+        """The config as the release records it: everything but ``runner`` (how a build runs - serial,
+        local processes or a cluster - never changes what it builds)."""
+        return self.model_dump(mode="json", exclude={"runner"})
+
     def canonical_json(self) -> bytes:
         """Stable serialisation (sorted keys) used for the config hash and the manifest."""
-        return orjson.dumps(self.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS)
+        return orjson.dumps(self.release_dump(), option=orjson.OPT_SORT_KEYS)
 
     def config_hash(self) -> str:
         return hashlib.sha256(self.canonical_json()).hexdigest()
@@ -175,15 +180,9 @@ def load_config(path: str | Path) -> ReleaseConfig:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"release config {path} not found; see examples/demo.yaml for a template")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise ValueError(f"{path}: not valid YAML: {exc}") from exc
+    data = load_yaml(path, what="release config", name=str(path))
     try:
         return ReleaseConfig.model_validate(data)
     except ValidationError as exc:
-        lines = [f"{path}: invalid release config:"]
-        for err in exc.errors():
-            loc = ".".join(str(x) for x in err["loc"])
-            lines.append(f"  {loc}: {err['msg']}")
+        lines = [f"{path}: invalid release config:"] + [f"  {line}" for line in validation_lines(exc)]
         raise ValueError("\n".join(lines)) from None

@@ -257,6 +257,8 @@ class Manifest(BaseModel):
     files: dict[str, str] = Field(default_factory=dict)  # other files (README.md, report) -> sha256
     errors: list[ErrorRecord] = Field(default_factory=list)
     dropped: dict[str, int] = Field(default_factory=dict)  # reason -> count
+    # sha256 of manifest.json as written with this field empty (pipeline.release.verify checks it)
+    manifest_sha256: str = ""
     licences: LicenceSummary | None = None
     duplicates: DuplicateSummary | None = None
     previous: PreviousRelease | None = None

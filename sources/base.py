@@ -17,6 +17,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import ClassVar
 
+from pipeline.core.errors import ReadError
+from pipeline.core.paths import shown
 from pipeline.core.types import CaseRef, Study
 from schemas.card import SourceCard
 
@@ -140,13 +142,25 @@ def apply_display(arr, op: str):  # noqa: ANN001, ANN201 - numpy array in, view 
 def check_mask_shape(mask, image, mask_path: str, image_path: str) -> None:  # noqa: ANN001
     """Raise a ReadError naming both files when a mask does not have its image's size."""
     if mask.shape[:2] != image.shape[:2]:
-        from pipeline.ingest.readers import ReadError
-
         raise ReadError(
-            f"mask {Path(mask_path).name} is {mask.shape[1]}x{mask.shape[0]} but image {Path(image_path).name} "
+            f"mask {shown(mask_path)} is {mask.shape[1]}x{mask.shape[0]} but image {shown(image_path)} "
             f"is {image.shape[1]}x{image.shape[0]}",
             file=mask_path,
             hint="mask and image must have the same size (was one of them resized?)",
+        )
+
+
+def check_not_all_empty(layers: list, image_path: str, notes: list[str]) -> None:
+    """Note every empty mask layer; raise a ReadError naming them when all are empty (without this the
+    case would fail later with a misleading "no region above min_pixels")."""
+    empty = [layer for layer in layers if not layer.array.any()]
+    for layer in empty:
+        notes.append(f"mask {shown(layer.origin)} is empty (no foreground pixel)")
+    if layers and len(empty) == len(layers):
+        raise ReadError(
+            f"every mask of image {shown(image_path)} is empty: " + ", ".join(shown(x.origin) for x in empty[:5]),
+            file=empty[0].origin or image_path,
+            hint="the masks hold no foreground: check the files (all black?) and the card's layout.threshold",
         )
 
 

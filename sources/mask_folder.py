@@ -20,10 +20,11 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.core.paths import shown
 from pipeline.ingest.readers import ReadError
 from pipeline.ingest.readers.image2d import read_image, read_mask
 from pipeline.core.types import CaseRef, LabelLayer, Study
-from sources.base import SourceAdapter, check_mask_shape
+from sources.base import SourceAdapter, check_mask_shape, check_not_all_empty
 
 
 class MaskFolderAdapter(SourceAdapter):
@@ -61,7 +62,7 @@ class MaskFolderAdapter(SourceAdapter):
         stem = Path(ref.paths["image"]).stem
         if not ref.extra["files"]:
             raise ReadError(
-                f"no mask found for image {Path(ref.paths['image']).name} (pattern {lay['masks']})",
+                f"no mask found for image {shown(ref.paths['image'])} (pattern {lay['masks']})",
                 file=ref.paths["image"],
                 hint="check layout.masks in the card",
             )
@@ -94,6 +95,7 @@ class MaskFolderAdapter(SourceAdapter):
             check_mask_shape(arr, image, mpath, ref.paths["image"])
             if names:
                 layers.append(LabelLayer(arr[None], names, instance=(kind == "instance"), origin=mpath))
+        check_not_all_empty(layers, ref.paths["image"], notes)
         return self.study_2d(ref, image, layers, notes)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pipeline.ingest.guard import discover_cases
 from pipeline.ingest.readers import ReadError
 from pipeline.release.plan import FingerprintCache, Plan, SourcePlan, make_jobs
 from pipeline.release.store import Store
@@ -18,7 +19,8 @@ def _source(use: SourceUse, samples_root: Path | None, licences: LicenceFilter) 
     try:
         card = load_card(use.card)
     except Exception as exc:  # a broken card is this source's error, reported by the driver
-        return SourcePlan(use, use.card, error=_error(use.card, exc))
+        name = Path(use.card).name  # a path: its file name only (no build-machine folders)
+        return SourcePlan(use, name, error=_error(name, exc))
     reason = exclusion_reason(card.licence, licences)
     if reason is not None:  # left out before discovery, and listed in the manifest and card
         return ExcludedSource(name=card.name, licence=card.licence, reason=reason)
@@ -32,7 +34,7 @@ def _source(use: SourceUse, samples_root: Path | None, licences: LicenceFilter) 
                 hint="set `root:` for this source in the release config, or MEDREG_SAMPLES",
             )
         sp.adapter = get_adapter(card, root)
-        refs = sp.adapter.discover()
+        refs = discover_cases(sp.adapter)  # messages name files relative to the data folder
         sp.refs = refs[: use.max_cases] if use.max_cases else refs
     except Exception as exc:
         sp.error = _error(card.name, exc)

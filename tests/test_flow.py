@@ -24,7 +24,7 @@ def test_flow_builds_caches_and_reports(prefect_harness, tmp_path, samples):
     from prefect.client.orchestration import get_client
 
     from flows.build import run_build
-    from pipeline.release.shards import verify_release
+    from pipeline.release.verify import verify_release
 
     cfg = _config(tmp_path, samples)
     out = tmp_path / "out"

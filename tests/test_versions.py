@@ -3,8 +3,8 @@ recount of the shards, the card's "Changes" section, duplicates never split acro
 filter, and split stability across versions.
 
 v1: sam-med2d + totalseg-ct.
-v2 (previous: v1): one source added (``repack-2d``: a resized, JPEG re-encoded copy of the SA-Med2D slice
-amos_0004_75 and of a TotalSegmentator display slice of v1, listed *first*), one card changed (totalseg-ct's
+v2 (previous: v1): one source added (``repack-2d``: resized, JPEG re-encoded copies of v1's display images
+of the SA-Med2D slice amos_0004_75 and of a TotalSegmentator slice, listed *first*), one card changed (totalseg-ct's
 licence Apache-2.0 -> CC-BY-4.0, the TotalSegmentator dataset's own licence), one case removed (sam-med2d
 ``max_cases: 3`` leaves out s0619_32, the last of its 4 cases), and kvasir-seg (research-only) refused by
 ``licences.allow``.
@@ -30,7 +30,7 @@ from flows.run import build
 from pipeline.core.ids import hash_patient
 from pipeline.release.case import assign_split
 from pipeline.release.executors import SerialExecutor
-from pipeline.release.shards import verify_release
+from pipeline.release.verify import verify_release
 from pipeline.versions.diff import diff_releases
 from schemas.config import ReleaseConfig
 from sources.base import CARDS_DIR
@@ -86,32 +86,28 @@ def _stem_with_other_split(cfg: ReleaseConfig, source: str, avoid: str, prefix: 
     raise AssertionError("no case name with another split")
 
 
-def _copy_source(root: Path, samples: Path, v1: Path, cfg: ReleaseConfig) -> tuple[Path, dict[str, str]]:
-    """A 2-D source holding resized JPEG copies of two v1 slices, each with a rectangular liver mask."""
+def _copy_source(root: Path, v1: Path, cfg: ReleaseConfig) -> tuple[Path, dict[str, str]]:
+    """A 2-D source holding resized JPEG copies of two slices as v1 shows them (SA-Med2D amos_0004_75 and a
+    TotalSegmentator slice, as a repackaged set with the orientation fixed would hold them), each with a
+    rectangular mask over the slice's liver box."""
     (root / "images").mkdir(parents=True)
     (root / "masks").mkdir()
     v1_rows = _rows(v1)
     ts = next(r for r in v1_rows if r["meta"]["source"] == "totalseg-ct"
               and any(g["term"] == "liver" for g in r["meta"]["regions"]))
-    ts_box = next(g["box_px"] for g in ts["meta"]["regions"] if g["term"] == "liver")
     amos = next(r for r in v1_rows if r["meta"]["case_id"] == "amos_0004_75")
     names = {
         "amos": _stem_with_other_split(cfg, "repack-2d", amos["meta"]["split"], "abd_"),
         "totalseg": _stem_with_other_split(cfg, "repack-2d", ts["meta"]["split"], "ct_"),
     }
-    raw = Image.open(samples / "sam-med2d-demo/data_demo/images/amos_0004_75.png")
-    liver = np.asarray(Image.open(samples / "sam-med2d-demo/data_demo/masks/amos_0004_75_liver_000.png")) > 127
-    for key, img, scale in (("amos", raw, 0.75), ("totalseg", Image.open(v1 / ts["image"]), 1.5)):
+    for key, row, scale in (("amos", amos, 0.75), ("totalseg", ts, 1.5)):
+        img = Image.open(v1 / row["image"])
         data, size = _jpeg_copy(img, scale)
         (root / "images" / f"{names[key]}.jpg").write_bytes(data)
-        if key == "amos":
-            mask = Image.fromarray((liver * 255).astype(np.uint8)).resize(size, Image.NEAREST)
-        else:
-            m = np.zeros((img.height, img.width), np.uint8)
-            x0, y0, x1, y1 = ts_box
-            m[y0:y1 + 1, x0:x1 + 1] = 255
-            mask = Image.fromarray(m).resize(size, Image.NEAREST)
-        mask.save(root / "masks" / f"{names[key]}.png")
+        m = np.zeros((img.height, img.width), np.uint8)
+        x0, y0, x1, y1 = next(g["box_px"] for g in row["meta"]["regions"] if g["term"] == "liver")
+        m[y0:y1 + 1, x0:x1 + 1] = 255
+        Image.fromarray(m).resize(size, Image.NEAREST).save(root / "masks" / f"{names[key]}.png")
     card = {"name": "repack-2d", "title": "A repackaged 2-D set holding copies of public slices (test)",
             "adapter": "mask_folder_2d", "licence": "CC-BY-4.0", "modality": "CT", "body_region": "abdomen",
             "root": str(root), "box_policy": {"mode": "component", "min_pixels": 20},
@@ -128,7 +124,7 @@ def versions(tmp_path_factory, samples):
     out = tmp / "out"
     cfg1 = _cfg("1", [{"card": "sam-med2d"}, {"card": "totalseg-ct"}])
     v1 = _build(cfg1, out, samples)
-    repack, names = _copy_source(tmp / "repack", samples, v1, cfg1)
+    repack, names = _copy_source(tmp / "repack", v1, cfg1)
     ts_card = yaml.safe_load((CARDS_DIR / "totalseg-ct.yaml").read_text())
     ts_card["licence"] = "CC-BY-4.0"
     (tmp / "cards").mkdir()
@@ -242,10 +238,11 @@ def test_licence_filter_shown(versions):
     assert (lic["overall"], lic["category"]) == ("CC-BY-4.0", "attribution")
     assert lic["decided_by"] == ["repack-2d", "totalseg-ct"]
     card = (versions.v2 / "README.md").read_text()
-    assert "**CC-BY-4.0** (attribution)" in card
+    assert "- licence: **attribution** (LICENSE.md)" in card
+    assert "The most restrictive source licence decides: repack-2d (CC-BY-4.0), totalseg-ct (CC-BY-4.0)." in card
     assert "| kvasir-seg | research-and-education-only | licence research-and-education-only is not in" in card
     assert {r["meta"]["source"] for r in _rows(versions.v2)} == {"repack-2d", "sam-med2d", "totalseg-ct"}
-    assert _manifest(versions.v1)["licences"]["overall"] == "Apache-2.0"
+    assert _manifest(versions.v1)["licences"]["category"] == "permissive"
 
 
 def _split_by_case(rows: list[dict]) -> dict[tuple[str, str], set[str]]:

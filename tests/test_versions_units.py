@@ -22,7 +22,7 @@ from pipeline.release.writer import canonical_row
 from pipeline.versions.diff import diff_releases
 from pipeline.versions.duplicates import Member, find_groups, image_fingerprint, near_pairs
 from pipeline.versions.frame import KEYS, ROW_SCHEMA, read_keys
-from pipeline.versions.licences import exclusion_reason, licence_class, licence_id, overall_licence
+from pipeline.versions.licences import exclusion_reason, licence_id, licence_summary
 from pipeline.versions.splits import SplitContext, decide
 from schemas.config import DuplicateConfig, LicenceFilter, ReleaseConfig
 from schemas.records import CaseSummary, ImageInfo
@@ -216,22 +216,20 @@ def test_split_decisions():
 # ------------------------------------------------------------------------------------------ licences
 
 
-def test_licence_ids_classes_and_overall():
-    shipped = {c: load_card(c).licence for c in ("kvasir-seg", "nih-cxr14", "totalseg-ct", "ibsi-sts-pet-nifti",
-                                                 "rtstruct-visible-human", "biomedparse-2d")}
-    assert licence_id(shipped["nih-cxr14"]) == "CC0-1.0" and licence_class(shipped["nih-cxr14"]) == "public-domain"
-    assert licence_class(shipped["kvasir-seg"]) == "non-commercial"
-    assert licence_class(shipped["rtstruct-visible-human"]) == "custom"  # unknown terms: read them
-    assert licence_class("CC-BY-NC-SA-4.0") == "non-commercial-restricted"
-    assert licence_class("CC-BY-SA-4.0") == "share-alike" and licence_class("BSD-3-Clause") == "permissive"
-    o = overall_licence([("a", "Apache-2.0"), ("b", "CC-BY-3.0"), ("c", "CC-BY-4.0"), ("d", shipped["nih-cxr14"])])
-    assert (o.licence, o.category, o.decided_by) == ("CC-BY-3.0 + CC-BY-4.0", "attribution", ["b", "c"])
-    assert overall_licence([("k", shipped["kvasir-seg"]), ("t", "Apache-2.0")]).decided_by == ["k"]
+def test_licence_ids_filters_and_summary():
+    shipped = {c: load_card(c).licence for c in ("kvasir-seg", "nih-cxr14", "totalseg-ct", "rtstruct-visible-human")}
+    assert licence_id(shipped["nih-cxr14"]) == "CC0-1.0" and licence_id(shipped["kvasir-seg"]) == shipped["kvasir-seg"]
     rules = LicenceFilter(allow=["Apache-2.0", "CC-BY-*", "cc0-1.0"], deny=["CC-BY-NC*"])
-    assert exclusion_reason("cc0-1.0 (NIH)", rules) is None and exclusion_reason("CC-BY-3.0", rules) is None
+    assert exclusion_reason(shipped["nih-cxr14"], rules) is None and exclusion_reason("CC-BY-3.0", rules) is None
     assert "licences.deny 'CC-BY-NC*'" in exclusion_reason("CC-BY-NC-4.0", rules)
     assert "not in licences.allow" in exclusion_reason(shipped["kvasir-seg"], rules)
     assert exclusion_reason("anything", LicenceFilter()) is None
+    # the manifest's summary follows the card's classes: the most restrictive source decides
+    s = licence_summary([("a", "Apache-2.0"), ("b", "CC-BY-3.0"), ("c", "CC-BY-4.0")], LicenceFilter(), [])
+    assert (s.overall, s.category, s.decided_by) == ("CC-BY-3.0 + CC-BY-4.0", "attribution", ["b", "c"])
+    s = licence_summary([("k", shipped["kvasir-seg"]), ("t", shipped["totalseg-ct"])], rules, [])
+    assert (s.category, s.decided_by, s.allow) == ("non-commercial", ["k"], rules.allow)
+    assert licence_summary([("v", shipped["rtstruct-visible-human"])], rules, []).category == "custom"
 
 
 def test_licence_filter_at_plan_time(samples):

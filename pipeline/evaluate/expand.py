@@ -23,7 +23,6 @@ the key is never written anywhere.
 from __future__ import annotations
 
 import difflib
-import hashlib
 import json
 import os
 import re
@@ -35,12 +34,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import orjson
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from pipeline.core.atomic import write_bytes_atomic
+from pipeline.core.jsoncache import JsonDirCache, cache_key
 from schemas.language import NAME_REQUIRED, SLOTS, TASK_ABBR, TemplateBankSpec
+from schemas.yamlio import YamlError, load_yaml, load_yaml_text
 
 __all__ = [
     "AcceptPlan",
@@ -125,9 +125,9 @@ def load_expand_config(path: str | Path) -> ExpandConfig:
     if not path.is_file():
         raise FileNotFoundError(f"expansion config {path} not found (docs/evaluation.md has an example)")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise ExpandError(f"{path}: not valid YAML: {exc}") from exc
+        data = load_yaml(path, what="expansion config", name=str(path)) or {}
+    except YamlError as exc:
+        raise ExpandError(str(exc)) from None
     if not isinstance(data, dict):
         raise ExpandError(f"{path}: must be a mapping")
     try:
@@ -144,10 +144,9 @@ def load_expand_config(path: str | Path) -> ExpandConfig:
 # ----------------------------------------------------------------------------------------- LLM client
 
 
-def cache_key(model: str, messages: list[dict[str, str]]) -> str:
-    """sha256 of the model name and the messages (canonical JSON)."""
-    payload = json.dumps({"model": model, "messages": messages}, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
-    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+def llm_cache_key(model: str, messages: list[dict[str, str]]) -> str:
+    """The cache key of one request: the model name and the messages (canonical JSON)."""
+    return cache_key({"model": model, "messages": messages})
 
 
 class LLMClient:
@@ -168,6 +167,7 @@ class LLMClient:
             raise ExpandError(f"no LLM model: set llm.model in the config or ${ENV_MODEL}")
         self.cfg = cfg
         self.cache_dir = Path(cache_dir)
+        self.cache = JsonDirCache(self.cache_dir)
         self.sleep = sleep
         self.requests = 0  # HTTP requests made (retries included)
         self.cache_hits = 0
@@ -182,21 +182,15 @@ class LLMClient:
             self._client = openai.OpenAI(base_url=self.base_url, api_key=key, max_retries=0, timeout=self.cfg.timeout_s)
         return self._client
 
-    def _cache_path(self, key: str) -> Path:
-        return self.cache_dir / key[:2] / f"{key}.json"
-
     def chat(self, messages: list[dict[str, str]]) -> str:
         """The assistant's reply text (from the cache when this model has seen these messages)."""
         import openai
 
-        key = cache_key(self.model, messages)
-        path = self._cache_path(key)
-        if path.is_file():
-            try:
-                self.cache_hits += 1
-                return orjson.loads(path.read_bytes())["content"]
-            except (orjson.JSONDecodeError, KeyError):
-                self.cache_hits -= 1  # unreadable entry: ask again
+        key = llm_cache_key(self.model, messages)
+        hit = self.cache.get(key)
+        if hit is not None and isinstance(hit.get("content"), str):
+            self.cache_hits += 1
+            return str(hit["content"])
         client = self._openai()
         params: dict[str, Any] = {"model": self.model, "messages": messages, "temperature": self.cfg.temperature}
         if self.cfg.max_tokens:
@@ -220,11 +214,7 @@ class LLMClient:
             if content is None:
                 last = ExpandError("empty reply")
                 continue
-            path.parent.mkdir(parents=True, exist_ok=True)
-            write_bytes_atomic(
-                path,
-                orjson.dumps({"model": self.model, "messages": messages, "content": content}, option=orjson.OPT_INDENT_2),
-            )
+            self.cache.put(key, {"model": self.model, "messages": messages, "content": content})
             return content
         raise ExpandError(
             f"LLM endpoint {self.base_url} failed after {self.cfg.max_retries + 1} attempt(s): {type(last).__name__}: {last}"
@@ -255,7 +245,7 @@ def _json_from_reply(text: str) -> Any:
 
 
 def _read_bank(path: Path) -> dict[str, Any]:
-    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    data = load_yaml(path, what="template bank")
     TemplateBankSpec.model_validate(data)  # the shipped bank must be valid to start with
     return data
 
@@ -472,7 +462,7 @@ def _glossary_files(data_dir: Path) -> dict[str, Path]:
     """term id -> glossary file that defines it."""
     out: dict[str, Path] = {}
     for p in sorted((data_dir / "glossary").glob("*.yaml")):
-        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        data = load_yaml(p, what="glossary file") or {}
         for tid in data:
             out[str(tid)] = p
     return out
@@ -678,7 +668,7 @@ def _add_glossary_name(text: str, entry: dict[str, Any]) -> str:
         if m:
             if not fld.startswith("synonyms_"):
                 raise ExpandError(f"{tid}: {fld} is already set")
-            current = yaml.safe_load(m.group(2)) if m.group(2).strip() else []
+            current = load_yaml_text(m.group(2), f"glossary entry {tid}") if m.group(2).strip() else []
             if not isinstance(current, list) or not m.group(2).strip().startswith("["):
                 raise ExpandError(f"{tid}: {fld} is not a one-line [..] list; add {value!r} by hand")
             items = [*current, value]
@@ -735,9 +725,9 @@ def _load_review(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"review file {path} not found")
     try:
-        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise ExpandError(f"{path}: not valid YAML (was it edited by hand?): {exc}") from exc
+        doc = load_yaml(path, what="review file", name=str(path))
+    except YamlError as exc:
+        raise ExpandError(f"{exc} (was it edited by hand?)") from None
     if not isinstance(doc, dict) or doc.get("kind") not in ("templates", "glossary") or not isinstance(doc.get("entries"), list):
         raise ExpandError(f"{path}: not a review file (needs kind: templates|glossary and an entries list)")
     return doc
@@ -762,7 +752,7 @@ def plan_accept(review_file: str | Path, *, data_dir: str | Path | None = None) 
                 continue
             if name not in banks:
                 texts[name] = files[name].read_text(encoding="utf-8")
-                banks[name] = yaml.safe_load(texts[name])
+                banks[name] = load_yaml_text(texts[name], f"template bank {files[name].name}")
             bank = banks[name]
             missing = [k for k in ("id", "slot", "text") if not isinstance(e.get(k), str)]
             if missing:
@@ -781,7 +771,8 @@ def plan_accept(review_file: str | Path, *, data_dir: str | Path | None = None) 
         for name, new in texts.items():
             old = files[name].read_text(encoding="utf-8")
             if new != old:
-                TemplateBankSpec.model_validate(yaml.safe_load(new))  # the edited file as a whole
+                # the edited file as a whole
+                TemplateBankSpec.model_validate(load_yaml_text(new, f"template bank {files[name].name}"))
                 plan.changes[files[name]] = (old, new)
     else:
         from pipeline.language.glossary import Glossary, _load_spec

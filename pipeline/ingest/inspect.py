@@ -199,6 +199,8 @@ def inspect_dicom(path: Path) -> dict[str, Any]:
                            "structure_sets": rts}
     if idx.skipped:
         out["non_dicom_files"] = len(idx.skipped)
+    if idx.damaged:  # look like DICOM but cannot be read: a build fails the cases that need them
+        out["damaged_dicom_files"] = [f"{_rel(Path(p), root)}: {why}" for p, why in idx.damaged]
     if segs:
         out["suggested_adapter"] = "dicom_seg"
     elif rts:
@@ -465,6 +467,7 @@ def format_inspection(d: dict[str, Any], indent: int = 0) -> str:
     if kind == "dicom":
         lines.append(f"{head}: {len(d['series'])} image series, {len(d['segmentations'])} SEG, {len(d['structure_sets'])} RTSTRUCT"
                      + (f", {d['non_dicom_files']} non-DICOM files" if d.get("non_dicom_files") else ""))
+        lines.extend(f"{pad}  damaged: {x}" for x in d.get("damaged_dicom_files", []))
         for s in d["series"]:
             desc = (f"{pad}  series {s['series']}: {s['modality']} {s['slices']} slices of {s['rows_cols']}, "
                     f"e.g. {s['example_file']}")

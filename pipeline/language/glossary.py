@@ -20,8 +20,6 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-import yaml
-
 from schemas.language import (
     CATEGORY_FAMILY,
     GlossaryFileSpec,
@@ -29,6 +27,7 @@ from schemas.language import (
     LabelMapSpec,
     TermSpec,
 )
+from schemas.yamlio import load_yaml
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 GLOSSARY_DIR = DATA_DIR / "glossary"
@@ -312,10 +311,7 @@ class Glossary:
 
 
 def _read_yaml(path: Path) -> object:
-    try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise ValueError(f"{path.name}: not valid YAML ({exc})") from exc
+    return load_yaml(path)  # alias expansion and size limited; errors name the file (a ValueError)
 
 
 def _load_spec(directory: Path) -> GlossarySpec:

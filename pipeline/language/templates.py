@@ -16,8 +16,6 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
-import yaml
-
 from schemas.language import (
     SLOTS,
     TASK_ABBR,
@@ -25,6 +23,7 @@ from schemas.language import (
     TemplateBankSpec,
     VocabSpec,
 )
+from schemas.yamlio import load_yaml
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 TEMPLATES_DIR = DATA_DIR / "templates"
@@ -149,10 +148,7 @@ class TemplateSet:
 
 
 def _read_yaml(path: Path) -> object:
-    try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise ValueError(f"{path.name}: not valid YAML ({exc})") from exc
+    return load_yaml(path)  # alias expansion and size limited; errors name the file (a ValueError)
 
 
 @lru_cache(maxsize=4)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import time
 import traceback
 from collections import Counter
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -21,8 +20,10 @@ import orjson
 
 from pipeline.core.environment import environment_failure, is_environment_error
 from pipeline.core.ids import derived_rng, hash_patient, stable_id, unit_interval
+from pipeline.core.paths import relative_to_root, scrub_paths
 from pipeline.core.types import CaseRef, DisplaySlice
 from pipeline.ingest.convert import convert
+from pipeline.ingest.guard import load_study
 from pipeline.ingest.readers import ReadError
 from pipeline.language.tasks import SliceContext, TaskMix, generate
 from pipeline.release.images import ImageStore, encode_png
@@ -84,33 +85,6 @@ def task_mix(cfg: ReleaseConfig, use: SourceUse | None) -> TaskMix:
     )
 
 
-_SECONDARY_REGIONS = {"spine", "limb", "whole_body"}
-
-
-def infer_body_region(terms: Iterable[str]) -> str | None:
-    """Body region of a slice from its structures (card ``body_region: auto``): each term votes for its
-    glossary body regions; spine/limb/whole-body only count when nothing else does; ties -> name order."""
-    from pipeline.language.glossary import load_glossary
-
-    gl = load_glossary()
-    votes: Counter[str] = Counter()
-    fallback: Counter[str] = Counter()
-    for t in terms:
-        if t not in gl:
-            continue
-        regions = gl.term(t).body_regions
-        main = [r for r in regions if r not in _SECONDARY_REGIONS]
-        for r in main:
-            votes[r] += 1.0 / len(main)
-        for r in regions:
-            fallback[r] += 1.0 / len(regions)
-    pick = votes or fallback
-    if not pick:
-        return None
-    best = max(pick.values())
-    return sorted(r for r, v in pick.items() if v == best)[0]
-
-
 def card_vocabulary(card: SourceCard) -> list[str]:
     """Terms this source can emit (for absent-target negatives)."""
     return sorted(set(card.label_table().values()))
@@ -125,20 +99,19 @@ def _relative(path: str | None, root: Path | None) -> str | None:
     if not p.is_absolute():
         return p.as_posix()
     if root is not None:
-        try:
-            return p.resolve().relative_to(Path(root).resolve()).as_posix()
-        except ValueError:
-            pass
+        rel = relative_to_root(p, root)  # lexically first: a symlink is named where it lies, not by its target
+        if rel is not None:
+            return rel
     return p.name
 
 
 def _scrub(text: str, root: Path | None) -> str:
-    """Remove the data folder's absolute prefix from a message."""
-    if root is None:
-        return text
-    for prefix in {str(Path(root)), str(Path(root).resolve())}:
-        text = text.replace(prefix.rstrip("/") + "/", "").replace(prefix, ".")
-    return text
+    """A message without absolute paths: those in the data folder become relative, any other is replaced
+    (pipeline.core.paths.scrub_paths)."""
+    if root is not None:
+        for prefix in {str(Path(root)), str(Path(root).resolve())}:
+            text = text.replace(prefix.rstrip("/") + "/", "")
+    return scrub_paths(text, root)
 
 
 def case_error(ref: CaseRef, stage: str, exc: BaseException, root: Path | None = None) -> ErrorRecord:
@@ -178,8 +151,10 @@ def rows_for_slice(
 ) -> list[dict[str, Any]]:
     h, w = sl.image.shape[:2]
     present = {r.term for r in sl.regions}
-    if body_region == "auto":
-        body_region = infer_body_region(sorted(present))
+    if body_region == "auto":  # where the bulk of the labelled mass lies (issue 12 A5), not a vote of names
+        from pipeline.language.body_region import body_region_by_mass
+
+        body_region = body_region_by_mass((r.term, r.area) for r in sl.regions)
     ctx = SliceContext(
         modality=modality,
         body_region=body_region,
@@ -238,7 +213,7 @@ def _load_and_convert(card: SourceCard, adapter: Any, ref: CaseRef, cfg: Release
                       res: CaseResult) -> tuple[Any, Any] | None:
     root = getattr(adapter, "root", None)
     try:
-        study = adapter.load(ref)
+        study = load_study(adapter, ref)  # symlinks out of the data folder refused; messages without abs paths
     except Exception as exc:  # every failure of bad input becomes an error record
         res.errors.append(case_error(ref, "load", exc, root))
         return None

@@ -95,16 +95,10 @@ def _source_entries(plan: Plan, summaries: list[CaseSummary], errors: list[Error
 
 
 def _llava_copies(staging: Path, shards: list[ShardEntry]) -> dict[str, str]:
-    from pipeline.release.export import to_llava
+    """data_llava/<split>.json: one JSON list per split, what LLaVA's train.py json.loads (issue 8 item 4)."""
+    from pipeline.release.export import write_llava_splits
 
-    out = {}
-    for entry in shards:
-        rel = entry.path.replace("data/", "data_llava/", 1)
-        with open(staging / entry.path, "rb") as fh:
-            data = b"".join(orjson.dumps(to_llava(orjson.loads(line))) + b"\n" for line in fh)
-        write_bytes_atomic(staging / rel, data)
-        out[rel] = sha256_hex(data)
-    return out
+    return write_llava_splits(staging, [(e.path, e.split) for e in shards])
 
 
 def write_release(plan: Plan, summaries: list[CaseSummary], verdicts: ReleaseVerdicts, store: Store,
@@ -137,7 +131,8 @@ def write_release(plan: Plan, summaries: list[CaseSummary], verdicts: ReleaseVer
 
 def _finish(plan: Plan, summaries: list[CaseSummary], merge: MergeResult, staging: Path,
             versions: VersionInfo | None = None) -> Manifest:
-    from pipeline.release.report import render_card, render_report
+    from pipeline.release.card import release_files
+    from pipeline.release.report import render_report
 
     cfg = plan.cfg
     images = [ImageEntry.model_validate(e) for e in image_entries(staging)]
@@ -153,13 +148,13 @@ def _finish(plan: Plan, summaries: list[CaseSummary], merge: MergeResult, stagin
     files["notes.txt"] = ("\n".join(notes) + "\n").encode() if notes else b""
     extra = _llava_copies(staging, merge.shards) if "llava" in cfg.output.formats else {}
     manifest = Manifest(
-        name=cfg.name, version=cfg.version, config=cfg.model_dump(mode="json"), config_sha256=cfg.config_hash(),
+        name=cfg.name, version=cfg.version, config=cfg.release_dump(), config_sha256=cfg.config_hash(),
         code_version=code_version(), sources=_source_entries(plan, summaries, errors), counts=counts,
         shards=merge.shards, images=images, errors=errors, dropped=dropped,
     )
     if versions is not None:  # licences, duplicates, previous release + changes (docs/versions.md)
         annotate(versions, plan, manifest, staging, files)
-    files["README.md"] = render_card(manifest, plan.sources).encode("utf-8")
+    files.update(release_files(manifest, plan.sources))  # README.md card, LICENSE.md, schema.json
     if cfg.output.report:
         report_in = ReportInputs(review=merge.review, review_total=merge.review_total)
         files["report.html"] = render_report(manifest, merge.report_rows, report_in, cfg).encode("utf-8")
@@ -169,9 +164,15 @@ def _finish(plan: Plan, summaries: list[CaseSummary], merge: MergeResult, stagin
     manifest.files["review.jsonl"] = file_sha256(staging / "review.jsonl")
     manifest.files.update(extra)
     manifest.files = dict(sorted(manifest.files.items()))
-    data = orjson.dumps(manifest.model_dump(mode="json"), option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS)
-    write_bytes_atomic(staging / "manifest.json", data + b"\n")
+    manifest.manifest_sha256 = ""
+    manifest.manifest_sha256 = sha256_hex(manifest_bytes(manifest.model_dump(mode="json")))
+    write_bytes_atomic(staging / "manifest.json", manifest_bytes(manifest.model_dump(mode="json")))
     return manifest
+
+
+def manifest_bytes(data: dict[str, Any]) -> bytes:
+    """manifest.json as written (sorted keys, two-space indent, final newline)."""
+    return orjson.dumps(data, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n"
 
 
 @dataclass
@@ -180,43 +181,3 @@ class ReportInputs:
 
     review: list[dict[str, Any]]
     review_total: int
-
-
-def verify_release(release: str | Path) -> list[str]:
-    """Re-hash every shard, image and file against manifest.json.  Returns the problems (empty = OK)."""
-    release = Path(release)
-    mpath = release / "manifest.json"
-    if not mpath.is_file():
-        return [f"{mpath}: missing (is this a release folder?)"]
-    try:
-        manifest = Manifest.model_validate(orjson.loads(mpath.read_bytes()))
-    except Exception as exc:  # noqa: BLE001
-        return [f"{mpath}: unreadable manifest: {exc}"]
-    problems: list[str] = []
-
-    def check(rel: str, sha: str, lines: int | None = None) -> None:
-        p = release / rel
-        if not p.is_file():
-            problems.append(f"{rel}: missing")
-            return
-        got = file_sha256(p)
-        if got != sha:
-            problems.append(f"{rel}: sha256 {got[:16]}… != manifest {sha[:16]}…")
-        elif lines is not None:
-            n = p.read_bytes().count(b"\n")
-            if n != lines:
-                problems.append(f"{rel}: {n} lines != manifest {lines}")
-
-    for s in manifest.shards:
-        check(s.path, s.sha256, s.lines)
-    for im in manifest.images:
-        check(im.path, im.sha256)
-    for rel, sha in manifest.files.items():
-        check(rel, sha)
-    listed = {s.path for s in manifest.shards} | {i.path for i in manifest.images} | set(manifest.files) | {"manifest.json"}
-    for p in sorted(release.rglob("*")):
-        if p.is_file():
-            rel = p.relative_to(release).as_posix()
-            if rel not in listed:
-                problems.append(f"{rel}: not listed in the manifest")
-    return problems

@@ -14,6 +14,12 @@ Codes (stable; ``reason`` is ``"code: detail"`` joined by ``"; "``):
 * ``laterality_centre`` (``centre_verdict``) on axial/coronal CT/MR/PET a right-sided structure's centre
   lies right of the image centre by more than ``centre_margin`` x width (mirror: left-sided structure
   left of the centre).
+* ``anterior_posterior`` / ``superior_inferior`` (fail; flag when fewer than
+  ``orientation_fail_fraction`` of the compared pairs are inverted) known structures are out of their
+  anatomical order on the image (spine above the liver on an axial CT: shown upside down).  The facts are
+  data (``pipeline/language/data/anatomy/orientation.yaml``); the check sees every region of the image
+  (all rows of one image in the batch), see :mod:`pipeline.validate.orientation`.  ``order_checked`` (pass)
+  notes what was compared.
 * ``box_not_in_meta`` (fail) a box written in the conversation is not one of the row's region boxes.
 * ``box_missing_in_text`` (``missing_text_box_verdict``) a region box of the row appears nowhere in the conversation.
 * ``no_image_token``  (fail) the first human turn has no ``<image>`` placeholder.
@@ -29,33 +35,69 @@ from typing import Any
 import numpy as np
 
 from pipeline.evaluate.answers import parse_boxes
+from pipeline.language.anatomy import load_orientation_facts
 from pipeline.regions.coords import normalise_box
 from pipeline.validate._glossary import TermInfo
 from pipeline.validate.base import RegionFinding, ValidationItem, summarise
+from pipeline.validate.orientation import order_findings
 from schemas.records import ValidationResult
 from schemas.validation import RulesConfig
 
 _SCORE = {"pass": 1.0, "flag": 0.5, "fail": 0.0}
 
 
+def _image_key(item: ValidationItem) -> tuple[str, ...]:
+    """Rows of one written image (same pixels, same slice of the same case) share their order findings."""
+    m = item.meta
+    return (item.image_digest(), str(m.get("source", "")), str(m.get("case_id", "")), str(m.get("axis", "")),
+            str(m.get("slice_index", "")))
+
+
 class RulesValidator:
     name = "rules"
-    version = "1"
+    version = "2"
 
     def __init__(self, config: RulesConfig | None = None, *, glossary: Any | None = None) -> None:
         self.config = config or RulesConfig()
         self.terms = TermInfo(glossary)
         self.config_hash = self.config.config_hash()
+        self.order_rules = load_orientation_facts(self.config.orientation_facts) if self.config.orientation else ()
 
     def validate(self, items: list[ValidationItem]) -> list[ValidationResult]:
-        return [self._one(it) for it in items]
+        per_image = self._orientation(items)
+        return [self._one(it, per_image.get(_image_key(it), [])) for it in items]
+
+    def _orientation(self, items: list[ValidationItem]) -> dict[tuple[str, ...], list[RegionFinding]]:
+        """Order findings per image, from the regions of every row of that image in ``items``."""
+        if not self.order_rules:
+            return {}
+        groups: dict[tuple[str, ...], list[ValidationItem]] = {}
+        for it in items:
+            groups.setdefault(_image_key(it), []).append(it)
+        out: dict[tuple[str, ...], list[RegionFinding]] = {}
+        for key, group in groups.items():
+            meta = group[0].meta
+            axis = str(meta.get("axis", ""))
+            if axis == "2d":
+                axis = self.config.orientation_2d_axis
+            out[key] = order_findings(
+                [reg for it in group for reg in it.regions],
+                rules=self.order_rules,
+                axis=axis,
+                modality=str(meta.get("modality", "")),
+                width=int(group[0].row.get("width", 0)),
+                height=int(group[0].row.get("height", 0)),
+                margin=self.config.orientation_margin,
+                fail_fraction=self.config.orientation_fail_fraction,
+            )
+        return out
 
     # ------------------------------------------------------------------ one row
-    def _one(self, item: ValidationItem) -> ValidationResult:
+    def _one(self, item: ValidationItem, image_findings: list[RegionFinding] | None = None) -> ValidationResult:
         cfg = self.config
         row = item.row
         meta = item.meta
-        findings: list[RegionFinding] = []
+        findings: list[RegionFinding] = list(image_findings or [])
         w, h = int(row.get("width", 0)), int(row.get("height", 0))
         ih, iw = item.image.shape[:2]
         if (ih, iw) != (h, w):

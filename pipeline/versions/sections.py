@@ -1,4 +1,4 @@
-"""The dataset card's and QA report's sections about versions: overall licence and excluded sources,
+"""The dataset card's and QA report's sections about versions: the licence filter and excluded sources,
 "Changes since <previous>", duplicate groups.  Rendered from the manifest alone."""
 
 from __future__ import annotations
@@ -10,19 +10,16 @@ from schemas.records import Manifest
 
 
 def licence_section(manifest: Manifest) -> list[str]:
-    """Markdown: the overall licence (the most restrictive source decides) and the excluded sources."""
+    """Markdown for the card's licence section: the config's licence filter and the sources it left out."""
     lic = manifest.licences
-    if lic is None:
+    if lic is None or not (lic.allow or lic.deny or lic.excluded):
         return []
-    lines = ["", "### Overall licence", "",
-             f"**{lic.overall}** ({lic.category}): the most restrictive licence of the included sources decides "
-             f"({', '.join(lic.decided_by) or 'none'}). Every source's own terms (table above, `meta.licence` on "
-             f"each row) apply to its rows; use the release under all of them."]
-    if lic.allow or lic.deny:
-        lines += ["", f"Licence filter of the release config: allow {_list(lic.allow)}, deny {_list(lic.deny)}."]
+    lines = [f"Licence filter of the release config: allow {_list(lic.allow)}, deny {_list(lic.deny)}.", ""]
     if lic.excluded:
-        lines += ["", "Sources left out by the licence filter:", "", "| source | licence | reason |", "|---|---|---|"]
+        lines += ["Sources left out by the licence filter (not in this release):", "",
+                  "| source | licence | reason |", "|---|---|---|"]
         lines += [f"| {e.name} | {e.licence} | {e.reason} |" for e in lic.excluded]
+        lines.append("")
     return lines
 
 
@@ -37,7 +34,7 @@ def changes_section(manifest: Manifest) -> list[str]:
         return []
     c = prev.changes
     r, im, pa = c.get("rows", {}), c.get("images", {}), c.get("patients", {})
-    lines = ["", f"## Changes since {prev.name} {prev.version}", "",
+    lines = [f"## Changes since {prev.name} {prev.version}", "",
              f"Previous release manifest sha256: `{prev.manifest_sha256}` (full diff: `changes.json`; "
              f"`medreg diff OLD NEW` recomputes it).", "",
              f"| | {prev.version} | {manifest.version} | added | removed | changed |", "|---|---|---|---|---|---|",
@@ -63,7 +60,7 @@ def changes_section(manifest: Manifest) -> list[str]:
     if c.get("config"):
         lines += ["", "Config changes:", ""]
         lines += [f"- `{e['key']}`: {_val(e, 'old')} -> {_val(e, 'new')}" for e in c["config"]]
-    return lines
+    return [*lines, ""]
 
 
 def _val(entry: dict[str, Any], side: str) -> str:
