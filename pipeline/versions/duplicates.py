@@ -5,11 +5,13 @@ repackages public sets, one PET patient ships as DICOM and as NIfTI): detection 
   (after display normalisation; an RGB image whose channels are equal counts as grey, so a grey and an
   RGB copy of one picture are equal) and a 64-bit perceptual hash (``imagehash.phash``: DCT of a 32x32
   grey thumbnail).  These land in the case summary (:class:`schemas.records.ImageInfo`).
-* :func:`find_groups` links images of different patients that are *exact* duplicates (equal pixel
-  hashes) or *near* duplicates (phash Hamming distance <= ``near_threshold``; default 4 of 64 bits).
+* :func:`find_groups` links images of *different patients* that are *exact* duplicates (equal pixel
+  hashes) or *near* duplicates (phash Hamming distance <= ``near_threshold``; default 4 of 64 bits);
+  slices of one patient are never linked to each other (they share a split anyway).
   Measured on the shared samples: a resized (256-700 px) and JPEG re-encoded (quality 50-95) copy of a
-  slice is 0-2 bits from the original; neighbouring slices of one PET volume are 6 bits or more apart;
-  slices of different patients 24 bits or more.  Candidate pairs come from multi-index hashing (the 64
+  slice is 0-2 bits from the original; in the demo release (40 images, 10 sources) images of different
+  patients are 14 bits or more apart, while written slices of one small volume can be 2-6 bits apart
+  (never linked: one patient).  Candidate pairs come from multi-index hashing (the 64
   bits cut into ``threshold + 1`` bands: two hashes within the threshold share at least one band
   exactly), so no all-pairs comparison is made.
 
@@ -144,9 +146,22 @@ def near_pairs(hashes: np.ndarray, threshold: int, block: int = 2048) -> set[tup
     return pairs
 
 
+def _link(uf: UnionFind, members: list[Member], a: list[int], b: list[int]) -> None:
+    """Union every member of ``a`` with every member of ``b`` of another patient (one link per patient pair
+    suffices: the union is transitive)."""
+    seen: set[tuple[str, str]] = set()
+    for i in a:
+        for j in b:
+            pi, pj = members[i].patient, members[j].patient
+            if pi != pj and (pi, pj) not in seen:
+                seen.add((pi, pj))
+                uf.union(i, j)
+
+
 def find_groups(members: list[Member], near_threshold: int) -> list[Group]:
-    """Groups of images holding at least two patients: exact duplicates and near duplicates linked
-    transitively (a group's patients end up in one split).  Deterministic order."""
+    """Groups of images of at least two patients, linked by exact (equal pixels) or near (phash within the
+    threshold) duplicates between *different* patients, transitively (a group's patients end up in one
+    split); slices of one patient are never linked to each other.  Deterministic order."""
     uf = UnionFind(len(members))
     by_pixel: dict[str, list[int]] = defaultdict(list)
     by_hash: dict[int, list[int]] = defaultdict(list)
@@ -154,16 +169,13 @@ def find_groups(members: list[Member], near_threshold: int) -> list[Group]:
         by_pixel[m.pixel].append(i)
         by_hash[m.phash].append(i)
     for idx in by_pixel.values():
-        for j in idx[1:]:
-            uf.union(idx[0], j)
+        _link(uf, members, idx, idx)
     if near_threshold >= 0:
-        uniq = sorted(by_hash)
         for idx in by_hash.values():
-            for j in idx[1:]:
-                uf.union(idx[0], j)
-        arr = np.array(uniq, dtype=np.uint64)
-        for a, b in near_pairs(arr, near_threshold):
-            uf.union(by_hash[uniq[a]][0], by_hash[uniq[b]][0])
+            _link(uf, members, idx, idx)
+        uniq = sorted(by_hash)
+        for a, b in sorted(near_pairs(np.array(uniq, dtype=np.uint64), near_threshold)):
+            _link(uf, members, by_hash[uniq[a]], by_hash[uniq[b]])
     comps: dict[int, list[Member]] = defaultdict(list)
     for i, m in enumerate(members):
         comps[uf.find(i)].append(m)
