@@ -14,7 +14,8 @@ def licence_section(manifest: Manifest) -> list[str]:
     lic = manifest.licences
     if lic is None or not (lic.allow or lic.deny or lic.excluded):
         return []
-    lines = [f"Licence filter of the release config: allow {_list(lic.allow)}, deny {_list(lic.deny)}.", ""]
+    lines = [f"Licence filter of the release config: allow {_list(lic.allow, '(any)')}, deny "
+             f"{_list(lic.deny, '(none)')}.", ""]
     if lic.excluded:
         lines += ["Sources left out by the licence filter (not in this release):", "",
                   "| source | licence | reason |", "|---|---|---|"]
@@ -23,8 +24,8 @@ def licence_section(manifest: Manifest) -> list[str]:
     return lines
 
 
-def _list(items: list[str]) -> str:
-    return ", ".join(f"`{x}`" for x in items) if items else "(any)"
+def _list(items: list[str], empty: str) -> str:
+    return ", ".join(f"`{x}`" for x in items) if items else empty
 
 
 def changes_section(manifest: Manifest) -> list[str]:
