@@ -50,9 +50,24 @@ class TaskConfig(BaseModel):
     langs: list[Literal["en", "zh"]] = ["en", "zh"]
     negative_ratio: float = Field(0.05, ge=0.0, le=1.0)
     max_regions_per_sample: int = Field(8, ge=1)
-    # turn: a first {"from": "system"} turn (InternVL 2.5+); inline: MedRegA's layout, the system prompt in
-    # the human turn before <image>; none: no system prompt (older InternVL chat templates)
-    system_prompt: Literal["turn", "inline", "none"] = "turn"
+    # where the task prompt goes (docs/language.md, "System prompt"):
+    # none (default): rows are human/gpt turns only, "<image>\n" first in the first human turn -- what InternVL's
+    #   and MedRegA's training loaders take; the prompt travels in the InternVL meta file as base_prompt
+    # inline: the prompt inside the first human turn, "<image>\n" + prompt + " " + question
+    # turn: a first {"from": "system"} turn -- only for chat templates that accept a system role
+    system_prompt: Literal["none", "inline", "turn"] = "none"
+    # region -> text answer for one region: name (the display name alone, as MedRegA's references) or
+    # sentence (a sentence naming it, under its own system prompt: needs system_prompt inline or turn)
+    region_to_text_answer: Literal["name", "sentence"] = "name"
+
+    @model_validator(mode="after")
+    def _answer_style_needs_its_prompt(self) -> TaskConfig:
+        if self.region_to_text_answer == "sentence" and self.system_prompt == "none":
+            raise ValueError(
+                "tasks.region_to_text_answer: sentence needs its prompt in the rows: set tasks.system_prompt to "
+                "inline or turn (with none the meta file's base_prompt asks for the name alone)"
+            )
+        return self
 
 
 class SplitConfig(BaseModel):

@@ -82,6 +82,7 @@ def task_mix(cfg: ReleaseConfig, use: SourceUse | None) -> TaskMix:
         negative_ratio=cfg.tasks.negative_ratio,
         max_regions_per_sample=cfg.tasks.max_regions_per_sample,
         system_prompt=cfg.tasks.system_prompt,
+        region_to_text_answer=cfg.tasks.region_to_text_answer,
     )
 
 
@@ -163,6 +164,7 @@ def rows_for_slice(
         height=h,
         regions=sl.regions,
         candidate_absent_terms=[t for t in vocabulary if t not in present],
+        exhaustive_findings=card.exhaustive_findings,
     )
     rng = derived_rng(cfg.seed, "samples", ref.source, ref.case_id, sl.axis, sl.index)
     transform_json = orjson.dumps({**transform, "position_mm": sl.position_mm}, option=orjson.OPT_SORT_KEYS).decode()
@@ -285,7 +287,7 @@ def process_case(
                                         pixel_sha256=pixel_sha, phash=phash))
             res.rows.extend(rows)
             if features:
-                res.features.extend(_region_records(rows, sl.image, sha))
+                res.features.extend(_region_records(rows, sl, sha))
     res.seconds = time.perf_counter() - t0
     return res
 
@@ -297,30 +299,37 @@ def _case_validation(rows: list[dict[str, Any]], sl: DisplaySlice, sha: str, val
     from pipeline.validate.base import ValidationItem
     from pipeline.validate.stage import apply_rows_policy
 
-    items = [ValidationItem(row=r, image=sl.image, label_slices=sl.label_slices, image_sha=sha) for r in rows]
+    every = _slice_regions(sl)  # image-level rules see the whole slice, not only what the rows sampled
+    items = [
+        ValidationItem(row=r, image=sl.image, label_slices=sl.label_slices, image_sha=sha, slice_regions=every)
+        for r in rows
+    ]
     kept, dropped = apply_rows_policy(items, validators, cfg.validation)
     for reason, n in dropped.items():
         res.count_drop(f"row:{reason}", n)
     return kept
 
 
-def _region_records(rows: list[dict[str, Any]], image: Any, sha: str) -> list[dict[str, Any]]:
-    """Stats feature records of every distinct region of one slice's rows (one grey conversion)."""
+def _slice_regions(sl: DisplaySlice) -> list[dict[str, Any]]:
+    """Every region of a display slice, as meta-region dicts."""
+    return [
+        {"term": r.term, "box": [int(v) for v in r.box], "box_px": [int(v) for v in r.box_px], "area": int(r.area),
+         "label_id": int(r.label_id or 0)}
+        for r in sl.regions
+    ]  # fmt: skip
+
+
+def _region_records(rows: list[dict[str, Any]], sl: DisplaySlice, sha: str) -> list[dict[str, Any]]:
+    """Stats feature records of every region of one slice with rows (one grey conversion): the population
+    the stats validator compares rows with does not depend on which regions the rows happen to sample."""
     from pipeline.validate.base import ValidationItem
     from pipeline.validate.stats import region_features
 
-    seen: set[tuple[str, tuple[int, ...]]] = set()
-    regions = []
-    for r in rows:
-        for reg in r["meta"]["regions"]:
-            k = (reg["term"], tuple(reg["box"]))
-            if k not in seen:
-                seen.add(k)
-                regions.append(reg)
+    regions = _slice_regions(sl)
     if not regions:
         return []
     probe = {**rows[0], "meta": {**rows[0]["meta"], "regions": regions}}
-    return region_features(ValidationItem(row=probe, image=image, image_sha=sha))
+    return region_features(ValidationItem(row=probe, image=sl.image, image_sha=sha))
 
 
 # ----------------------------------------------------------------------------------------------- jobs

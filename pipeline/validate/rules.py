@@ -80,8 +80,9 @@ class RulesValidator:
             axis = str(meta.get("axis", ""))
             if axis == "2d":
                 axis = self.config.orientation_2d_axis
+            whole = group[0].slice_regions  # the image's every region when known, else the rows'
             out[key] = order_findings(
-                [reg for it in group for reg in it.regions],
+                whole if whole is not None else [reg for it in group for reg in it.regions],
                 rules=self.order_rules,
                 axis=axis,
                 modality=str(meta.get("modality", "")),
