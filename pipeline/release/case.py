@@ -29,6 +29,7 @@ from pipeline.language.tasks import SliceContext, TaskMix, generate
 from pipeline.release.images import ImageStore, encode_png
 from pipeline.release.plan import CaseJob
 from pipeline.release.store import Store
+from pipeline.versions.duplicates import image_fingerprint
 from schemas.card import SourceCard
 from schemas.config import ReleaseConfig, SourceUse
 from schemas.records import CaseSummary, ErrorRecord, ImageInfo
@@ -286,7 +287,9 @@ def process_case(
         if rows:
             res.slices += 1
             h, w = sl.image.shape[:2]
-            res.images.append(ImageInfo(rel=rel, width=int(w), height=int(h), axis=sl.axis, slice_index=int(sl.index)))
+            pixel_sha, phash = image_fingerprint(sl.image)  # duplicate detection (pipeline.versions.duplicates)
+            res.images.append(ImageInfo(rel=rel, width=int(w), height=int(h), axis=sl.axis, slice_index=int(sl.index),
+                                        pixel_sha256=pixel_sha, phash=phash))
             res.rows.extend(rows)
             if features:
                 res.features.extend(_region_records(rows, sl, sha))
