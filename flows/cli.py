@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
@@ -104,6 +104,8 @@ def _print_summary(release: Path) -> None:
     by_src = c.get("by_source", {})
     for s in m["sources"]:
         t.add_row(s["name"], s["licence"], str(s["cases"]), str(s["errors"]), str(by_src.get(s["name"], 0)))
+    for e in (m.get("licences") or {}).get("excluded", []):  # left out by the config's licence filter
+        t.add_row(Text(e["name"]), Text(e["licence"]), Text("excluded: " + e["reason"]), "", "")
     console.print(t)
     t2 = Table(title="rows by split / task / language")
     for col in ("split", "task", "lang", "rows"):
@@ -129,6 +131,35 @@ def verify(release: Path = typer.Argument(..., help="a release folder (holding m
         err.print(f"{len(problems)} problem(s) in {release}")
         raise typer.Exit(1)
     console.print(f"OK: every file of {release} matches its manifest")
+
+
+@app.command()
+def diff(
+    old: Annotated[Path, typer.Argument(help="the older release folder (holding manifest.json)")],
+    new: Annotated[Path, typer.Argument(help="the newer release folder")],
+    json_out: Annotated[bool, typer.Option("--json", help="print the diff as JSON (for tools), not tables")] = False,
+    full: Annotated[bool, typer.Option("--full", help="also the table by source x task x lang x split")] = False,
+    examples: Annotated[int, typer.Option("--examples", help="ids / images listed per kind of change")] = 10,
+) -> None:
+    """What changed between two releases: rows added/removed/changed by source, task, language and split,
+    images, regions per term, config keys, sources and licences, validation verdicts, patients' splits."""
+    from pipeline.versions.diff import diff_releases
+
+    try:
+        d = diff_releases(old, new, examples=examples)
+    except (ValueError, FileNotFoundError) as exc:
+        from rich.markup import escape
+
+        err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
+        raise typer.Exit(2) from None
+    if json_out:
+        import orjson
+
+        sys.stdout.write(orjson.dumps(d, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS).decode() + "\n")
+        return
+    from flows.diff_view import print_diff
+
+    print_diff(d, console, full=full)
 
 
 @app.command()

@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from schemas.language import TERM_ID_RE
 from schemas.yamlio import load_yaml, validation_lines
 
 
@@ -108,6 +109,10 @@ class SourceCard(BaseModel):
     labels: dict[str, str] = Field(default_factory=dict)  # dataset label (id or name) -> term
     ignore_labels: list[str] = Field(default_factory=list)  # dataset labels deliberately not emitted
     resolve_labels_with_glossary: bool = False  # unknown label names resolved through glossary aliases
+    # lesion/finding terms this source annotates exhaustively (every instance in every image): only these
+    # are asked for as absent targets ("no cyst" is otherwise a claim the data does not make).  true: all
+    # of the source's findings; a list: these terms (each one of the card's label terms)
+    exhaustive_findings: bool | list[str] = False
     box_policy: BoxPolicy = Field(default_factory=BoxPolicy)
     split: SplitSpec = Field(default_factory=SplitSpec)
     layout: dict[str, Any] = Field(default_factory=dict)  # adapter options
@@ -119,6 +124,26 @@ class SourceCard(BaseModel):
         if isinstance(v, dict):
             return {str(k): str(t) for k, t in v.items()}
         return v
+
+    @field_validator("exhaustive_findings")
+    @classmethod
+    def _finding_ids(cls, v: bool | list[str]) -> bool | list[str]:
+        if isinstance(v, list):
+            bad = [t for t in v if not TERM_ID_RE.match(t)]
+            if bad or len(set(v)) < len(v):
+                raise ValueError(f"exhaustive_findings: {bad or 'duplicates'}: list glossary term ids once each")
+        return v
+
+    @model_validator(mode="after")
+    def _findings_are_labels(self) -> SourceCard:
+        """A listed finding must be one of the card's own label terms.  Checked here against ``labels``; a
+        card with a named ``label_map`` needs the glossary for that (tests/test_glossary.py checks the shipped
+        cards), and a listed term the card never emits is simply never asked for."""
+        if isinstance(self.exhaustive_findings, list) and not self.label_map:
+            missing = sorted(set(self.exhaustive_findings) - set(self.labels.values()))
+            if missing:
+                raise ValueError(f"exhaustive_findings: {missing} are not terms of this card's labels")
+        return self
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> SourceCard:

@@ -203,3 +203,16 @@ def test_card_header_licence_and_sections(release):
     licence = (release / "LICENSE.md").read_text()
     for s in manifest["sources"]:
         assert f"| {s['name']} | {s['licence']} |" in licence and f"- **{s['name']}**: " in licence
+
+
+def test_the_release_passes_the_language_lint(release):
+    """Issue 12 B11: article/number agreement, Chinese punctuation and lists, no prompt/answer contradiction,
+    every <ref> a display name of the row's language -- over every row of a release of every shipped source."""
+    from collections import Counter
+
+    from pipeline.language.lint import lint_release
+
+    rows = _rows(release)
+    assert len(rows) > 500
+    hits = lint_release(release)
+    assert hits == [], (Counter(h.rule for h in hits), hits[:20])

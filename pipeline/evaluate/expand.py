@@ -254,31 +254,17 @@ def _bank_files(data_dir: Path) -> dict[str, Path]:
     return {p.stem: p for p in sorted((data_dir / "templates").glob("*.yaml"))}
 
 
-_SAMPLE_VALUES = {
-    "image": "CT image",
-    "modality": "CT",
-    "body_region": "abdomen",
-    "box": "<box>[[100, 200, 300, 400]]</box>",
-    "boxes": "<box>[[100, 200, 300, 400]]</box>, <box>[[500, 600, 700, 800]]</box>",
-    "n": 2,
-    "term": "liver",
-    "Term": "Liver",
-    "ref": "<ref>liver</ref>",
-    "refs": "<ref>liver</ref> and <ref>spleen</ref>",
-    "grounded": "<ref>liver</ref><box>[[100, 200, 300, 400]]</box>",
-    "position": "upper left part of the image",
-    "size": "large",
-}
-
-
-def validate_template(bank: dict[str, Any], slot: str, text: str, new_id: str) -> str | None:
+def validate_template(
+    bank: dict[str, Any], slot: str, text: str, new_id: str, fits: dict[str, Any] | None = None
+) -> str | None:
     """Why ``text`` cannot join ``bank`` in ``slot`` under ``new_id`` (``None`` when it can).
 
     Runs the bank's own load-time validation (:class:`schemas.language.TemplateBankSpec`) on the bank
-    with the template added, then renders it with sample values and checks the ``<ref>``/``<box>``
-    markup of the result (:func:`pipeline.language.templates.check_grounding`).
+    with the template added (with ``fits``: the targets it is drawn for, a paraphrase's being its seed's),
+    then renders it with sample values and checks the ``<ref>``/``<box>`` markup of the result
+    (:func:`pipeline.language.templates.check_grounding`).
     """
-    from pipeline.language.templates import check_grounding
+    from pipeline.language.templates import check_grounding, sample_values
 
     if not isinstance(text, str) or not text.strip():
         return "empty template"
@@ -287,7 +273,8 @@ def validate_template(bank: dict[str, Any], slot: str, text: str, new_id: str) -
     if "\n" in text:
         return "a template is one line"
     trial = dict(bank)
-    trial["templates"] = [*bank["templates"], {"id": new_id, "slot": slot, "text": text}]
+    template = {"id": new_id, "slot": slot, "text": text, **({"fits": fits} if fits else {})}
+    trial["templates"] = [*bank["templates"], template]
     try:
         TemplateBankSpec.model_validate(trial)
     except ValidationError as exc:
@@ -300,7 +287,7 @@ def validate_template(bank: dict[str, Any], slot: str, text: str, new_id: str) -
                     msgs.append(line[len(prefix):] if line.startswith(prefix) else line)
         return "; ".join(msgs) or str(exc).splitlines()[-1]
     try:
-        rendered = text.format_map(_SAMPLE_VALUES)
+        rendered = text.format_map(sample_values(bank.get("lang", "en")))
     except (KeyError, ValueError, IndexError) as exc:
         return f"cannot be rendered: {exc}"
     problems = check_grounding(rendered)
@@ -427,13 +414,16 @@ def _expand_templates(cfg: ExpandConfig, client: LLMClient) -> tuple[list[dict],
                         continue
                     text = text.strip()
                     new_id = _next_id(working, slot)
-                    why = validate_template(working, slot, text, new_id)
+                    fits = seed.get("fits") or {}  # a paraphrase fits the targets its seed fits
+                    why = validate_template(working, slot, text, new_id, fits)
                     if why is not None:
                         rejected.append({"bank": name, "slot": slot, "seed": seed["id"], "text": text, "reason": why})
                         continue
-                    working["templates"].append({"id": new_id, "slot": slot, "text": text})
+                    template = {"id": new_id, "slot": slot, "text": text, **({"fits": fits} if fits else {})}
+                    working["templates"].append(template)
                     existing.append(text)
-                    entries.append({"bank": name, "id": new_id, "slot": slot, "text": text, "seed": seed["id"], "seed_text": seed["text"], "accepted": False})
+                    origin = {"seed": seed["id"], "seed_text": seed["text"], "accepted": False}
+                    entries.append({"bank": name, **template, **origin})
     return entries, rejected
 
 
@@ -638,8 +628,11 @@ def _yaml_flow_item(s: str) -> str:
 
 
 def _add_template_line(text: str, entry: dict[str, Any]) -> str:
-    """Insert ``- {id, slot, text}`` after the last template of the entry's slot (or at the end)."""
-    line = "  - {id: %s, slot: %s, text: %s}" % (entry["id"], entry["slot"], json.dumps(entry["text"], ensure_ascii=False))
+    """Insert ``- {id, slot, fits, text}`` after the last template of the entry's slot (or at the end)."""
+    fits = entry.get("fits") or {}
+    fits_text = ", ".join(f"{k}: [{', '.join(v)}]" if isinstance(v, list) else f"{k}: {v}" for k, v in fits.items())
+    head = f"{entry['id']}, slot: {entry['slot']}" + (f", fits: {{{fits_text}}}" if fits_text else "")
+    line = "  - {id: %s, text: %s}" % (head, json.dumps(entry["text"], ensure_ascii=False))
     lines = text.splitlines()
     last = None
     for i, ln in enumerate(lines):
@@ -761,11 +754,13 @@ def plan_accept(review_file: str | Path, *, data_dir: str | Path | None = None) 
             if any(t["id"] == e["id"] for t in bank["templates"]):
                 plan.skipped.append(f"{e['id']}: id already in {name} (accepted twice?)")
                 continue
-            why = validate_template(bank, e["slot"], e["text"], e["id"])
+            fits = e.get("fits") or {}
+            why = validate_template(bank, e["slot"], e["text"], e["id"], fits)
             if why is not None:
                 plan.skipped.append(f"{e['id']}: {why}")
                 continue
-            bank["templates"].append({"id": e["id"], "slot": e["slot"], "text": e["text"]})
+            added = {"id": e["id"], "slot": e["slot"], "text": e["text"], **({"fits": fits} if fits else {})}
+            bank["templates"].append(added)
             texts[name] = _add_template_line(texts[name], e)
             plan.count += 1
         for name, new in texts.items():

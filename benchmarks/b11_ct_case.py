@@ -1,4 +1,4 @@
-"""B9: one full-size CT case by stage -- seconds and peak RSS -- and the projected full-dataset wall time.
+"""B11: one full-size CT case by stage -- seconds and peak RSS -- and the projected full-dataset wall time.
 
 The case is a corpus case (benchmarks/corpus.py: 512x512x300 int16 CT, ~110 TotalSegmentator labels),
 in the combined label-map layout and in TotalSegmentator's per-structure layout. Stages are the pipeline
@@ -16,7 +16,7 @@ Peak RSS per stage: the process's resident set sampled every 2 ms while the stag
 ``process_case`` is timed whole, alone and as two processes at once (the throughput of two workers on
 this machine), and 1,228 cases (TotalSegmentator v2) are projected from the measured per-case cost.
 
-    python -m benchmarks.b9_ct_case [--corpus DIR] [--shape 512,512,300] [--repeat 2] [--no-parallel]
+    python -m benchmarks.b11_ct_case [--corpus DIR] [--shape 512,512,300] [--repeat 2] [--no-parallel]
 """
 
 from __future__ import annotations
@@ -197,7 +197,7 @@ def main(argv: list[str] | None = None) -> None:
 
 def report(layout: str, runs: dict[str, list[tuple[float, float]]]) -> None:
     rows = runs.pop("rows")[0][0]
-    print(f"\nB9 one full-size CT case, {layout} layout ({int(rows)} rows kept), best of {len(runs['read'])}:")
+    print(f"\nB11 one full-size CT case, {layout} layout ({int(rows)} rows kept), best of {len(runs['read'])}:")
     print(f"  {'stage':<40}{'seconds':>9}{'peak RSS MB':>13}")
     total = 0.0
     for name, vals in runs.items():
