@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -20,6 +21,9 @@ class ConvertResult:
     slices: list[DisplaySlice]
     notes: list[str] = field(default_factory=list)
     window: str = "none"
+    # what did not become a region or a slice, by reason (region:dust, region:unknown_label,
+    # region:min_box, slice:empty)
+    dropped: Counter[str] = field(default_factory=Counter)
 
 
 def _to_regions(found, width: int, height: int) -> list[Region]:
@@ -38,7 +42,8 @@ def _to_regions(found, width: int, height: int) -> list[Region]:
     return out
 
 
-def _layer_regions(study: Study, label_slices: list[np.ndarray], policy: BoxPolicy) -> list[Region]:
+def _layer_regions(study: Study, label_slices: list[np.ndarray], policy: BoxPolicy,
+                   dropped: Counter[str] | None = None) -> list[Region]:
     h, w = label_slices[0].shape[:2] if label_slices else study.image.shape[1:3]
     regions: list[Region] = []
     for layer, lab in zip(study.layers, label_slices, strict=True):
@@ -50,11 +55,13 @@ def _layer_regions(study: Study, label_slices: list[np.ndarray], policy: BoxPoli
             min_fraction=policy.min_fraction,
             connectivity=policy.connectivity,
             instance=layer.instance,
+            dropped=dropped,
         )
-        regions.extend(
-            r for r in _to_regions(found, w, h)
-            if r.box_px[2] - r.box_px[0] + 1 >= policy.min_box_px and r.box_px[3] - r.box_px[1] + 1 >= policy.min_box_px
-        )
+        for r in _to_regions(found, w, h):
+            if min(r.box_px[2] - r.box_px[0], r.box_px[3] - r.box_px[1]) + 1 >= policy.min_box_px:
+                regions.append(r)
+            elif dropped is not None:
+                dropped["region:min_box"] += 1
     return regions
 
 
@@ -68,7 +75,8 @@ def convert_2d(study: Study, policy: BoxPolicy) -> ConvertResult:
         wname = "none (stored 8-bit)"
     h, w = image.shape[:2]
     labels = [layer.array[0] for layer in study.layers]
-    regions = _layer_regions(study, labels, policy) if labels else []
+    dropped: Counter[str] = Counter()
+    regions = _layer_regions(study, labels, policy, dropped) if labels else []
     for b in study.boxes:
         x0, y0, x1, y1 = b.box
         px = (
@@ -90,7 +98,7 @@ def convert_2d(study: Study, policy: BoxPolicy) -> ConvertResult:
         window=wname,
         label_slices=labels,
     )
-    return ConvertResult([sl] if regions else [], window=wname)
+    return ConvertResult([sl] if regions else [], window=wname, dropped=dropped)
 
 
 def convert_3d(study: Study, card: SourceCard, policy: BoxPolicy, slicing: SlicingConfig) -> ConvertResult:
@@ -100,6 +108,7 @@ def convert_3d(study: Study, card: SourceCard, policy: BoxPolicy, slicing: Slici
                              fixed=spec.window, invert=spec.invert)
     notes: list[str] = []
     slices: list[DisplaySlice] = []
+    dropped: Counter[str] = Counter()
     for axis in slicing.axes:
         ax = geometry.axis_index(axis)
         sr, sc = geometry.inplane_spacing(study.spacing, axis)
@@ -141,8 +150,9 @@ def convert_3d(study: Study, card: SourceCard, policy: BoxPolicy, slicing: Slici
                 img = win.apply(geometry.resample_linear(raw, shape))
             labs = [geometry.resample_nearest(geometry.display_view(layer.array, axis, idx), shape)
                     for layer in study.layers]
-            regions = _layer_regions(study, labs, policy)
+            regions = _layer_regions(study, labs, policy, dropped)
             if not regions:
+                dropped["slice:empty"] += 1
                 continue
             pos = None
             if study.origin_mm is not None:
@@ -159,7 +169,7 @@ def convert_3d(study: Study, card: SourceCard, policy: BoxPolicy, slicing: Slici
                     label_slices=labs,
                 )
             )
-    return ConvertResult(slices, notes=notes, window=win.name)
+    return ConvertResult(slices, notes=notes, window=win.name, dropped=dropped)
 
 
 def convert(study: Study, card: SourceCard, policy: BoxPolicy, slicing: SlicingConfig) -> ConvertResult:

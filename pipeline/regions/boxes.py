@@ -18,6 +18,8 @@ left-to-right (:func:`pipeline.regions.coords.order_boxes`).
 
 from __future__ import annotations
 
+from collections import Counter
+
 import builtins
 from dataclasses import dataclass
 from typing import Literal
@@ -318,8 +320,12 @@ def regions_2d(
     min_fraction: float = 0.0,
     connectivity: int = 1,
     instance: bool = False,
+    dropped: Counter[str] | None = None,
 ) -> list[RegionPx]:
     """Pixel boxes of the labelled structures of one 2-D slice.
+
+    ``dropped`` (optional) counts what does not become a box: ``region:dust`` (components under the
+    threshold) and ``region:unknown_label`` (label ids present on the slice without a term).
 
     * Labels not in ``names`` are ignored (treated as background).
     * Dust: a connected component (``connectivity`` 1 = 4-connected, 2 = 8-connected; components
@@ -348,6 +354,8 @@ def regions_2d(
 
     stats = slice_label_boxes(a[None])
     keep = np.array([lab for lab in stats.label.tolist() if lab in names], dtype=np.int64)
+    if dropped is not None and stats.label.size > keep.size:
+        dropped["region:unknown_label"] += int(stats.label.size - keep.size)
     if keep.size == 0:
         return []
     threshold = max(float(min_pixels), float(min_fraction) * H * W)
@@ -366,6 +374,8 @@ def regions_2d(
         comps, comp_label = _components(a, keep, stats.label, connectivity)
         cst = slice_label_boxes(comps[None])
         ok = cst.count >= threshold
+        if dropped is not None and not ok.all():
+            dropped["region:dust"] += int((~ok).sum())
         lab_of = comp_label[cst.label[ok]]
         boxes = np.stack([cst.cmin[ok], cst.rmin[ok], cst.cmax[ok], cst.rmax[ok]], axis=1)
         areas = cst.count[ok]

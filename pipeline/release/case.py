@@ -227,6 +227,8 @@ def _load_and_convert(card: SourceCard, adapter: Any, ref: CaseRef, cfg: Release
         res.errors.append(case_error(ref, "convert", exc, root))
         return None
     res.notes.extend(_scrub(n, root) for n in conv.notes)
+    for reason, n in sorted(conv.dropped.items()):
+        res.count_drop(reason, n)
     if not conv.slices:
         res.errors.append(
             ErrorRecord(
