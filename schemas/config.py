@@ -102,6 +102,9 @@ class ReleaseConfig(BaseModel):
     output: OutputConfig = Field(default_factory=OutputConfig)
     runner: RunnerConfig = Field(default_factory=RunnerConfig)
     validation: dict[str, Any] = Field(default_factory=dict)  # schemas.validation.ValidationConfig
+    # extra glossary files (same format as pipeline/language/data/glossary/*.yaml), relative to this file
+    glossary: list[str] = Field(default_factory=list)
+    config_path: str | None = Field(default=None, exclude=True)  # the YAML it was read from (load_config)
 
     @model_validator(mode="after")
     def _check_validation(self) -> ReleaseConfig:
@@ -110,6 +113,11 @@ class ReleaseConfig(BaseModel):
 
             ValidationConfig.model_validate(self.validation)
         return self
+
+    def glossary_paths(self) -> list[Path]:
+        """The ``glossary`` files as paths: relative ones are relative to the config file (else the cwd)."""
+        base = Path(self.config_path).parent if self.config_path else Path(".")
+        return [p if p.is_absolute() else base / p for p in (Path(g).expanduser() for g in self.glossary)]
 
     def canonical_json(self) -> bytes:
         """Stable serialisation (sorted keys) used for the config hash and the manifest."""
@@ -129,7 +137,9 @@ def load_config(path: str | Path) -> ReleaseConfig:
     except yaml.YAMLError as exc:
         raise ValueError(f"{path}: not valid YAML: {exc}") from exc
     try:
-        return ReleaseConfig.model_validate(data)
+        cfg = ReleaseConfig.model_validate(data)
+        cfg.config_path = str(path)
+        return cfg
     except ValidationError as exc:
         lines = [f"{path}: invalid release config:"]
         for err in exc.errors():

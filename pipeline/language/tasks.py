@@ -290,8 +290,9 @@ _LANG: _Language | None = None
 
 def _language() -> _Language:
     global _LANG
-    if _LANG is None:
-        _LANG = _Language(load_glossary(), load_templates(), load_vocab())
+    glossary = load_glossary()  # a new object when user terms were added (cards, glossary files)
+    if _LANG is None or _LANG.g is not glossary:
+        _LANG = _Language(glossary, load_templates(), load_vocab())
     return _LANG
 
 
@@ -391,7 +392,8 @@ class _Slice:
         known = L.g.terms
         if not by_term.keys() <= known.keys():  # O(len(by_term)), unlike a set difference
             unknown = sorted(t for t in by_term if t not in known)
-            raise KeyError(f"regions use terms that are not in the glossary: {unknown}")
+            raise KeyError(f"regions use terms that are not in the glossary: {unknown} (a card defines its own "
+                           "terms under `terms:`; sources.base.load_card checks that every label maps to one)")
         self.regions = regs
         self.by_term = by_term
         # dicts keep insertion order = order of each term's first (top-left-most) box

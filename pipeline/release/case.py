@@ -100,11 +100,6 @@ def infer_body_region(terms: Iterable[str]) -> str | None:
     return sorted(r for r, v in pick.items() if v == best)[0]
 
 
-def card_vocabulary(card: SourceCard) -> list[str]:
-    """Terms this source can emit (for absent-target negatives)."""
-    return sorted(set(card.label_table().values()))
-
-
 def _error(ref: CaseRef, stage: str, exc: BaseException) -> ErrorRecord:
     if isinstance(exc, ReadError):
         return ErrorRecord(source=ref.source, case_id=ref.case_id, stage=stage, file=exc.file, error=str(exc), hint=exc.hint)
@@ -235,7 +230,7 @@ def process_case(
     patient = hash_patient(ref.source, ref.patient_id)
     split = assign_split(ref.official_split, patient, cfg)
     mix = task_mix(cfg, use)
-    vocab = card_vocabulary(card)
+    vocab = adapter.vocabulary()  # terms this source can emit (absent-target negatives)
     body_region = study.transform.get("body_region") or card.body_region
     transform = {k: v for k, v in study.transform.items() if k != "body_region"}
     from pipeline.validate.base import ValidationItem  # local: keeps import cheap for adapters
@@ -297,11 +292,13 @@ def resolve_samples_root(cfg: ReleaseConfig, required: list[str] | None = None) 
 def prepare_sources(cfg: ReleaseConfig, samples_root: Path | None = None) -> list[PreparedSource]:
     """Load cards, instantiate adapters and discover cases; a broken source becomes an error record."""
     from sources.base import get_adapter, load_card
+    from sources.terms import load_release_terms
 
+    release_terms = load_release_terms(cfg)  # the config's glossary files: a bad one stops the build
     out: list[PreparedSource] = []
     for use in cfg.sources:
         try:
-            card = load_card(use.card)
+            card = load_card(use.card, release_terms=release_terms)
             root = Path(use.root).expanduser() if use.root else card.resolve_root(samples_root)
             if not root.exists():
                 raise ReadError(
