@@ -25,7 +25,7 @@ from pipeline.core.types import CaseRef, PixelBoxAnnotation, Study
 from schemas.card import SourceCard
 from schemas.language import TermSpec
 from sources.layouts import LayoutBase, parse_layout
-from sources.terms import card_terms_known, card_where, install_card_terms, label_table, prepare_card_terms
+from sources.terms import card_where, install_card_terms, label_table, prepare_card_terms, resolve_label
 
 CARDS_DIR = Path(__file__).resolve().parent / "cards"
 
@@ -123,21 +123,13 @@ class SourceAdapter(ABC):
 
     def term_for(self, label: str) -> str | None:
         """Map a dataset label (id or name) to a canonical term, or None when it is not emitted."""
-        table = label_table(self.card)
-        if label in table:
-            return table[label]
-        if label in self.card.ignore_labels:
-            return None
-        if self.card.resolve_labels_with_glossary:
-            from pipeline.language.glossary import load_glossary
+        return resolve_label(self.card, label)
 
-            gl = load_glossary()
-            known = card_terms_known(self.card)  # not another card's terms: those are not this card's to emit
-            for text in (label, label.replace("+", " "), label.replace("+", " ").replace("_", " ")):
-                term = gl.resolve(text)
-                if term is not None and term in known:
-                    return term
-        return None
+    @classmethod
+    def layout_labels(cls, layout: Any) -> list[str]:
+        """Dataset labels the layout itself names (e.g. ``label`` of binary masks): each must map to a term
+        when the card loads."""
+        return []
 
 
 def apply_display(arr: np.ndarray, op: str) -> np.ndarray:
@@ -250,8 +242,14 @@ def load_card(ref: str, *, release_terms: Mapping[str, TermSpec] | None = None) 
 def check_card(card: SourceCard, release_terms: Mapping[str, TermSpec] | None = None) -> SourceCard:
     """What :func:`load_card` checks, for a card made in code; returns the card to use (with the release
     terms it needs copied in)."""
-    adapter_class(card).parse_layout(card)
-    return prepare_card_terms(card, release_terms)
+    cls = adapter_class(card)
+    layout = cls.parse_layout(card)
+    card = prepare_card_terms(card, release_terms)
+    unmapped = [label for label in cls.layout_labels(layout) if resolve_label(card, label) is None]
+    if unmapped:
+        raise ValueError(f"{card_where(card)}: layout names label(s) {unmapped} that map to no term; add them to "
+                         "`labels` (label: term), or set resolve_labels_with_glossary when they are glossary names")
+    return card
 
 
 def adapter_class(card: SourceCard) -> type[SourceAdapter]:

@@ -107,6 +107,10 @@ class MaskFolderAdapter(SourceAdapter):
     description = "2-D images with mask files (binary, one file per label, instance files, or label-value maps)"
     layout_model = MaskFolderLayout
 
+    @classmethod
+    def layout_labels(cls, layout: MaskFolderLayout) -> list[str]:
+        return [layout.label] if layout.mask_kind == "binary" and layout.label else []
+
     def _fields(self, img: Path) -> dict[str, str] | None:
         """Template fields of an image: ``stem`` and the named groups of ``image_regex`` (None: no match)."""
         fields = {"stem": glob_escape(img.stem)}

@@ -65,6 +65,23 @@ def card_terms_known(card: SourceCard) -> frozenset[str]:
     return shipped_terms() | frozenset(card.terms) if card.terms else shipped_terms()
 
 
+def resolve_label(card: SourceCard, label: str) -> str | None:
+    """A dataset label (id or name) -> the card's term, or None when it is not emitted: the label table,
+    then (``resolve_labels_with_glossary``) the glossary's names, synonyms and aliases."""
+    table = label_table(card)
+    if label in table:
+        return table[label]
+    if label in card.ignore_labels or not card.resolve_labels_with_glossary:
+        return None
+    gl = load_glossary()
+    known = card_terms_known(card)  # not another card's terms: those are not this card's to emit
+    for text in (label, label.replace("+", " "), label.replace("+", " ").replace("_", " ")):
+        term = gl.resolve(text)
+        if term is not None and term in known:
+            return term
+    return None
+
+
 # ----------------------------------------------------------------------------------------- glossary files
 
 

@@ -294,6 +294,9 @@ def prepare_sources(cfg: ReleaseConfig, samples_root: Path | None = None) -> lis
     from sources.base import get_adapter, load_card
     from sources.terms import load_release_terms
 
+    from pipeline.validate.registry import check_config
+
+    check_config(cfg.validation)  # unknown validators / bad sections stop the build before any case
     release_terms = load_release_terms(cfg)  # the config's glossary files: a bad one stops the build
     out: list[PreparedSource] = []
     for use in cfg.sources:

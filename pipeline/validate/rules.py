@@ -41,6 +41,10 @@ _SCORE = {"pass": 1.0, "flag": 0.5, "fail": 0.0}
 class RulesValidator:
     name = "rules"
     version = "1"
+    level = "case"  # pipeline.validate.registry: runs on each case's rows, inside the case task
+    needs_model = False
+    config_model = RulesConfig
+    description = "cheap CPU checks on every sample: box sizes, blank boxes, box text, laterality"
 
     def __init__(self, config: RulesConfig | None = None, *, glossary: Any | None = None) -> None:
         self.config = config or RulesConfig()
