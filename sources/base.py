@@ -25,7 +25,14 @@ from pipeline.core.types import CaseRef, PixelBoxAnnotation, Study
 from schemas.card import SourceCard
 from schemas.language import TermSpec
 from sources.layouts import LayoutBase, parse_layout
-from sources.terms import card_where, install_card_terms, label_table, prepare_card_terms, resolve_label
+from sources.terms import (
+    card_where,
+    install_card_terms,
+    label_problems,
+    label_table,
+    prepare_card_terms,
+    resolve_label,
+)
 
 CARDS_DIR = Path(__file__).resolve().parent / "cards"
 
@@ -250,6 +257,24 @@ def check_card(card: SourceCard, release_terms: Mapping[str, TermSpec] | None = 
         raise ValueError(f"{card_where(card)}: layout names label(s) {unmapped} that map to no term; add them to "
                          "`labels` (label: term), or set resolve_labels_with_glossary when they are glossary names")
     return card
+
+
+def card_problems(ref: str, release_terms: Mapping[str, TermSpec] | None = None) -> list[str]:
+    """What is wrong with a card, as sentences (``medreg inspect --card``): what :func:`load_card` would
+    raise, with every label whose term does not exist listed on its own."""
+    try:
+        card = load_card(ref, release_terms=release_terms)
+    except (ValueError, KeyError, FileNotFoundError) as exc:
+        text = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+        problems = [str(text)]
+        try:  # name the unknown terms even when something else failed first
+            card = SourceCard.from_yaml(builtin_cards().get(ref, Path(ref).expanduser()))
+            problems += [f"{card_where(card)}: {p}" for p in label_problems(card, release_terms)
+                         if p not in str(text)]
+        except (ValueError, OSError):
+            pass
+        return problems
+    return [f"{card_where(card)}: {p}" for p in label_problems(card, release_terms)]
 
 
 def adapter_class(card: SourceCard) -> type[SourceAdapter]:

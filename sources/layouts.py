@@ -43,7 +43,7 @@ class LayoutBase(BaseModel):
         None, description="first group (tested on the case id, then the path) = patient id; splits are by patient"
     )
     case_rules: list[CaseRule] = Field(
-        default_factory=list, description="[{regex, modality, body_region, display}], first match on the case id wins"
+        default_factory=list, description="per-case overrides; the first rule whose regex matches the case id wins"
     )
 
 

@@ -144,9 +144,9 @@ def install_card_terms(card: SourceCard) -> None:
         add_terms(card.terms, card_where(card))
 
 
-def check_labels(card: SourceCard, release_terms: Mapping[str, TermSpec] | None = None) -> None:
-    """Every label of the card must map to a term of the shipped glossary, the card's ``terms`` or the
-    release's glossary files; otherwise a ValueError naming the card, each label and the closest terms."""
+def label_problems(card: SourceCard, release_terms: Mapping[str, TermSpec] | None = None) -> list[str]:
+    """One sentence per label of the card whose term exists nowhere (shipped glossary, the card's ``terms``,
+    the release's glossary files), with the closest terms."""
     known = card_terms_known(card) | set(release_terms or {})
     problems = []
     for label, term in sorted(label_table(card).items()):
@@ -155,6 +155,13 @@ def check_labels(card: SourceCard, release_terms: Mapping[str, TermSpec] | None 
         guesses = closest_terms(term, known)
         dym = f" (did you mean {', '.join(repr(g) for g in guesses)}?)" if guesses else ""
         problems.append(f"label {label!r} maps to {term!r}, which is not a glossary term{dym}")
+    return problems
+
+
+def check_labels(card: SourceCard, release_terms: Mapping[str, TermSpec] | None = None) -> None:
+    """Every label of the card must map to a term that exists; otherwise a ValueError naming the card, each
+    label and the closest terms, and the fix."""
+    problems = label_problems(card, release_terms)
     if problems:
         raise ValueError(
             f"{card_where(card)}: " + "; ".join(problems) + ". Fix: use a term id of the glossary "
