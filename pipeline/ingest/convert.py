@@ -3,8 +3,9 @@
 Detection boxes (``Study.boxes``) are emitted as regions as given.  On a 3-D study a box lies on the
 axial slice ``slice_index`` (canonical axis 0) in pixel coordinates of the axial display image before
 square-pixel resampling (x = column, patient right -> left; y = row, anterior -> posterior); it is
-scaled with the image.  Boxes exist on axial images only: coronal/sagittal images of a study with boxes
-carry its label layers only, and a note counts the boxes not shown there.
+resampled with the image exactly as a label mask would be.  Boxes exist on axial images only:
+coronal/sagittal images of a study with boxes carry its label layers only, and a note counts the boxes
+not shown there.
 """
 
 from __future__ import annotations
@@ -66,19 +67,21 @@ def _layer_regions(study: Study, label_slices: list[np.ndarray], policy: BoxPoli
 
 
 def _box_regions(boxes: list[PixelBoxAnnotation], in_hw: tuple[int, int], out_hw: tuple[int, int]) -> list[Region]:
-    """Detection boxes (inclusive pixel indices on an ``in_hw`` image) as regions on the ``out_hw`` image: the
-    continuous extent ``[x0, x1 + 1)`` scaled, then the pixels it touches."""
+    """Detection boxes (inclusive pixel indices on an ``in_hw`` image; fractional edges widen to the pixels
+    they touch) as regions on the ``out_hw`` image: the box of the box's mask resampled exactly like the
+    label layers (nearest neighbour, pixel centres), so label and detection boxes of one study agree."""
     (h_in, w_in), (h, w) = in_hw, out_hw
-    sx, sy = w / w_in, h / h_in
+    rows = geometry.nearest_index(h_in, h)
+    cols = geometry.nearest_index(w_in, w)
     out = []
     for b in boxes:
         x0, y0, x1, y1 = b.box
-        px = (
-            int(np.clip(np.floor(x0 * sx), 0, w - 1)),
-            int(np.clip(np.floor(y0 * sy), 0, h - 1)),
-            int(np.clip(np.ceil((x1 + 1) * sx) - 1, 0, w - 1)),
-            int(np.clip(np.ceil((y1 + 1) * sy) - 1, 0, h - 1)),
-        )
+        px0, py0 = int(np.clip(np.floor(x0), 0, w_in - 1)), int(np.clip(np.floor(y0), 0, h_in - 1))
+        px1, py1 = int(np.clip(np.ceil(x1), 0, w_in - 1)), int(np.clip(np.ceil(y1), 0, h_in - 1))
+        c0 = int(np.searchsorted(cols, px0, "left"))
+        r0 = int(np.searchsorted(rows, py0, "left"))
+        px = (c0, r0, max(c0, int(np.searchsorted(cols, px1, "right")) - 1),
+              max(r0, int(np.searchsorted(rows, py1, "right")) - 1))
         area = (px[2] - px[0] + 1) * (px[3] - px[1] + 1)
         out.append(Region(term=b.term, box_px=px, box=normalise_box(px, w, h), area=area))
     return out

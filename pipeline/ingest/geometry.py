@@ -116,8 +116,8 @@ def square_shape(shape: tuple[int, int], spacing_rc: tuple[float, float]) -> tup
     return (max(1, int(round(shape[0] * sr / fine))), max(1, int(round(shape[1] * sc / fine))))
 
 
-def _index_map(n_in: int, n_out: int) -> np.ndarray:
-    """Nearest source index for each output pixel centre (pixel-centre aligned)."""
+def nearest_index(n_in: int, n_out: int) -> np.ndarray:
+    """Nearest source index for each output pixel centre (pixel-centre aligned; non-decreasing)."""
     return np.minimum(((np.arange(n_out) + 0.5) * n_in / n_out).astype(np.int64), n_in - 1)
 
 
@@ -125,10 +125,9 @@ def resample_nearest(img: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """Nearest-neighbour resize of a 2-D (or 2-D + channels) array; exact for labels."""
     if img.shape[:2] == tuple(shape):
         return img
-    ri = _index_map(img.shape[0], shape[0])
-    ci = _index_map(img.shape[1], shape[1])
+    ri = nearest_index(img.shape[0], shape[0])
+    ci = nearest_index(img.shape[1], shape[1])
     return img[ri][:, ci]
-
 
 def resample_linear(img: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """Bilinear resize (pixel-centre aligned) of a 2-D float/int image; returns float32."""
@@ -139,7 +138,6 @@ def resample_linear(img: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     zr = shape[0] / img.shape[0]
     zc = shape[1] / img.shape[1]
     return ndimage.zoom(img.astype(np.float32, copy=False), (zr, zc), order=1, mode="nearest", grid_mode=True)
-
 
 def select_slices(
     candidates: np.ndarray,
