@@ -129,6 +129,7 @@ def resample_nearest(img: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     ci = nearest_index(img.shape[1], shape[1])
     return img[ri][:, ci]
 
+
 def resample_linear(img: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """Bilinear resize (pixel-centre aligned) of a 2-D float/int image; returns float32."""
     if img.shape[:2] == tuple(shape):
@@ -138,6 +139,7 @@ def resample_linear(img: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     zr = shape[0] / img.shape[0]
     zc = shape[1] / img.shape[1]
     return ndimage.zoom(img.astype(np.float32, copy=False), (zr, zc), order=1, mode="nearest", grid_mode=True)
+
 
 def select_slices(
     candidates: np.ndarray,
