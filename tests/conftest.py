@@ -39,3 +39,12 @@ def prefect_harness(tmp_path_factory):
 
     with prefect_test_harness(server_startup_timeout=120):
         yield home
+
+
+@pytest.fixture(autouse=True)
+def _user_terms_do_not_leak():
+    """Cards with `terms:` add them to the process glossary; each test starts from the shipped glossary."""
+    yield
+    from pipeline.language.user_terms import reset_user_terms
+
+    reset_user_terms()

@@ -813,7 +813,7 @@ def generate(ctx: SliceContext, mix: TaskMix, rng: np.random.Generator) -> list[
     on this slice (no usable region) is skipped silently.  Raises ``KeyError`` for a region term that is
     not in the glossary, ``ValueError`` for an unknown task, language or system prompt mode.
     """
-    L = _LANG or _language()
+    L = _language()  # rebuilt when user terms changed the glossary
     rates = L.rates(mix)
     sl = _Slice(ctx, L)
     u = _stream(rng).__next__

@@ -73,6 +73,8 @@ def add_terms(terms: Mapping[str, TermSpec], origin: str) -> None:
     candidate = {tid: v for tid, v in _USER.terms.items() if v[1] != origin}
     for tid, spec in terms.items():
         candidate.setdefault(tid, (spec, origin))
+    if candidate == _USER.terms:
+        return  # the same terms again (a card loaded twice, an adapter made per case)
     shipped = _load_glossary_cached(str(GLOSSARY_DIR))
     try:
         merged = _merge(shipped, candidate)
