@@ -166,9 +166,9 @@ def inspect(
 
         problems = card_problems(card)
         for problem in problems:
-            console.print(f"card problem: {problem}", markup=False, highlight=False)
+            console.print(f"card problem: {problem}", markup=False, highlight=False, soft_wrap=True)
         if not problems:
-            console.print(f"card {card}: loads; every label maps to a known term", markup=False, highlight=False)
+            console.print(f"card {card}: loads; every label maps to a known term", markup=False, soft_wrap=True)
 
 
 @app.command()

@@ -31,6 +31,7 @@ from pipeline.ingest.convert import convert
 from pipeline.release.case import build
 from schemas.config import ReleaseConfig
 from sources.base import get_adapter, load_card
+from throwaway_datasets import DRIVE_CARD, H, W, fundus_case, write_card
 
 SEGMENTS = [  # (number, label, SCT code, meaning, term)
     (1, "artery", "51114001", "Artery", "artery"),
@@ -67,7 +68,8 @@ SEG_CARD = {
 
 
 def _rows(release: Path) -> list[dict]:
-    return [orjson.loads(line) for p in sorted((release / "data").rglob("*.jsonl")) for line in p.read_bytes().splitlines()]
+    shards = sorted((release / "data").rglob("*.jsonl"))
+    return [orjson.loads(line) for p in shards for line in p.read_bytes().splitlines()]
 
 
 def _config(card_path: Path, root: Path, **extra) -> ReleaseConfig:
@@ -175,60 +177,13 @@ def test_coded_seg_with_new_terms_builds_with_a_card_only(tmp_path, samples, cod
 
 # --- the DRIVE-like fundus folder ----------------------------------------------------------------------
 
-W, H = 565, 584  # DRIVE image size
-
-
-def _fundus_case(root: Path, case: str, rng: np.random.Generator) -> None:
-    rr, cc = np.mgrid[:H, :W]
-    fov = (rr - H / 2) ** 2 + (cc - W / 2) ** 2 <= 270**2
-    vessels = np.zeros((H, W), bool)
-    x0 = int(rng.integers(150, 250))
-    vessels[60:520, x0:x0 + 6] = True  # a vertical trunk
-    vessels[300:306, x0:x0 + 180] = True  # a branch to the right
-    vessels &= fov
-    img = (rng.random((H, W, 3)) * 60 + 40).astype(np.uint8) * fov[..., None]
-    for sub in ("images", "1st_manual", "mask"):
-        (root / sub).mkdir(parents=True, exist_ok=True)
-    Image.fromarray(img).save(root / "images" / f"{case}_training.tif")
-    Image.fromarray(vessels.astype(np.uint8) * 255).save(root / "1st_manual" / f"{case}_manual1.gif")
-    Image.fromarray(fov.astype(np.uint8) * 255).save(root / "mask" / f"{case}_training_mask.gif")
-
-
-DRIVE_CARD = {
-    "name": "drive-like",
-    "title": "DRIVE-like fundus vessels (test)",
-    "adapter": "mask_folder_2d",
-    "licence": "CC-BY-4.0",
-    "modality": "fundus",
-    "body_region": "eye",
-    "terms": {"retinal_vessel": {"en": "retinal vessel", "zh": "视网膜血管", "synonyms_en": ["retinal vasculature"],
-                                 "category": "vessel", "body_region": "eye"}},
-    "labels": {"vessel": "retinal_vessel"},
-    "box_policy": {"mode": "label"},
-    "layout": {
-        "images": "images/*.tif",
-        "image_regex": r"(?P<id>\d+)_training",
-        "masks": "1st_manual/{id}_manual1.gif",
-        "roi_masks": "mask/{id}_training_mask.gif",
-        "mask_kind": "binary",
-        "label": "vessel",
-    },
-}
-
-
 @pytest.fixture()
 def drive(tmp_path):
     root = tmp_path / "drive"
     rng = np.random.default_rng(21)
     for case in ("21", "22"):
-        _fundus_case(root, case, rng)
+        fundus_case(root, case, rng)
     return root
-
-
-def write_card(tmp_path: Path, card: dict, name: str = "card.yaml") -> Path:
-    path = tmp_path / name
-    path.write_text(yaml.safe_dump(card, allow_unicode=True), encoding="utf-8")
-    return path
 
 
 def _bbox(path: Path) -> tuple[int, int, int, int]:

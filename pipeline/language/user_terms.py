@@ -81,8 +81,9 @@ def add_terms(terms: Mapping[str, TermSpec], origin: str) -> None:
     except ValueError as exc:
         where = {tid: o for tid, (_, o) in candidate.items()}
         mine = ", ".join(sorted(terms))
-        raise ValueError(f"the terms of {origin} ({mine}) do not fit the glossary: {_plain(exc)}"
-                         + _where_note(str(exc), where)) from None
+        text = _plain(exc)
+        raise ValueError(f"the terms of {origin} ({mine}) do not fit the glossary: {text}"
+                         + _where_note(text, where)) from None
     _USER.terms = candidate
     _USER.merged = (id(shipped), merged)
     _USER.origin = merged.origin
