@@ -118,7 +118,8 @@ def _type_text(annotation: Any) -> str:
     if origin is Literal:
         return " \\| ".join(str(a) for a in args)
     if origin in (typing.Union, types.UnionType):
-        return " \\| ".join(_type_text(a) for a in args if a is not type(None)) + " (optional)"
+        text = " \\| ".join(_type_text(a) for a in args if a is not type(None))
+        return text + " (optional)" if type(None) in args else text
     if origin in (list, tuple):
         inner = ", ".join(_type_text(a) for a in args if a is not Ellipsis)
         return f"[{inner}]"

@@ -134,7 +134,7 @@ def closest_terms(text: str, known: list[str] | set[str] | None = None, n: int =
     hit = g.resolve(text)
     if hit is not None and hit in pool:
         out.append(hit)
-    for cand in difflib.get_close_matches(text, pool, n=n, cutoff=0.6):
+    for cand in difflib.get_close_matches(text, pool, n=n, cutoff=0.75):
         if cand not in out:
             out.append(cand)
     return out[:n]
