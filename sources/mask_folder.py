@@ -220,14 +220,15 @@ class MaskFolderAdapter(SourceAdapter):
             box = self._roi_box(ref.paths["roi"], image, ref.paths["image"], notes)
             display = self.case_attrs(ref.case_id)["display"]
             h, w = image.shape[:2]
-            transform["roi_box_px"] = [int(v) for v in display_box(tuple(box), display, w, h)]
+            transform["roi_box_px"] = [int(v) for v in display_box(box, display, w, h)]
         elif self.layout.roi_masks:
             notes.append(f"no ROI mask for image {Path(ref.paths['image']).name} (pattern {self.layout.roi_masks})")
         if self.layout.mask_kind == "values":
-            layers = [self._values_layer(f, image, ref.paths["image"], notes) for f in ref.extra["files"]]
+            found = [self._values_layer(f, image, ref.paths["image"], notes) for f in ref.extra["files"]]
+            layers = [layer for layer in found if layer is not None]
         else:
             layers = self._label_layers(ref, stem, image, notes)
-        return self.study_2d(ref, image, [layer for layer in layers if layer is not None], notes, **transform)
+        return self.study_2d(ref, image, layers, notes, **transform)
 
     def _label_layers(self, ref: CaseRef, stem: str, image: np.ndarray, notes: list[str]) -> list[LabelLayer]:
         lay = self.layout

@@ -175,7 +175,7 @@ def _used_release_terms(card: SourceCard, release_terms: Mapping[str, TermSpec])
     mirrors, so the card carries everything it emits."""
     todo = [t for t in label_table(card).values() if t in release_terms]
     for spec in card.terms.values():
-        todo.extend(t for t in (spec.parent, spec.mirror) if t in release_terms)
+        todo.extend(t for t in (spec.parent, spec.mirror) if t is not None and t in release_terms)
     used: dict[str, TermSpec] = {}
     while todo:
         tid = todo.pop()

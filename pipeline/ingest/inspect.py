@@ -69,7 +69,7 @@ def inspect_nifti(path: Path) -> dict[str, Any]:
         ids, counts = np.unique(np.asarray(arr).astype(np.int64, copy=False), return_counts=True)
     if ids is not None and len(ids) <= 1000:
         out["looks_like"] = "label map"
-        nz = [(int(i), int(c)) for i, c in zip(ids, counts) if i != 0]
+        nz = [(int(i), int(c)) for i, c in zip(ids, counts, strict=True) if i != 0]
         out["label_ids"] = [i for i, _ in nz]
         out["label_voxels"] = {str(i): c for i, c in nz[:_MAX_LISTED]}
         base = path.name[:-3] if path.name.endswith(".gz") else path.name
@@ -250,7 +250,8 @@ def inspect_image(path: Path) -> dict[str, Any]:
     out: dict[str, Any] = {"kind": "image", "path": str(path), "size_wh": list(size), "mode": mode}
     if arr.ndim == 3:
         chans = arr[..., :3]
-        out["channels_equal"] = bool(np.array_equal(chans[..., 0], chans[..., 1]) and np.array_equal(chans[..., 0], chans[..., 2]))
+        out["channels_equal"] = bool(np.array_equal(chans[..., 0], chans[..., 1])
+                                     and np.array_equal(chans[..., 0], chans[..., 2]))
         if arr.shape[2] == 4:
             out["alpha_constant"] = bool(arr[..., 3].min() == arr[..., 3].max())
         grey = chans[..., 0] if out["channels_equal"] else None
@@ -260,7 +261,7 @@ def inspect_image(path: Path) -> dict[str, Any]:
         vals, cnt = np.unique(grey, return_counts=True)
         out["distinct_values"] = int(vals.size)
         if vals.size <= _MAX_LISTED:
-            out["values"] = {str(v): int(c) for v, c in zip(vals.tolist(), cnt.tolist())}
+            out["values"] = {str(v): int(c) for v, c in zip(vals.tolist(), cnt.tolist(), strict=True)}
         if grey.dtype == np.uint8:
             extreme = np.count_nonzero((grey <= 15) | (grey >= 240)) / grey.size
             if vals.size <= 2:
@@ -409,7 +410,8 @@ def _inspect_file(path: Path) -> dict[str, Any]:
 
 
 def _inspect_folder(path: Path) -> dict[str, Any]:
-    files = sorted(p for p in path.rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts))
+    files = sorted(p for p in path.rglob("*")
+                   if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts))
     dicom_like = {p for p in files if is_dicom(p)}
     by_ext = Counter("DICOM (by content)" if p in dicom_like and _suffix(p) not in _DICOM_SUFFIXES
                      else _suffix(p) or "(none)" for p in files)
@@ -423,7 +425,8 @@ def _inspect_folder(path: Path) -> dict[str, Any]:
     details: dict[str, list] = {"nifti": [], "images": [], "tables": []}
     for p in files:
         suf = _suffix(p)
-        key = "nifti" if suf in _NIFTI else "images" if suf in _IMAGES else "tables" if suf in (".csv", ".tsv", ".json") else None
+        key = ("nifti" if suf in _NIFTI else "images" if suf in _IMAGES
+               else "tables" if suf in (".csv", ".tsv", ".json") else None)
         if key and len(details[key]) < _MAX_FILES_DETAILED:
             d = _inspect_file(p)
             d["path"] = _rel(p, path)

@@ -11,8 +11,8 @@ and dataset aliases.  Matching ignores case, punctuation, underscores, ``+`` and
 load-time error, so a label resolves to at most one term.
 
 User terms (a card's ``terms:``, the glossary files a release config names) join the shipped glossary of
-this process through :func:`pipeline.language.user_terms.add_terms`; :func:`load_glossary` then returns the merged glossary, validated
-by the same rules, and a clash names both places.
+this process through :func:`pipeline.language.user_terms.add_terms`; :func:`load_glossary` then returns the
+merged glossary, validated by the same rules, and a clash names both places.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 
 from pipeline.language.glossary import GLOSSARY_DIR, Glossary, _load_glossary_cached, load_glossary, shipped_term_file
 from schemas.language import GlossarySpec, TermSpec
@@ -124,7 +124,7 @@ def _where_note(message: str, user_where: Mapping[str, str]) -> str:
     return f" (where: {'; '.join(notes)})" if notes else ""
 
 
-def closest_terms(text: str, known: list[str] | set[str] | None = None, n: int = 3) -> list[str]:
+def closest_terms(text: str, known: Collection[str] | None = None, n: int = 3) -> list[str]:
     """Term ids close to ``text`` (a mistyped id or a name), best first: for "did you mean ...".
 
     ``known`` restricts the candidates (default: every term of :func:`load_glossary`)."""

@@ -32,7 +32,7 @@ import warnings
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import metadata
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from pydantic import BaseModel, ValidationError
 
@@ -79,7 +79,8 @@ def describe(name: str, cls: Any, origin: str) -> ValidatorInfo:
         problems.append(f"its name attribute ({getattr(cls, 'name', None)!r}) must be the registered name {name!r}")
     if problems:
         raise TypeError(f"validator {name!r} ({origin}): " + "; ".join(problems))
-    return ValidatorInfo(name, cls, level, cls.needs_model, config_model, str(getattr(cls, "description", "")), origin)
+    return ValidatorInfo(name, cls, cast(Level, level), cls.needs_model, cast(type[BaseModel], config_model),
+                         str(getattr(cls, "description", "")), origin)
 
 
 def _load_target(target: str) -> Any:
