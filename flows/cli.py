@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-
-import typer  # noqa: E402
-from rich.console import Console  # noqa: E402
-from rich.table import Table  # noqa: E402
-from rich.text import Text  # noqa: E402
+import typer
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="MedRegInstruct builder: region-centric bilingual medical instruction data.")
 console = Console(stderr=False)
@@ -23,42 +20,77 @@ err = Console(stderr=True)
 def build(
     config: Path = typer.Argument(..., help="release config YAML (see examples/demo.yaml)"),
     out: Path = typer.Option(Path("out"), "--out", "-o", help="output folder; the release goes to OUT/<name>-<version>"),
-    no_prefect: bool = typer.Option(False, "--no-prefect", help="run in-process without the Prefect flow"),
+    no_prefect: bool = typer.Option(False, "--no-prefect", help="run in-process (worker processes) without Prefect"),
+    wait: float = typer.Option(0.0, "--wait", help="seconds to wait for another build into the same --out to end"),
 ) -> None:
     """Build a release: ingest sources, make samples, validate, write shards + manifest + card + report."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.markup import escape
 
-    from pipeline.release.case import prepare_sources, resolve_samples_root
+    from pipeline.core.environment import EnvironmentFailure
+    from pipeline.release.driver import BuildFailure
+    from pipeline.release.publish import BuildRefused
     from schemas.config import load_config
 
     try:
-        cfg = load_config(config)
-        root = resolve_samples_root(cfg)
-        total = sum(len(p.refs) for p in prepare_sources(cfg, root))
+        load_config(config)
     except (ValueError, FileNotFoundError) as exc:
-        err.print(f"[red]error:[/red] {exc}")
+        err.print(f"[red]error:[/red] {escape(str(exc))}")
         raise typer.Exit(2) from None
-    with Progress(TextColumn("[bold]cases"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("{task.description}"), console=err) as prog:
-        tid = prog.add_task("", total=total)
+    try:
+        with _ProgressBar() as on_event:
+            if no_prefect:
+                from flows.run import run_build as run_local
 
-        def on_case(res) -> None:  # noqa: ANN001
-            prog.update(tid, advance=1, description=f"{res.source}/{res.case_id}: {len(res.rows)} rows" + (" [red]error[/red]" if res.errors else ""))
+                res = run_local(config, out, progress=on_event, wait_seconds=wait)
+                release, errors = res.release, [e.one_line() for e in res.errors]
+            else:
+                from flows.build import run_build
 
-        if no_prefect:
-            from pipeline.release.case import build as build_plain
-
-            release = build_plain(cfg, out, samples_root=root, progress=on_case)
-            errors = []
-        else:
-            from flows.build import run_build
-
-            summary = run_build(str(config), str(out), on_case)
-            release = Path(summary["release"])
-            errors = summary["errors"]
-    _print_summary(Path(release))
+                summary = run_build(config, out, on_event, wait_seconds=wait, say=lambda m: err.print(m, markup=False))
+                release, errors = Path(summary["release"]), summary["errors"]
+    except (BuildRefused, EnvironmentFailure, BuildFailure) as exc:
+        err.print(f"[red]error:[/red] {escape(str(exc))}")
+        raise typer.Exit(1) from None
+    _print_summary(release)
     for e in errors:
-        err.print(f"[yellow]case error:[/yellow] {e}")
-    console.print(f"release: {release}")
+        err.print(f"[yellow]case error:[/yellow] {escape(e)}")
+    console.print(f"release: {release}", markup=False, highlight=False)
+
+
+class _ProgressBar:
+    """A rich progress bar over cases (cached cases count at once), with ETA."""
+
+    def __enter__(self) -> Any:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        self.prog = Progress(TextColumn("[bold]cases"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                             TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.description}"), console=err)
+        self.prog.__enter__()
+        self.tid = self.prog.add_task("", total=None)
+        return self.on_event
+
+    def on_event(self, event: str, payload: Any) -> None:
+        from rich.markup import escape
+
+        if event == "planned":
+            self.prog.update(self.tid, total=payload)
+        elif event in ("built", "cached") and payload is not None:
+            flag = " [red]error[/red]" if payload.errors else ""
+            what = "cached" if event == "cached" else f"{payload.rows} rows"
+            self.prog.update(self.tid, advance=1, description=f"{escape(payload.source)}/{escape(payload.case_id)}: "
+                             f"{what}{flag}")
+        elif event == "validated":
+            self.prog.update(self.tid, description="validating")
+
+    def __exit__(self, *exc: Any) -> None:
+        self.prog.__exit__(*exc)
 
 
 def _print_summary(release: Path) -> None:
@@ -88,7 +120,7 @@ def _print_summary(release: Path) -> None:
 @app.command()
 def verify(release: Path = typer.Argument(..., help="a release folder (holding manifest.json)")) -> None:
     """Re-hash every shard, image and file against manifest.json; exit 1 on any mismatch."""
-    from pipeline.release.shards import verify_release
+    from pipeline.release.verify import verify_release
 
     problems = verify_release(release)
     if problems:

@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from schemas.config import ReleaseConfig
+
 __all__ = [
     "ChecksumMismatchError",
     "DownloadReport",
@@ -439,3 +441,10 @@ def download_samples(
             + "\nSet MEDREG_SAMPLES to a folder that has them, or MEDREG_SAMPLES_MIRROR to a mirror."
         )
     return report
+
+
+def resolve_samples_root(cfg: ReleaseConfig, required: list[str] | None = None) -> Path:
+    """The config's ``samples_root`` if set, else :func:`find_samples_root`."""
+    if cfg.samples_root:
+        return Path(cfg.samples_root).expanduser()
+    return find_samples_root(required)

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from schemas.language import TermSpec
 
@@ -33,10 +33,54 @@ class BoxPolicy(BaseModel):
 
 
 class IntensitySpec(BaseModel):
+    """How a 3-D source's values become display grey levels (pipeline/ingest/intensity.py).
+
+    CT: a named ``preset`` window in HU.  Others: ``percentiles`` of the foreground, or a fixed
+    ``window`` in the image's own values (PET: SUV, e.g. ``[0, 10]``).  ``invert`` shows high values
+    dark (PET readers' inverted grey).  ``suv_conversion`` says how a PET series whose values are not
+    SUV becomes SUV (pipeline/ingest/readers/pet.py); ``none`` refuses such a series.
+    """
+
     model_config = ConfigDict(extra="forbid")
 
     preset: str | None = None  # CT window name: abdomen, lung, bone, brain, soft_tissue, liver, mediastinum
     percentiles: tuple[float, float] = (0.5, 99.5)  # MR/PET/US window on foreground
+    window: tuple[float, float] | None = Field(
+        None, description="fixed [low, high] in the image's values (HU for CT, SUV for PET) instead of percentiles")
+    invert: bool = Field(False, description="high values dark (inverted grey, as PET readers show SUV)")
+    suv_conversion: Literal["none", "bqml_to_bw"] = Field(
+        "none", description="PET series not in SUV: none = the case fails; bqml_to_bw = body-weight SUV from Bq/ml")
+
+    @field_validator("percentiles")
+    @classmethod
+    def _percentiles_ordered(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not 0.0 <= v[0] < v[1] <= 100.0:
+            raise ValueError(f"percentiles must satisfy 0 <= low < high <= 100, got {list(v)}")
+        return v
+
+    @field_validator("window")
+    @classmethod
+    def _window_ordered(cls, v: tuple[float, float] | None) -> tuple[float, float] | None:
+        if v is not None and not v[0] < v[1]:
+            raise ValueError(f"window must be [low, high] with low < high, got {list(v)}")
+        return v
+
+    @model_validator(mode="after")
+    def _one_window(self) -> IntensitySpec:
+        if self.preset is not None and self.window is not None:
+            raise ValueError("give either a CT window preset or a fixed window, not both")
+        return self
+
+
+class DisplaySpec(BaseModel):
+    """Display images of a 3-D source beyond the house conventions (pipeline/ingest/convert.py)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    upscale_to_px: int | None = Field(
+        None, ge=32, le=2048,
+        description="small volumes (e.g. a 30x27-voxel PET crop): enlarge each display image by the largest integer "
+        "factor that keeps its longer side <= this (image bilinear, labels nearest: boxes scale exactly)")
 
 
 class SplitSpec(BaseModel):
@@ -65,6 +109,7 @@ class SourceCard(BaseModel):
     body_region: str | None = None
     root: str = "."  # data folder: relative to the samples root (or absolute / ~)
     intensity: IntensitySpec = Field(default_factory=IntensitySpec)
+    display: DisplaySpec = Field(default_factory=DisplaySpec)
     label_map: str | None = None  # a named shipped label map (e.g. totalseg_total)
     labels: dict[str, str] = Field(default_factory=dict)  # dataset label (id or name) -> term
     # terms this dataset needs that the shipped glossary lacks: term id -> glossary entry (schemas.language)

@@ -77,15 +77,35 @@ class OutputConfig(BaseModel):
     formats: list[Literal["internvl", "llava"]] = ["internvl"]
     report: bool = True
     gallery_size: int = Field(24, ge=0)
+    allow_shrink: bool = Field(
+        False, description="publish even when a source has no cases or the release lost rows (see max_row_loss)"
+    )
+    max_row_loss: float = Field(
+        0.2, ge=0.0, le=1.0, description="refuse to replace a release that has more than this fraction more rows"
+    )
 
 
 class RunnerConfig(BaseModel):
+    """How case tasks run.  ``local``: worker processes on this machine (in-process builds use a process
+    pool, Prefect builds a local Dask cluster); ``dask``: an existing Dask cluster at ``address`` (Prefect
+    builds only); ``serial``: one process, one case after the other."""
+
     model_config = ConfigDict(extra="forbid")
 
-    kind: Literal["thread", "dask", "ray"] = "thread"
-    max_workers: int = Field(2, ge=1)
-    cache: bool = True
-    retries: int = Field(0, ge=0)
+    kind: Literal["local", "dask", "serial"] = "local"
+    max_workers: int | None = Field(None, ge=1, description="worker processes (default: this machine's cores)")
+    address: str | None = Field(None, description="dask: the scheduler, e.g. tcp://10.0.0.5:8786")
+    cache: bool = Field(True, description="reuse case parts whose key is unchanged (resume, reruns)")
+    retries: int = Field(0, ge=0, description="Prefect task retries of a case batch")
+    batch_cases: int = Field(32, ge=1, description="at most this many cases per task")
+    batch_mb: float = Field(64.0, gt=0, description="... and at most this many MB of input per task")
+    validation_batch: int = Field(256, ge=1, description="rows per batch of the release-level validators")
+
+    @model_validator(mode="after")
+    def _address_for_dask(self) -> RunnerConfig:
+        if self.kind == "dask" and not self.address:
+            raise ValueError("runner.kind dask needs runner.address (tcp://HOST:8786); use kind: local for this machine")
+        return self
 
 
 class ReleaseConfig(BaseModel):

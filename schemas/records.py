@@ -115,6 +115,42 @@ class ErrorRecord(BaseModel):
         return f"{self.source}/{self.case_id} ({self.stage}){where}: {self.error}{hint}"
 
 
+class ImageInfo(BaseModel):
+    """An image a case wrote to the store (content-addressed PNG)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    rel: str  # images/ab/<sha256>.png
+    width: int
+    height: int
+    axis: str
+    slice_index: int
+
+
+class CaseSummary(BaseModel):
+    """What a case task hands back to the driver, stored beside the case's part (small: no rows).
+
+    ``dropped`` counts every region or row of the case that does not reach its part, by reason
+    (``region:<reason>`` / ``row:<reason>``); ``groups`` counts the part's rows by ``split/task/lang``.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    source: str
+    case_id: str
+    key: str
+    patient: str
+    split: str
+    rows: int = 0
+    slices: int = 0
+    groups: dict[str, int] = Field(default_factory=dict)
+    images: list[ImageInfo] = Field(default_factory=list)
+    errors: list[ErrorRecord] = Field(default_factory=list)
+    notes: list[str] = Field(default_factory=list)
+    dropped: dict[str, int] = Field(default_factory=dict)
+    seconds: float = 0.0
+
+
 class ShardEntry(BaseModel):
     path: str
     split: str
@@ -153,3 +189,5 @@ class Manifest(BaseModel):
     files: dict[str, str] = Field(default_factory=dict)  # other files (README.md, report) -> sha256
     errors: list[ErrorRecord] = Field(default_factory=list)
     dropped: dict[str, int] = Field(default_factory=dict)  # reason -> count
+    # sha256 of manifest.json as written with this field empty (pipeline.release.verify checks it)
+    manifest_sha256: str = ""

@@ -52,6 +52,12 @@ class SourceAdapter(ABC):
         self.layout: Any = self.parse_layout(card)
         install_card_terms(card)  # a case task in another process gets the card, not the release
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Unpickled in a worker process (the case job carries the adapter): the card's terms join that
+        process's glossary too."""
+        self.__dict__.update(state)
+        install_card_terms(self.card)
+
     @classmethod
     def parse_layout(cls, card: SourceCard) -> Any:
         """The card's ``layout`` as this adapter's typed model (ValueError naming the card and the key)."""

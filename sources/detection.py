@@ -18,6 +18,9 @@ Layout options (card ``layout``: :class:`Cxr14Layout`, :class:`CocoLayout`)
   * ``split_lists``: ``{split: file}`` lists of image names (``train_val_list.txt``, ``test_list.txt``)
     relative to the root; used when present (else the card's ``split``).
   * ``patient_regex``: first group of the image stem = patient id (``^(\\d{8})_``).
+  * ``missing_images``: ``error`` (default: an image named in the CSV but absent fails its case) or
+    ``skip`` (the images present are the cases, e.g. a partial download; every case carries a note
+    counting the images and boxes left out; no image present at all fails discovery).
 
 ``coco_json``
   * ``annotations``: a COCO JSON relative to the root, or ``{split: json}`` (the key is the official
@@ -35,6 +38,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from pydantic import Field
@@ -57,6 +61,10 @@ class Cxr14Layout(LayoutBase):
     )
     split_lists: dict[str, str] = Field(
         default_factory=dict, description="{split: file} lists of image names, used when present"
+    )
+    missing_images: Literal["error", "skip"] = Field(
+        "error", description="error: a missing image fails its case; skip: the images present are the cases "
+        "(a partial download; every case notes what was left out)"
     )
 
 
@@ -134,6 +142,8 @@ class _BoxAdapter(SourceAdapter):
         if frame and frame[0] and frame[1] and (int(frame[0]), int(frame[1])) != (w, h):
             sx, sy = w / float(frame[0]), h / float(frame[1])
             notes.append(f"image {img_name} is {w}x{h}, boxes are given for {frame[0]}x{frame[1]}: boxes scaled")
+        if ref.extra.get("subset_note"):
+            notes.append(ref.extra["subset_note"])
         boxes: list[PixelBoxAnnotation] = []
         for label, x, y, bw, bh, where in ref.extra.get("boxes", []):
             term = self.term_for(label)
@@ -187,11 +197,34 @@ class Cxr14CsvAdapter(_BoxAdapter):
         by_image: dict[str, list[BoxRecord]] = {}
         for r in recs:
             by_image.setdefault(r.image, []).append(r)
+        note = self._subset_note(by_image, index, csv_path, folder)
         refs = []
         for name, group in by_image.items():
+            if note is not None and Path(name).name not in index:
+                continue
             image = index.get(Path(name).name, folder / name)
-            refs.append(self._ref(_safe_id(name), image, csv_path, group, splits.get(name), size))
+            ref = self._ref(_safe_id(name), image, csv_path, group, splits.get(name), size)
+            if note:
+                ref.extra["subset_note"] = note
+            refs.append(ref)
         return sorted(refs, key=lambda r: r.case_id)
+
+    def _subset_note(self, by_image: dict[str, list[BoxRecord]], index: dict[str, Path], csv_path: Path,
+                     folder: Path) -> str | None:
+        """``layout.missing_images: skip``: the images present are the cases (a partial download).
+
+        Returns None when every image is a case (``error``, the default: a missing image fails its case),
+        else the note every case carries, which counts the images and boxes left out.  Raises when no
+        image is present at all (nothing to build: the images were not downloaded)."""
+        if self.layout.missing_images == "error":
+            return None
+        absent = [n for n in by_image if Path(n).name not in index]
+        if len(absent) == len(by_image):
+            raise ReadError(f"none of the {len(by_image)} images named in {csv_path.name} is under {folder}",
+                            file=str(folder), hint=self._missing_hint())
+        boxes = sum(len(by_image[n]) for n in absent)
+        return (f"{len(absent)} of the {len(by_image)} images named in {csv_path.name} are not under {folder.name}/ "
+                f"(layout.missing_images: skip); their {boxes} boxes are not used") if absent else ""
 
     def _missing_hint(self) -> str:
         return ("ChestX-ray14 images are not in the box CSV: download images_*.tar.gz from the NIH "
@@ -230,7 +263,8 @@ class CocoJsonAdapter(_BoxAdapter):
 
 
 def synthesise_blank_images(folder: str | Path, names: list[str], size: tuple[int, int] = (1024, 1024)) -> None:
-    """Write blank grey PNGs named ``names`` (test and demo helper: the CXR14 sample has no images)."""
+    """Write blank grey PNGs named ``names`` (test helper for CSV edge cases; the card and the demo use the real
+    images of the nih-cxr14-images sample)."""
     from PIL import Image
 
     folder = Path(folder)

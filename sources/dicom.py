@@ -48,6 +48,7 @@ from pipeline.ingest.readers import ReadError
 from pipeline.ingest.readers.dicom import DicomIndex, DicomSeries, index_dicom, list_files, read_series
 from pipeline.ingest.readers.dicom_seg import read_seg
 from pipeline.ingest.readers.nifti import read_nifti
+from pipeline.ingest.readers.pet import read_pet_facts, to_suv
 from pipeline.ingest.readers.rtstruct import read_rtstruct
 from sources.base import SourceAdapter
 from sources.layouts import Layout3D
@@ -211,7 +212,18 @@ class _DicomBase(SourceAdapter):
                 file=ref.paths[self.role],
                 hint="the series it references is not in the dataset folder; download it next to the annotation",
             )
-        return read_series(files)
+        series = read_series(files)
+        if series.modality == "PT":
+            self._pet_values(series)
+        return series
+
+    def _pet_values(self, series: DicomSeries) -> None:
+        """PET values in SUV, checked against the headers (pipeline/ingest/readers/pet.py): SUV as stored is
+        used as it is; Bq/ml only with the card's ``intensity.suv_conversion``; anything else fails the case."""
+        facts = read_pet_facts(list(dict.fromkeys(series.files)))
+        series.array, notes, info = to_suv(series.array, facts, self.card.intensity.suv_conversion)
+        series.notes.extend(notes)
+        series.value_facts.update(info)
 
     def _study(self, ref: CaseRef, series: DicomSeries, layers: list[LabelLayer], notes: list[str]) -> Study:
         vol, geom = series.to_canonical()
@@ -240,6 +252,7 @@ class _DicomBase(SourceAdapter):
                 "slices": int(series.shape[0]),
                 "body_region": attrs["body_region"],
                 "annotation": self.role,
+                **series.value_facts,
             },
         )
 

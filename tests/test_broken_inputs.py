@@ -189,7 +189,9 @@ def test_csv_row_with_negative_width_fails_only_its_case(tmp_path):
 
     names = sorted({ln.split(",")[0] for ln in lines[1:]})
     synthesise_blank_images(tmp_path / "images", names[:3] + [bad_image])
-    ad = get_adapter(load_card("nih-cxr14"), tmp_path)
+    card = load_card("nih-cxr14")
+    card = card.model_copy(update={"layout": {**card.layout, "csv": CSV.name, "missing_images": "error"}})
+    ad = get_adapter(card, tmp_path)
     refs = {r.case_id: r for r in ad.discover()}
     assert len(refs) == 880
     with pytest.raises(ReadError) as ei:

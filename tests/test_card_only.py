@@ -22,7 +22,7 @@ from PIL import Image
 from scipy import ndimage
 
 from pipeline.ingest.convert import convert
-from pipeline.release.case import build
+from flows.run import build
 from schemas.config import ReleaseConfig
 from sources.base import get_adapter, load_card
 from throwaway_datasets import DRIVE_CARD, SEG_CARD, SEGMENTS, H, W, fundus_case, write_card, write_coded_seg

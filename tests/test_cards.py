@@ -199,7 +199,7 @@ def test_every_shipped_card_loads_and_docs_show_every_layout_model():
     for name in builtin_cards():
         load_card(name)
     for name, cls in sorted(adapters().items()):
-        assert layout_markdown(name, cls.layout_model) in doc, f"docs/adding-a-source.md: regenerate the {name} table"
+        assert layout_markdown(name, cls.layout_model) in doc, "run: python -m sources.layouts docs/adding-a-source.md"
 
 
 def test_nifti_adapter_applies_case_rules(samples):

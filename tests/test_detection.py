@@ -1,4 +1,8 @@
-"""Detection boxes: the ChestX-ray14 CSV facts, robust parsing, the box convention, both adapters."""
+"""Detection boxes: the ChestX-ray14 CSV facts, robust parsing, the box convention, both adapters, and the
+shipped nih-cxr14 card on the four real radiographs of ../shared/data/nih-cxr14-images (README facts).
+
+Tests of CSV edge cases (all 880 boxed images, resized copies, split lists) synthesise blank images with
+the right names; the card and the demo use the real images."""
 
 from __future__ import annotations
 
@@ -18,10 +22,22 @@ from pipeline.ingest.readers import ReadError
 from pipeline.ingest.readers.detection import inclusive_to_xywh, read_coco_json, read_cxr14_csv, xywh_to_inclusive
 from schemas.card import SourceCard
 from sources.base import get_adapter, load_card
+from pipeline.ingest.convert import convert
+from schemas.config import SlicingConfig
 from sources.detection import synthesise_blank_images
 
 SAMPLES = Path(os.environ.get("MEDREG_SAMPLES", Path(__file__).resolve().parents[2] / "shared" / "data"))
 CSV = SAMPLES / "nih-cxr14-bbox" / "BBox_List_2017.csv"
+REAL = SAMPLES / "nih-cxr14-images"
+# README: image -> (Finding Label, inclusive pixel box x0, y0, x1 y1 (floor / ceil - 1), lung zone)
+REAL_BOXES = {
+    "00000032_037": ("Infiltrate", (339, 119, 511, 470), "right upper"),
+    "00000150_002": ("Pneumonia", (601, 595, 817, 776), "left lower"),
+    "00000211_016": ("Infiltrate", (237, 465, 468, 794), "right lower"),
+    "00000468_017": ("Atelectasis", (149, 518, 261, 564), "right mid"),
+}
+REAL_INTENSITY = {"00000032_037": (4, 238, 158.8), "00000150_002": (0, 255, 103.2),
+                  "00000211_016": (0, 225, 113.7), "00000468_017": (0, 255, 105.0)}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -44,9 +60,10 @@ def cxr_root(tmp_path_factory, records):
 
 
 def _adapter(root, **update):
+    """The nih-cxr14 card on a synthetic root holding BBox_List_2017.csv (every image a case)."""
     card = load_card("nih-cxr14")
-    if update:
-        card = card.model_copy(update=update)
+    layout = {**card.layout, "csv": CSV.name, "missing_images": "error", **update.pop("layout", {})}
+    card = card.model_copy(update={"layout": layout, **update})
     return get_adapter(card, root)
 
 
@@ -148,10 +165,20 @@ def test_missing_image_is_a_case_error_with_hint(tmp_path):
     assert "not found" in str(ei.value) and "images_" in ei.value.hint and ei.value.file.endswith(".png")
 
 
+def test_missing_images_skip_with_no_image_at_all_fails_discovery(tmp_path):
+    shutil.copy(CSV, tmp_path / CSV.name)
+    ad = _adapter(tmp_path, layout={"missing_images": "skip"})
+    with pytest.raises(ReadError, match="none of the 880 images named in BBox_List_2017.csv") as ei:
+        ad.discover()
+    assert "images_" in ei.value.hint
+    with pytest.raises(ValueError, match="layout.missing_images: Input should be 'error' or 'skip'"):
+        _adapter(tmp_path, layout={"missing_images": "maybe"}).discover()
+
+
 def test_resized_images_get_scaled_boxes(tmp_path):
     (tmp_path / "b.csv").write_text("Image Index,Finding Label,Bbox [x,y,w,h]\nsmall.png,Mass,512,256,128,64\n")
     synthesise_blank_images(tmp_path / "images", ["small.png"], size=(256, 256))
-    ad = _adapter(tmp_path, layout={**load_card("nih-cxr14").layout, "csv": "b.csv"})
+    ad = _adapter(tmp_path, layout={"csv": "b.csv"})
     (ref,) = ad.discover()
     st_ = ad.load(ref)
     assert st_.boxes[0].box == pytest.approx((128, 64, 159, 79))
@@ -163,7 +190,7 @@ def test_official_split_lists(tmp_path):
                                     "00000002_000.png,Nodule,1,1,5,5\n")
     (tmp_path / "test_list.txt").write_text("00000002_000.png\n")
     (tmp_path / "train_val_list.txt").write_text("00000001_000.png\n00000003_000.png\n")
-    ad = _adapter(tmp_path, layout={**load_card("nih-cxr14").layout, "csv": "b.csv"})
+    ad = _adapter(tmp_path, layout={"csv": "b.csv"})
     assert {r.case_id: r.official_split for r in ad.discover()} == {"00000001_000": "train", "00000002_000": "test"}
 
 
@@ -215,3 +242,77 @@ def test_not_coco(tmp_path):
     (tmp_path / "x.json").write_text("[1, 2]")
     with pytest.raises(ReadError, match="not COCO"):
         read_coco_json(tmp_path / "x.json")
+
+
+# --- the shipped card on the real images (nih-cxr14-images) --------------------------------------------------
+
+def test_real_images_readme_facts():
+    for stem, (lo, hi, mean) in REAL_INTENSITY.items():
+        with Image.open(REAL / "images" / f"{stem}.png") as im:
+            assert (im.mode, im.size) == ("L", (1024, 1024))
+            arr = np.asarray(im)
+        assert (int(arr.min()), int(arr.max())) == (lo, hi) and float(arr.mean()) == pytest.approx(mean, abs=0.05)
+
+
+def test_box_annotation_csv_header_has_three_empty_names(records):
+    raw = (REAL / "box_annotation.csv").read_bytes()
+    assert len(raw) == 92416 and b"\r" not in raw
+    header, *body = raw.decode().splitlines()
+    assert header == "Image Index,Finding Label,Bbox [x,y,w,h],,," and len(header.split(",")) == 9
+    assert len(body) == 984 and {len(line.split(",")) for line in body} == {6}
+    again = read_cxr14_csv(REAL / "box_annotation.csv")  # read by position: the empty names do not matter
+    assert all(r.error is None for r in again) and len(again) == len(records)
+    for a, b in zip(again, records, strict=True):
+        assert (a.image, a.label) == (b.image, b.label)
+        assert max(abs(a.x - b.x), abs(a.y - b.y), abs(a.w - b.w), abs(a.h - b.h)) <= 5e-8 + 1e-12  # 7th decimal
+
+
+@pytest.fixture(scope="module")
+def real():
+    card = load_card("nih-cxr14")
+    ad = get_adapter(card, card.resolve_root(SAMPLES))
+    return card, ad, ad.discover()
+
+
+def test_shipped_card_uses_the_real_images(real):
+    card, ad, refs = real
+    assert card.root == "nih-cxr14-images" and card.layout["missing_images"] == "skip"
+    assert [r.case_id for r in refs] == sorted(REAL_BOXES)
+    for ref in refs:
+        st_ = ad.load(ref)
+        with Image.open(REAL / "images" / f"{ref.case_id}.png") as im:
+            assert np.array_equal(st_.image[0], np.asarray(im))  # the real pixels, not a synthetic stand-in
+        assert st_.modality == "XR" and len(st_.boxes) == 1
+        assert st_.boxes[0].term == ad.term_for(REAL_BOXES[ref.case_id][0])
+        assert st_.notes == ["876 of the 880 images named in box_annotation.csv are not under images/ "
+                             "(layout.missing_images: skip); their 980 boxes are not used"]
+
+
+def test_real_boxes_equal_the_readme_inclusive_pixel_boxes(real):
+    card, ad, refs = real
+    for ref in refs:
+        conv = convert(ad.load(ref), card, card.box_policy, SlicingConfig())
+        (sl,) = conv.slices
+        (reg,) = sl.regions
+        label, box, _zone = REAL_BOXES[ref.case_id]
+        assert (reg.term, reg.box_px) == (ad.term_for(label), box)
+        assert sl.image.shape == (1024, 1024) and sl.window == "none (stored 8-bit)"
+        # the 0-999 box decodes to within the grid's quantum (1024/999 px) of the pixel edges
+        edges = (box[0], box[1], box[2] + 1, box[3] + 1)
+        assert all(abs(v / 999 * 1024 - e) <= 1024 / 999 for v, e in zip(reg.box, edges, strict=True))
+
+
+def test_real_boxes_land_on_the_lung_the_readme_names(real):
+    """Radiological convention: the patient's right lung is on the image's left.  Each box lies in one half of
+    the 1024-px film (one lung, never across the mediastinum) and in the README's zone: upper (centre above
+    y 400), mid (400-650) or lower (below 600)."""
+    _card, _ad, refs = real
+    zones = {"upper": (0, 400), "mid": (400, 650), "lower": (600, 1024)}
+    for ref in refs:
+        _label, (x0, y0, x1, y1), zone = REAL_BOXES[ref.case_id]
+        side, level = zone.split()
+        assert (x1 < 512) if side == "right" else (x0 >= 512), ref.case_id
+        lo, hi = zones[level]
+        assert lo <= (y0 + y1) / 2 < hi, ref.case_id
+        (ann,) = ref.extra["boxes"]
+        assert ann[1] <= x0 + 1 and ann[1] + ann[3] - 1 >= x1 - 1  # the CSV box is the README box

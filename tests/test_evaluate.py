@@ -213,7 +213,7 @@ def _write_release(rel: Path, rows: list[dict]) -> None:
 
 @pytest.fixture(scope="module")
 def release(tmp_path_factory, samples) -> Path:
-    from pipeline.release.case import build
+    from flows.run import build
     from schemas.config import ReleaseConfig
 
     cfg = ReleaseConfig.model_validate(

@@ -54,7 +54,7 @@ def test_to_llava_rejects_conversations_llava_cannot_train_on():
 
 @pytest.fixture(scope="module")
 def release(tmp_path_factory, samples) -> Path:
-    from pipeline.release.case import build
+    from flows.run import build
     from schemas.config import ReleaseConfig
 
     cfg = ReleaseConfig.model_validate(
@@ -70,7 +70,7 @@ def release(tmp_path_factory, samples) -> Path:
 
 
 def test_release_writer_emits_llava_shards(release):
-    from pipeline.release.shards import verify_release
+    from pipeline.release.verify import verify_release
 
     assert verify_release(release) == []
     files = sorted((release / "data_llava").rglob("*.jsonl"))

@@ -13,6 +13,7 @@ def _config(tmp_path, samples):
         "sources": [{"card": "kvasir-seg"}, {"card": "totalseg-mr"}, {"card": "nope-not-a-card"}],
         "slicing": {"max_slices_per_case": 2},
         "runner": {"max_workers": 2},
+        "output": {"allow_shrink": True},  # the unknown card stays a recorded source error
     }
     p = tmp_path / "cfg.yaml"
     p.write_text(yaml.safe_dump(cfg))
@@ -23,7 +24,7 @@ def test_flow_builds_caches_and_reports(prefect_harness, tmp_path, samples):
     from prefect.client.orchestration import get_client
 
     from flows.build import run_build
-    from pipeline.release.shards import verify_release
+    from pipeline.release.verify import verify_release
 
     cfg = _config(tmp_path, samples)
     out = tmp_path / "out"
@@ -36,15 +37,17 @@ def test_flow_builds_caches_and_reports(prefect_harness, tmp_path, samples):
     assert any(e["source"] == "nope-not-a-card" and e["stage"] == "discover" for e in m["errors"])
     shards_first = {s["path"]: s["sha256"] for s in m["shards"]}
 
+    assert (first["built"], first["cached"]) == (6, 0)
     with get_client(sync_client=True) as client:
         arts = client.read_artifacts()
         assert any(a.key == "release-counts" for a in arts)
         runs = client.read_task_runs()
-        case_runs = [r for r in runs if r.name.startswith("case")]
-        assert len(case_runs) == 6  # one task per case: 5 kvasir + 1 MR
+        case_runs = [r for r in runs if r.name.startswith("kvasir-seg/")]
+        # small cases share one task, named after the cases it builds
+        assert len(case_runs) == 1 and "(6 cases)" in case_runs[0].name, [r.name for r in runs]
 
     # the flow and the in-process build give the same bytes
-    from pipeline.release.case import build
+    from flows.run import build
     from schemas.config import load_config
 
     plain = build(load_config(cfg), tmp_path / "plain", samples_root=samples)
@@ -55,10 +58,9 @@ def test_flow_builds_caches_and_reports(prefect_harness, tmp_path, samples):
     second = run_build(str(cfg), str(out))
     m2 = orjson.loads((tmp_path / "out" / "flowtest-1" / "manifest.json").read_bytes())
     assert {s["path"]: s["sha256"] for s in m2["shards"]} == shards_first
+    assert (second["built"], second["cached"]) == (0, 6)  # every part reused: no case task submitted
     with get_client(sync_client=True) as client:
-        runs = client.read_task_runs()
-        cached = [r for r in runs if r.name.startswith("case") and r.state_name == "Cached"]
-        assert len(cached) == 6, [r.state_name for r in runs]
+        assert len([r for r in client.read_task_runs() if r.name.startswith("kvasir-seg/")]) == 1
     assert second["release"] == rel
 
 

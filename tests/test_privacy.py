@@ -5,7 +5,7 @@ import re
 import orjson
 import pydicom
 
-from pipeline.release.case import build
+from flows.run import build
 from schemas.config import ReleaseConfig
 
 

@@ -7,8 +7,8 @@ import orjson
 import pytest
 from typer.testing import CliRunner
 
-from pipeline.release.case import build
-from pipeline.release.shards import verify_release
+from flows.run import build
+from pipeline.release.verify import verify_release
 from schemas.config import ReleaseConfig
 
 SOURCES_2D_3D = ["totalseg-ct", "totalseg-mr", "sam-med2d", "biomedparse-2d", "kvasir-seg"]
@@ -156,30 +156,27 @@ def test_a_failed_write_leaves_no_partial_release(tmp_path, samples, monkeypatch
 
 
 def test_deleting_half_the_cached_verdicts_recomputes_exactly_that_half(tmp_path, samples):
-    from pipeline.release.images import ImageStore
-    from pipeline.release.case import prepare_sources, process_case
-    from pipeline.validate.stage import case_validators_for, release_validation
+    """Release-level verdicts: the per-part sidecars make an unchanged rerun validate nothing; with the
+    sidecars gone, the verdict cache serves every verdict still on disk and recomputes exactly the rest."""
+    from pipeline.release.store import Store
+    from pipeline.validate.stage import release_validation
 
     cfg = _cfg(sources=[{"card": "totalseg-ct"}, {"card": "biomedparse-2d"}])
-    store = ImageStore(tmp_path / "store")
-    results = []
-    for ps in prepare_sources(cfg, samples):
-        for ref in ps.refs:
-            results.append(process_case(ps.card, ps.adapter, ref, cfg, store, ps.use, case_validators_for(cfg.validation)))
-    n_rows = sum(len(r.rows) for r in results)
-    cache = tmp_path / "verdicts"
-    first = release_validation(results, cfg.validation, store, cache)
-    assert (first.computed, first.cached) == (n_rows, 0)  # one release-level validator (stats)
-    entries = sorted(cache.glob("*/*.json"))
-    assert len(entries) == n_rows
+    build(cfg, tmp_path, samples_root=samples)
+    store = Store.for_output(tmp_path)
+    keys = sorted(p.name for p in (store.root / "parts").glob("*/*") if (p / "rows.jsonl").stat().st_size)
+    n_rows = sum(sum(1 for _ in store.iter_rows(k)) for k in keys)
+    again = release_validation(store, keys, cfg.validation, store.verdict_cache)
+    assert (again.parts_reused, again.parts_validated, again.computed) == (len(keys), 0, 0)
+    entries = store.verdict_cache.glob("*/*.json")
+    entries = sorted(entries)
+    assert len(entries) == n_rows  # one release-level validator (stats): one verdict per row
     for p in entries[::2]:
         p.unlink()
-    for r in results:  # a rerun starts from freshly generated rows (rules verdicts only)
-        for row in r.rows:
-            row["meta"]["validation"] = [v for v in row["meta"]["validation"] if v["validator"] == "rules"]
-    again = release_validation(results, cfg.validation, store, cache)
-    assert again.computed == len(entries[::2]) and again.cached == n_rows - len(entries[::2])
-    assert again.summary == first.summary
+    for p in (store.root / "parts").glob("*/*/verdicts-*.jsonl"):
+        p.unlink()
+    third = release_validation(store, keys, cfg.validation, store.verdict_cache)
+    assert third.computed == len(entries[::2]) and third.cached == n_rows - len(entries[::2])
 
 
 def test_split_assignment_ignores_the_order_of_ratio_keys():

@@ -6,7 +6,7 @@ import numpy as np
 import orjson
 import yaml
 
-from pipeline.release.case import build
+from flows.run import build
 from schemas.config import ReleaseConfig
 
 

@@ -16,7 +16,7 @@ import orjson
 import pytest
 import yaml
 
-from pipeline.release.case import build
+from flows.run import build
 from pipeline.validate import registry
 from pipeline.validate.stage import case_validators_for, release_validators_for, uses_model
 from schemas.config import ReleaseConfig
@@ -152,7 +152,7 @@ def test_a_build_runs_the_plugin_per_case_and_counts_its_drops(plugin, tmp_path,
     assert sorted(r["id"] for r in kept) == sorted(r["id"] for r in base if not big(r))
     assert all([v["validator"] for v in r["meta"]["validation"]] == ["rules", "big_box"] for r in kept)
     manifest = orjson.loads((rel / "manifest.json").read_bytes())
-    assert manifest["dropped"] == {"big_box:big_box": len(expect_dropped)}
+    assert manifest["dropped"] == {"row:big_box:big_box": len(expect_dropped)}
 
 
 def test_broken_validator_plugin_warns_and_does_not_break_the_registry(tmp_path, monkeypatch):

@@ -150,7 +150,9 @@ def _axis_candidates(study: Study, axis: str, slicing: SlicingConfig, notes: lis
 
 def convert_3d(study: Study, card: SourceCard, policy: BoxPolicy, slicing: SlicingConfig) -> ConvertResult:
     vol = study.image
-    win: Window = window_for(study.modality, study.intensity_preset, vol, card.intensity.percentiles)
+    spec = card.intensity
+    win: Window = window_for(study.modality, study.intensity_preset, vol, spec.percentiles,
+                             fixed=spec.window, invert=spec.invert)
     notes: list[str] = []
     slices: list[DisplaySlice] = []
     box_slices = _boxes_by_slice(study, notes) if study.boxes else {}
@@ -159,6 +161,10 @@ def convert_3d(study: Study, card: SourceCard, policy: BoxPolicy, slicing: Slici
         sr, sc = geometry.inplane_spacing(study.spacing, axis)
         shape0 = geometry.display_view(vol, axis, 0).shape[:2]
         out_shape = geometry.square_shape(shape0, (sr, sc))
+        factor = geometry.upscale_factor(out_shape, card.display.upscale_to_px)
+        if factor > 1:  # recorded in the rows' transform (a small volume shown enlarged)
+            study.transform.setdefault("display_upscale", {})[axis] = factor
+            out_shape = (out_shape[0] * factor, out_shape[1] * factor)
         if min(out_shape) < slicing.min_image_px:
             notes.append(
                 f"{axis} images would be {out_shape[1]}x{out_shape[0]} px (< slicing.min_image_px "
@@ -176,17 +182,19 @@ def convert_3d(study: Study, card: SourceCard, policy: BoxPolicy, slicing: Slici
             slicing.max_slices_per_case,
         )
         for idx in picked:
-            sl = _display_slice(study, win, axis, idx, (sr, sc), policy, boxes_here.get(idx, []))
+            sl = _display_slice(study, win, axis, idx, (sr, sc), factor, policy, boxes_here.get(idx, []))
             if sl is not None:
                 slices.append(sl)
     return ConvertResult(slices, notes=notes, window=win.name)
 
 
-def _display_slice(study: Study, win: Window, axis: str, idx: int, spacing_rc: tuple[float, float],
+def _display_slice(study: Study, win: Window, axis: str, idx: int, spacing_rc: tuple[float, float], factor: int,
                    policy: BoxPolicy, boxes: list[PixelBoxAnnotation]) -> DisplaySlice | None:
-    """One display image of ``axis`` at ``idx`` with its regions (None when it has none)."""
+    """One display image of ``axis`` at ``idx`` (square pixels, enlarged ``factor`` times) with its regions
+    (None when it has none)."""
     raw = geometry.display_view(study.image, axis, idx)
     shape = geometry.square_shape(raw.shape[:2], spacing_rc)
+    shape = (shape[0] * factor, shape[1] * factor)
     img = win.apply(raw) if shape == raw.shape[:2] else win.apply(geometry.resample_linear(raw, shape))
     labs = [geometry.resample_nearest(geometry.display_view(layer.array, axis, idx), shape) for layer in study.layers]
     regions = _layer_regions(study, labs, policy) + _box_regions(boxes, raw.shape[:2], shape)

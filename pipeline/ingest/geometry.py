@@ -116,6 +116,17 @@ def square_shape(shape: tuple[int, int], spacing_rc: tuple[float, float]) -> tup
     return (max(1, int(round(shape[0] * sr / fine))), max(1, int(round(shape[1] * sc / fine))))
 
 
+def upscale_factor(shape: tuple[int, int], upscale_to_px: int | None) -> int:
+    """Largest integer factor that keeps the longer side of ``shape`` within ``upscale_to_px`` (at least 1).
+
+    Used for small volumes (a card's ``display.upscale_to_px``): an integer factor keeps nearest-neighbour
+    label resampling exact, so a box of ``n`` voxels becomes exactly ``n * factor`` pixels.
+    """
+    if not upscale_to_px or max(shape) <= 0:
+        return 1
+    return max(1, int(upscale_to_px) // int(max(shape)))
+
+
 def nearest_index(n_in: int, n_out: int) -> np.ndarray:
     """Nearest source index for each output pixel centre (pixel-centre aligned; non-decreasing)."""
     return np.minimum(((np.arange(n_out) + 0.5) * n_in / n_out).astype(np.int64), n_in - 1)

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.ingest.inspect_masks import field_of_view_facts, roi_like_folders
+from pipeline.ingest.readers.pet import pet_summary
 
 _NIFTI = (".nii", ".nii.gz")
 _IMAGES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif")
@@ -131,6 +132,8 @@ def _series_summary(group, number: int, root: Path) -> dict[str, Any]:
         "rescale": sorted({(s.slope, s.intercept) for s in sl})[:3],
         "notes": facts["notes"],
     })
+    if group.modality == "PT":  # units, SUV type, decay correction, slope range; never weight or dose
+        out["pet"] = pet_summary([f.path for f in group.files])
     return out
 
 

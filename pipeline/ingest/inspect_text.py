@@ -60,6 +60,10 @@ def _series(s: dict[str, Any], pad: str) -> list[str]:
         return [desc + f"\n{pad}    problem: {s['problem']} ({s.get('hint', '')})"]
     lines = [desc + f", {s['orientation']}, spacing {s['spacing_mm']} mm (slice, row, col), "
              f"axes {s['axis_codes']}, stored {s['bits']}, rescale {s['rescale']}"]
+    if s.get("pet"):
+        from pipeline.ingest.readers.pet import format_pet_summary
+
+        lines.append(f"{pad}    {format_pet_summary(s['pet'])}")
     lines.extend(f"{pad}    note: {n}" for n in s.get("notes", []))
     return lines
 

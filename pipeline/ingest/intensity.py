@@ -1,4 +1,5 @@
-"""Intensity windows: CT by named preset (HU), MR/PET/US by foreground percentiles; output uint8."""
+"""Intensity windows: CT by named preset (HU), MR/PET/US by foreground percentiles, or a fixed window
+from the card (PET: SUV, e.g. 0-10); optionally inverted (PET readers' inverted grey); output uint8."""
 
 from __future__ import annotations
 
@@ -25,12 +26,16 @@ class Window:
     low: float
     high: float
     name: str
+    invert: bool = False  # high values dark (255 at ``low``, 0 at ``high``)
 
     def apply(self, img: np.ndarray) -> np.ndarray:
-        """Map ``[low, high]`` linearly to 0..255 (clipped), uint8, without float64 temporaries."""
+        """Map ``[low, high]`` linearly to 0..255 (clipped; 255..0 when inverted), uint8, without float64
+        temporaries."""
         scale = np.float32(255.0 / max(self.high - self.low, 1e-6))
         out = (img.astype(np.float32, copy=False) - np.float32(self.low)) * scale
         np.clip(out, 0, 255, out=out)
+        if self.invert:
+            np.subtract(np.float32(255.0), out, out=out)
         return (out + np.float32(0.5)).astype(np.uint8)
 
 
@@ -62,7 +67,22 @@ def percentile_window(volume: np.ndarray, lo: float = 0.5, hi: float = 99.5, max
     return Window(float(low), float(high), f"percentile {lo:g}-{hi:g}")
 
 
-def window_for(modality: str, preset: str | None, volume: np.ndarray, percentiles: tuple[float, float]) -> Window:
-    if modality.upper() == "CT":
-        return ct_window(preset)
-    return percentile_window(volume, *percentiles)
+def fixed_window(modality: str, low: float, high: float) -> Window:
+    """A card's fixed window in the image's values; PET values are SUV (pipeline/ingest/readers/pet.py)."""
+    unit = {"PET": "SUV ", "CT": "HU "}.get(modality.upper(), "")
+    return Window(float(low), float(high), f"{modality} {unit}{low:g}-{high:g}")
+
+
+def window_for(modality: str, preset: str | None, volume: np.ndarray, percentiles: tuple[float, float],
+               *, fixed: tuple[float, float] | None = None, invert: bool = False) -> Window:
+    """The display window of a volume: a card's ``fixed`` window, a CT preset, or foreground percentiles;
+    ``invert`` (PET readers' inverted grey) is stated in the window's name."""
+    if fixed is not None:
+        win = fixed_window(modality, *fixed)
+    elif modality.upper() == "CT":
+        win = ct_window(preset)
+    else:
+        win = percentile_window(volume, *percentiles)
+    if invert:
+        win = Window(win.low, win.high, f"{win.name}, inverted grey", invert=True)
+    return win

@@ -1,7 +1,9 @@
-"""The build, as plain functions: one case -> rows + images; all cases -> a release folder.
+"""One case, from its files to a part in the store: load -> convert -> regions -> samples -> case rules.
 
-``flows/build.py`` wires these into Prefect (one task per case, caching, concurrency, artifacts);
-:func:`build` runs the same stages in-process for notebooks, tests and other orchestrators.
+:func:`process_case` does the work in memory and never raises for bad input (every failure of a stage is
+an :class:`~schemas.records.ErrorRecord`); :func:`run_job` writes its rows to the case's part in the
+store (:mod:`pipeline.release.store`) and returns only the small :class:`~schemas.records.CaseSummary`;
+:func:`run_batch` is one executor task.  The driver (:mod:`pipeline.release.driver`) calls them.
 """
 
 from __future__ import annotations
@@ -9,24 +11,26 @@ from __future__ import annotations
 import time
 import traceback
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from pipeline.ingest.convert import convert
+from pipeline.core.environment import environment_failure, is_environment_error
 from pipeline.core.ids import derived_rng, hash_patient, stable_id, unit_interval
-from pipeline.release.images import ImageStore, encode_png
-from pipeline.language.tasks import SliceContext, TaskMix, generate
-from pipeline.ingest.readers import ReadError
 from pipeline.core.types import CaseRef, DisplaySlice
+from pipeline.ingest.convert import convert
+from pipeline.ingest.readers import ReadError
+from pipeline.language.tasks import SliceContext, TaskMix, generate
+from pipeline.release.images import ImageStore, encode_png
+from pipeline.release.plan import CaseJob
+from pipeline.release.store import Store
 from schemas.card import SourceCard
 from schemas.config import ReleaseConfig, SourceUse
-from schemas.records import ErrorRecord
-
-STORE_DIRNAME = ".medreg-cache"
+from schemas.records import CaseSummary, ErrorRecord, ImageInfo
 
 
 @dataclass
@@ -36,12 +40,18 @@ class CaseResult:
     source: str
     case_id: str
     rows: list[dict[str, Any]] = field(default_factory=list)
-    images: list[str] = field(default_factory=list)  # relative paths in the image store
+    images: list[ImageInfo] = field(default_factory=list)  # images of the kept rows, in the image store
     errors: list[ErrorRecord] = field(default_factory=list)
     dropped: dict[str, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    features: list[dict[str, Any]] = field(default_factory=list)  # compact region records (stats)
+    patient: str = ""
+    split: str = ""
     slices: int = 0
     seconds: float = 0.0
+
+    def count_drop(self, reason: str, n: int = 1) -> None:
+        self.dropped[reason] = self.dropped.get(reason, 0) + n
 
 
 def assign_split(official: str | None, patient_hash: str, cfg: ReleaseConfig) -> str:
@@ -100,9 +110,38 @@ def infer_body_region(terms: Iterable[str]) -> str | None:
     return sorted(r for r, v in pick.items() if v == best)[0]
 
 
-def _error(ref: CaseRef, stage: str, exc: BaseException) -> ErrorRecord:
+def _relative(path: str | None, root: Path | None) -> str | None:
+    """A path as the user knows it: relative to the source's data folder, else the file name only (absolute
+    build-machine paths and folders outside the data never reach an output)."""
+    if not path:
+        return path
+    p = Path(path)
+    if not p.is_absolute():
+        return p.as_posix()
+    if root is not None:
+        try:
+            return p.resolve().relative_to(Path(root).resolve()).as_posix()
+        except ValueError:
+            pass
+    return p.name
+
+
+def _scrub(text: str, root: Path | None) -> str:
+    """Remove the data folder's absolute prefix from a message."""
+    if root is None:
+        return text
+    for prefix in {str(Path(root)), str(Path(root).resolve())}:
+        text = text.replace(prefix.rstrip("/") + "/", "").replace(prefix, ".")
+    return text
+
+
+def case_error(ref: CaseRef, stage: str, exc: BaseException, root: Path | None = None) -> ErrorRecord:
+    """The error record of a failed case stage (environment failures are re-raised, never recorded)."""
+    if is_environment_error(exc):
+        raise exc
     if isinstance(exc, ReadError):
-        return ErrorRecord(source=ref.source, case_id=ref.case_id, stage=stage, file=exc.file, error=str(exc), hint=exc.hint)
+        return ErrorRecord(source=ref.source, case_id=ref.case_id, stage=stage, file=_relative(exc.file, root),
+                           error=_scrub(str(exc), root), hint=_scrub(exc.hint, root))
     first_file = next(iter(ref.paths.values()), None)
     tb = traceback.extract_tb(exc.__traceback__)
     where = f" at {Path(tb[-1].filename).name}:{tb[-1].lineno}" if tb else ""
@@ -110,8 +149,8 @@ def _error(ref: CaseRef, stage: str, exc: BaseException) -> ErrorRecord:
         source=ref.source,
         case_id=ref.case_id,
         stage=stage,
-        file=first_file,
-        error=f"{type(exc).__name__}: {exc}{where}",
+        file=_relative(first_file, root),
+        error=_scrub(f"{type(exc).__name__}: {exc}{where}", root),
         hint="unexpected failure while converting this case; check the file, then report it with this message",
     )
 
@@ -189,6 +228,36 @@ def rows_for_slice(
     return rows
 
 
+def _load_and_convert(card: SourceCard, adapter: Any, ref: CaseRef, cfg: ReleaseConfig, use: SourceUse | None,
+                      res: CaseResult) -> tuple[Any, Any] | None:
+    root = getattr(adapter, "root", None)
+    try:
+        study = adapter.load(ref)
+    except Exception as exc:  # every failure of bad input becomes an error record
+        res.errors.append(case_error(ref, "load", exc, root))
+        return None
+    res.notes.extend(_scrub(n, root) for n in study.notes)
+    policy = use.box_policy if use is not None and use.box_policy is not None else card.box_policy
+    try:
+        conv = convert(study, card, policy, cfg.slicing)
+    except Exception as exc:
+        res.errors.append(case_error(ref, "convert", exc, root))
+        return None
+    res.notes.extend(_scrub(n, root) for n in conv.notes)
+    if not conv.slices:
+        res.errors.append(
+            ErrorRecord(
+                source=ref.source,
+                case_id=ref.case_id,
+                stage="convert",
+                file=_relative(next(iter(ref.paths.values()), None), root),
+                error="no slice with a labelled region of a known term (after the dust threshold)",
+                hint="check the card's labels and box_policy.min_pixels, and slicing.min_label_pixels",
+            )
+        )
+    return study, conv
+
+
 def process_case(
     card: SourceCard,
     adapter: Any,
@@ -197,195 +266,118 @@ def process_case(
     store: ImageStore,
     use: SourceUse | None = None,
     case_validators: list[Any] | None = None,
+    features: bool = False,
 ) -> CaseResult:
-    """Load, convert, box, sample and rule-check one case.  Never raises for bad input."""
+    """Load, convert, box, sample and rule-check one case.  Never raises for bad input; raises
+    :class:`pipeline.core.environment.EnvironmentFailure`-worthy ``OSError`` (disk full, I/O) unchanged.
+    ``features``: also compute the compact per-region records the release-level stats validator fits on."""
     t0 = time.perf_counter()
     res = CaseResult(source=ref.source, case_id=ref.case_id)
-    try:
-        study = adapter.load(ref)
-    except Exception as exc:  # noqa: BLE001 - every failure becomes an error record
-        res.errors.append(_error(ref, "load", exc))
+    res.patient = hash_patient(ref.source, ref.patient_id)
+    res.split = assign_split(ref.official_split, res.patient, cfg)
+    loaded = _load_and_convert(card, adapter, ref, cfg, use, res)
+    if loaded is None:
         res.seconds = time.perf_counter() - t0
         return res
-    res.notes.extend(study.notes)
-    policy = use.box_policy if use is not None and use.box_policy is not None else card.box_policy
-    try:
-        conv = convert(study, card, policy, cfg.slicing)
-    except Exception as exc:  # noqa: BLE001
-        res.errors.append(_error(ref, "convert", exc))
-        res.seconds = time.perf_counter() - t0
-        return res
-    res.notes.extend(conv.notes)
-    if not conv.slices:
-        res.errors.append(
-            ErrorRecord(
-                source=ref.source,
-                case_id=ref.case_id,
-                stage="convert",
-                file=next(iter(ref.paths.values()), None),
-                error="no slice with a labelled region of a known term (after the dust threshold)",
-                hint="check the card's labels and box_policy.min_pixels, and slicing.min_label_pixels",
-            )
-        )
-    patient = hash_patient(ref.source, ref.patient_id)
-    split = assign_split(ref.official_split, patient, cfg)
+    study, conv = loaded
     mix = task_mix(cfg, use)
     vocab = adapter.vocabulary()  # terms this source can emit (absent-target negatives)
     body_region = study.transform.get("body_region") or card.body_region
     transform = {k: v for k, v in study.transform.items() if k != "body_region"}
-    from pipeline.validate.base import ValidationItem  # local: keeps import cheap for adapters
-
     for sl in conv.slices:
         try:
             png = encode_png(sl.image, cfg.output.png_compress_level)
-            _sha, rel = store.put(png)
+            sha, rel = store.put(png)
             rows = rows_for_slice(
-                sl,
-                ref=ref,
-                card=card,
-                cfg=cfg,
-                mix=mix,
-                modality=study.modality,
-                body_region=body_region,
-                image_rel=rel,
-                split=split,
-                patient=patient,
-                vocabulary=vocab,
-                transform=transform,
+                sl, ref=ref, card=card, cfg=cfg, mix=mix, modality=study.modality, body_region=body_region,
+                image_rel=rel, split=res.split, patient=res.patient, vocabulary=vocab, transform=transform,
             )
-        except Exception as exc:  # noqa: BLE001
-            res.errors.append(_error(ref, "samples", exc))
+        except Exception as exc:
+            res.errors.append(case_error(ref, "samples", exc, getattr(adapter, "root", None)))
             continue
-        if case_validators and rows:
-            from pipeline.validate.stage import apply_rows_policy
-
-            items = [ValidationItem(row=r, image=sl.image, label_slices=sl.label_slices, image_sha=_sha) for r in rows]
-            rows, dropped = apply_rows_policy(items, case_validators, cfg.validation)
-            for reason, n in dropped.items():
-                res.dropped[reason] = res.dropped.get(reason, 0) + n
+        rows = _case_validation(rows, sl, sha, case_validators, cfg, res)
         if rows:
             res.slices += 1
-            res.images.append(rel)
+            h, w = sl.image.shape[:2]
+            res.images.append(ImageInfo(rel=rel, width=int(w), height=int(h), axis=sl.axis, slice_index=int(sl.index)))
             res.rows.extend(rows)
+            if features:
+                res.features.extend(_region_records(rows, sl.image, sha))
     res.seconds = time.perf_counter() - t0
     return res
 
 
-# ---------------------------------------------------------------------------------------------
-@dataclass
-class PreparedSource:
-    use: SourceUse
-    card: SourceCard
-    adapter: Any
-    refs: list[CaseRef]
-    error: ErrorRecord | None = None
+def _case_validation(rows: list[dict[str, Any]], sl: DisplaySlice, sha: str, validators: list[Any] | None,
+                     cfg: ReleaseConfig, res: CaseResult) -> list[dict[str, Any]]:
+    if not validators or not rows:
+        return rows
+    from pipeline.validate.base import ValidationItem
+    from pipeline.validate.stage import apply_rows_policy
+
+    items = [ValidationItem(row=r, image=sl.image, label_slices=sl.label_slices, image_sha=sha) for r in rows]
+    kept, dropped = apply_rows_policy(items, validators, cfg.validation)
+    for reason, n in dropped.items():
+        res.count_drop(f"row:{reason}", n)
+    return kept
 
 
-def resolve_samples_root(cfg: ReleaseConfig, required: list[str] | None = None) -> Path:
-    if cfg.samples_root:
-        return Path(cfg.samples_root).expanduser()
-    from flows.samples import find_samples_root
+def _region_records(rows: list[dict[str, Any]], image: Any, sha: str) -> list[dict[str, Any]]:
+    """Stats feature records of every distinct region of one slice's rows (one grey conversion)."""
+    from pipeline.validate.base import ValidationItem
+    from pipeline.validate.stats import region_features
 
-    return find_samples_root(required)
-
-
-def prepare_sources(cfg: ReleaseConfig, samples_root: Path | None = None) -> list[PreparedSource]:
-    """Load cards, instantiate adapters and discover cases; a broken source becomes an error record."""
-    from sources.base import get_adapter, load_card
-    from sources.terms import load_release_terms
-
-    from pipeline.validate.registry import check_config
-
-    check_config(cfg.validation)  # unknown validators / bad sections stop the build before any case
-    release_terms = load_release_terms(cfg)  # the config's glossary files: a bad one stops the build
-    out: list[PreparedSource] = []
-    for use in cfg.sources:
-        try:
-            card = load_card(use.card, release_terms=release_terms)
-            root = Path(use.root).expanduser() if use.root else card.resolve_root(samples_root)
-            if not root.exists():
-                raise ReadError(
-                    f"data folder {root} of source {card.name} does not exist",
-                    file=str(root),
-                    hint="set `root:` for this source in the release config, or MEDREG_SAMPLES",
-                )
-            adapter = get_adapter(card, root)
-            refs = adapter.discover()
-            if use.max_cases:
-                refs = refs[: use.max_cases]
-            out.append(PreparedSource(use, card, adapter, refs))
-        except Exception as exc:  # noqa: BLE001
-            name = use.card
-            err = ErrorRecord(
-                source=name,
-                case_id="*",
-                stage="discover",
-                file=getattr(exc, "file", None),
-                error=f"{type(exc).__name__}: {exc}",
-                hint=getattr(exc, "hint", "") or "check the card and the data folder",
-            )
-            out.append(PreparedSource(use, None, None, [], err))  # type: ignore[arg-type]
-    return out
+    seen: set[tuple[str, tuple[int, ...]]] = set()
+    regions = []
+    for r in rows:
+        for reg in r["meta"]["regions"]:
+            k = (reg["term"], tuple(reg["box"]))
+            if k not in seen:
+                seen.add(k)
+                regions.append(reg)
+    if not regions:
+        return []
+    probe = {**rows[0], "meta": {**rows[0]["meta"], "regions": regions}}
+    return region_features(ValidationItem(row=probe, image=image, image_sha=sha))
 
 
-def build(
-    cfg: ReleaseConfig,
-    out_dir: str | Path,
-    *,
-    samples_root: Path | None = None,
-    progress: Callable[[CaseResult], None] | None = None,
-) -> Path:
-    """Build a release in-process (no Prefect).  Returns the release folder."""
-    from pipeline.release.shards import write_release
-    from pipeline.validate.stage import case_validators_for, release_validation
+# ----------------------------------------------------------------------------------------------- jobs
+@lru_cache(maxsize=8)
+def _validators_for(validation_json: str) -> list[Any]:
+    from pipeline.validate.stage import case_validators_for
 
-    out_dir = Path(out_dir)
-    if samples_root is None:
-        samples_root = resolve_samples_root(cfg)
-    store = ImageStore(out_dir / STORE_DIRNAME)
-    prepared = prepare_sources(cfg, samples_root)
-    validators = case_validators_for(cfg.validation)
-    results: list[CaseResult] = []
-    for ps in prepared:
-        for ref in ps.refs:
-            r = process_case(ps.card, ps.adapter, ref, cfg, store, ps.use, validators)
-            results.append(r)
-            if progress:
-                progress(r)
-    validated = release_validation(results, cfg.validation, store, out_dir / STORE_DIRNAME / "verdicts")
-    release = write_release(cfg, prepared, results, validated, store, out_dir)
-    write_run_log(out_dir, cfg, results, validated)
-    return release
+    return case_validators_for(orjson.loads(validation_json))
 
 
-def write_run_log(out_dir: str | Path, cfg: ReleaseConfig, results: list[CaseResult], validated: Any) -> Path:
-    """Per-run observability beside the release (not inside it: timings differ between runs, the
-    release does not): per-case seconds, rows, errors and notes; verdicts computed vs cached."""
-    import orjson
+def _uses_stats(cfg: ReleaseConfig) -> bool:
+    from pipeline.validate.stage import validation_config
 
-    from pipeline.core.atomic import write_bytes_atomic
-
-    log = {
-        "release": f"{cfg.name}-{cfg.version}",
-        "config_sha256": cfg.config_hash(),
-        "cases": [
-            {"source": r.source, "case_id": r.case_id, "seconds": round(r.seconds, 4), "rows": len(r.rows),
-             "slices": r.slices, "errors": [e.one_line() for e in r.errors], "notes": r.notes, "dropped": r.dropped}
-            for r in results
-        ],
-        "verdicts": {"computed": getattr(validated, "computed", 0), "cached": getattr(validated, "cached", 0)},
-        "totals": summarise(results),
-    }
-    path = Path(out_dir) / STORE_DIRNAME / "runs" / f"{cfg.name}-{cfg.version}.last-run.json"
-    write_bytes_atomic(path, orjson.dumps(log, option=orjson.OPT_INDENT_2))
-    return path
+    return "stats" in validation_config(cfg.validation).validators
 
 
-def summarise(results: Iterable[CaseResult]) -> dict[str, Any]:
-    c: Counter[str] = Counter()
-    for r in results:
-        c["cases"] += 1
-        c["rows"] += len(r.rows)
-        c["errors"] += len(r.errors)
-        c["slices"] += r.slices
-    return dict(c)
+def run_job(job: CaseJob, cfg: ReleaseConfig, store_root: str) -> CaseSummary:
+    """Build one case into its part in the store and return the part's summary (no rows).
+    A full disk or an I/O error raises :class:`EnvironmentFailure`: that is never a case error."""
+    store = Store(store_root)
+    validators = _validators_for(orjson.dumps(cfg.validation, option=orjson.OPT_SORT_KEYS).decode())
+    try:
+        res = process_case(job.card, job.adapter, job.ref, cfg, store.images, job.use, validators,
+                           features=_uses_stats(cfg))
+        res.rows.sort(key=lambda r: (r["meta"]["axis"], r["meta"]["slice_index"], r["id"]))
+        groups: Counter[str] = Counter(f"{m['split']}/{m['task']}/{m['lang']}" for m in (r["meta"] for r in res.rows))
+        summary = CaseSummary(
+            source=res.source, case_id=res.case_id, key=job.key, patient=res.patient, split=res.split,
+            rows=len(res.rows), slices=res.slices, groups=dict(sorted(groups.items())), images=res.images,
+            errors=res.errors, notes=res.notes, dropped=dict(sorted(res.dropped.items())),
+            seconds=round(res.seconds, 4),
+        )
+        store.write_part(summary, res.rows, res.features)
+    except OSError as exc:
+        if is_environment_error(exc):
+            raise environment_failure(exc, store_root) from exc
+        raise
+    return summary
+
+
+def run_batch(batch: list[CaseJob], cfg: ReleaseConfig, store_root: str) -> list[CaseSummary]:
+    """One executor task: several small cases (or one large one), built one after the other."""
+    return [run_job(job, cfg, store_root) for job in batch]

@@ -125,8 +125,9 @@ def render_report(manifest: Manifest, rows: list[dict[str, Any]], validated: Any
             pic = _svg_boxes(r) if r else ""
             rev.append(f"<figure>{pic}<figcaption><b>{html.escape(item['source'])}/{html.escape(item['case_id'])}</b> "
                        f"{html.escape('; '.join(item['reasons']))}</figcaption></figure>")
-        more = f"<p>{len(validated.review) - 60} more in review.jsonl</p>" if len(validated.review) > 60 else ""
-        body.append(f"<h2>Flagged for review ({len(validated.review)})</h2><div class='g'>{''.join(rev)}</div>{more}")
+        total = getattr(validated, "review_total", len(validated.review))
+        more = f"<p>{total - min(60, len(validated.review))} more in review.jsonl</p>" if total > 60 else ""
+        body.append(f"<h2>Flagged for review ({total})</h2><div class='g'>{''.join(rev)}</div>{more}")
     cards = [_table(key.replace("_", " "), c.get(key, {}))
              for key in ("by_source", "by_task", "by_lang", "by_split", "by_modality", "by_subtask")]
     cards.append(_table("dropped (reason → samples)", manifest.dropped))

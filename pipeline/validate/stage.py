@@ -2,24 +2,36 @@
 
 * Case level (inside each case's task, on the in-memory slice): validators that need only one sample
   (``rules``).  Rows whose policy is ``drop`` never leave the case; the reason codes are counted.
-* Release level (its own stage, between sample generation and writing): validators that need the whole
-  release (``stats``) or a model (``clip``, ``grounding``), with a verdict cache so a rerun recomputes
-  only what is missing.  Flagged rows are kept and listed in ``review.jsonl``.
+* Release level (its own stage between the case parts and the writer): validators that need the whole
+  release (``stats``: fitted on the compact per-region tables every case wrote, read with polars) or a
+  model (``clip``, ``grounding``).  The stage streams the parts' rows in batches (memory: one batch and
+  one part, never the release) and writes each part's verdicts to a sidecar file keyed by the validation
+  config and the fit, so a rerun recomputes only what changed; model verdicts also have their own cache.
+  The writer applies the keep/flag/drop policy while it merges parts into shards.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orjson
 from PIL import Image
 
-from pipeline.release.images import ImageStore
-from pipeline.validate.base import result_from_meta
-from pipeline.validate import ValidationItem, VerdictCache, apply_policy, build_validators, run_validators, validation_meta
+from pipeline.core.atomic import write_bytes_atomic
+from pipeline.core.ids import stable_id
+from pipeline.validate import (
+    ValidationItem,
+    VerdictCache,
+    apply_policy,
+    build_validators,
+    run_validators,
+    validation_meta,
+)
 from pipeline.validate import registry
 from schemas.validation import ValidationConfig
 
@@ -63,83 +75,110 @@ def apply_rows_policy(
 
 
 @dataclass
-class Validated:
-    rows: list[dict[str, Any]]
-    review: list[dict[str, Any]] | None
-    dropped: dict[str, int] = field(default_factory=dict)
-    summary: dict[str, int] = field(default_factory=dict)
-    by_source: dict[str, dict[str, dict[str, int]]] = field(default_factory=dict)  # source -> validator -> verdict -> n
+class ReleaseVerdicts:
+    """Where the release-level verdicts are: ``vkey`` names each part's sidecar (None: no validators)."""
+
+    vkey: str | None = None
     computed: int = 0
     cached: int = 0
-
-
-def _load(store: ImageStore, rel: str, memo: dict[str, np.ndarray]) -> np.ndarray:
-    if rel not in memo:
-        with Image.open(store.path(rel)) as im:
-            memo[rel] = np.asarray(im)
-    return memo[rel]
+    parts_validated: int = 0
+    parts_reused: int = 0
 
 
 def release_validation(
-    results: list[Any],
+    store: Any,
+    part_keys: list[str],
     cfg: dict[str, Any] | ValidationConfig | None,
-    store: ImageStore,
     cache_dir: str | Path | None = None,
-) -> Validated:
-    """Release-level validators over every row, then the keep/flag/drop policy over all verdicts."""
+    batch_size: int = 256,
+    progress: Callable[[int], None] | None = None,
+) -> ReleaseVerdicts:
+    """Run the release-level validators over every row of the given parts (in order), batch by batch,
+    writing ``verdicts-<vkey>.jsonl`` beside each part (one line per row: id + validation entries)."""
     vc = validation_config(cfg)
-    rows = [r for res in results for r in res.rows]
     validators = release_validators_for(vc)
-    cache = None
-    computed = cached = 0
-    if validators and rows:
-        cache_root = vc.cache_dir or cache_dir
-        cache = VerdictCache(cache_root) if cache_root else None
+    if not validators:
+        return ReleaseVerdicts()
+    for v in validators:
+        if getattr(v, "needs_fit", False) and hasattr(v, "fit_tables"):
+            v.fit_tables([store.features_path(k) for k in part_keys])
+    vkey = stable_id(vc.config_hash(), *(f"{v.name}:{v.version}:{getattr(v, 'config_hash', '')}" for v in validators))
+    out = ReleaseVerdicts(vkey=vkey)
+    cache_root = vc.cache_dir or cache_dir
+    cache = VerdictCache(cache_root) if cache_root else None
+    todo = []
+    for k in part_keys:
+        if store.verdicts_path(k, vkey).is_file():
+            out.parts_reused += 1
+        else:
+            todo.append(k)
+    _stream_validate(store, todo, validators, cache, vkey, batch_size, progress)
+    out.parts_validated = len(todo)
+    if cache is not None:
+        out.computed, out.cached = int(cache.computed), int(cache.cached)
+    return out
+
+
+def _load_image(path: Path) -> np.ndarray:
+    with Image.open(path) as im:
+        return np.asarray(im)
+
+
+def _stream_validate(store: Any, keys: list[str], validators: list[Any], cache: Any, vkey: str, batch_size: int,
+                     progress: Callable[[int], None] | None) -> None:
+    """Whole parts are gathered until a batch has ``batch_size`` rows, validated together (one model batch
+    across cases), and each part's sidecar is written; memory: one batch, never the release."""
+    parts: list[tuple[str, list[ValidationItem]]] = []
+
+    def flush() -> None:
+        items = [it for _, its in parts for it in its]
+        results = run_validators(items, validators, cache=cache) if items else []
+        pos = 0
+        for key, its in parts:
+            chunk = results[pos : pos + len(its)]
+            lines = [{"id": it.row_id, "validation": validation_meta(r)} for it, r in zip(its, chunk, strict=True)]
+            pos += len(its)
+            write_bytes_atomic(store.verdicts_path(key, vkey), b"".join(orjson.dumps(x) + b"\n" for x in lines))
+        if progress and items:
+            progress(len(items))
+        parts.clear()
+
+    size = 0
+    for key in keys:
         memo: dict[str, np.ndarray] = {}
-        items = [
-            ValidationItem(row=r, image=_load(store, r["image"], memo), image_sha=Path(r["image"]).stem) for r in rows
-        ]
-        before = _cache_counts(cache)
-        out = run_validators(items, validators, cache=cache)
-        after = _cache_counts(cache)
-        computed, cached = after[0] - before[0], after[1] - before[1]
-        for r, res in zip(rows, out, strict=True):
-            r["meta"]["validation"] = list(r["meta"].get("validation") or []) + validation_meta(res)
-    kept: list[dict[str, Any]] = []
-    review: list[dict[str, Any]] = []
-    dropped: Counter[str] = Counter()
-    summary: Counter[str] = Counter()
-    by_source: dict[str, dict[str, dict[str, int]]] = {}
-    for r in rows:
-        res = [result_from_meta(v) for v in r["meta"].get("validation") or []]
-        for v in res:
-            summary[f"{v.validator}:{v.verdict}"] += 1
-            per = by_source.setdefault(r["meta"]["source"], {}).setdefault(v.validator, {"pass": 0, "flag": 0, "fail": 0})
-            per[v.verdict] += 1
-        decision = apply_policy(res, vc.policy)
-        if decision.action == "drop":
-            dropped.update(decision.codes or ["dropped"])
-            continue
-        if decision.action == "flag":
-            m = r["meta"]
-            review.append(
-                {"id": r["id"], "image": r["image"], "source": m["source"], "case_id": m["case_id"], "task": m["task"],
-                 "lang": m["lang"], "reasons": decision.reasons, "codes": decision.codes}
-            )
-        kept.append(r)
-    review.sort(key=lambda x: x["id"])
-    return Validated(
-        rows=kept,
-        review=review,
-        dropped=dict(dropped),
-        summary=dict(sorted(summary.items())),
-        by_source={k: by_source[k] for k in sorted(by_source)},
-        computed=computed,
-        cached=cached,
-    )
+        items = []
+        for row in store.iter_rows(key):
+            rel = row["image"]
+            if rel not in memo:
+                memo[rel] = _load_image(store.images.path(rel))
+            items.append(ValidationItem(row=row, image=memo[rel], image_sha=Path(rel).stem))
+        parts.append((key, items))
+        size += len(items)
+        if size >= batch_size:
+            flush()
+            size = 0
+    flush()
 
 
-def _cache_counts(cache: Any) -> tuple[int, int]:
-    if cache is None:
-        return (0, 0)
-    return (int(cache.computed), int(cache.cached))
+def row_decision(row: dict[str, Any], extra: list[dict[str, Any]] | None, vc: ValidationConfig) -> Any:
+    """The keep/flag/drop decision of one row from all its verdicts (case-level ones already in the row,
+    release-level ones from the sidecar, appended to the row here)."""
+    from pipeline.validate.base import result_from_meta
+
+    if extra:
+        row["meta"]["validation"] = list(row["meta"]["validation"]) + extra
+    return apply_policy([result_from_meta(v) for v in row["meta"]["validation"]], vc.policy)
+
+
+def review_entry(row: dict[str, Any], decision: Any) -> dict[str, Any]:
+    m = row["meta"]
+    return {"id": row["id"], "image": row["image"], "source": m["source"], "case_id": m["case_id"],
+            "task": m["task"], "lang": m["lang"], "reasons": decision.reasons, "codes": decision.codes}
+
+
+def verdict_tally(row: dict[str, Any], summary: Counter[str], by_source: dict[str, dict[str, dict[str, int]]]) -> None:
+    per_source = by_source.setdefault(row["meta"]["source"], {})
+    for v in row["meta"]["validation"]:
+        summary[f"{v['validator']}:{v['verdict']}"] += 1
+        per = per_source.setdefault(v["validator"], {"pass": 0, "flag": 0, "fail": 0})
+        per[v["verdict"]] += 1

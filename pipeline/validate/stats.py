@@ -144,6 +144,42 @@ class StatsValidator:
         self.fitted = True
         return self
 
+    def fit_tables(self, paths: list[Any]) -> StatsValidator:
+        """Fit from the compact per-region tables the case tasks wrote (JSONL of :func:`region_features`
+        records), read with polars: the rows and images of the release are never loaded for the fit."""
+        import polars as pl
+
+        meta_keys = ("modality", "axis", "source", "body_region")
+        schema = {
+            "term": pl.String,
+            "dedup": pl.String,
+            "meta": pl.Struct({k: pl.String for k in meta_keys}),
+            "features": pl.Struct({f: pl.Float64 for f in FEATURES}),
+        }
+        frames = [pl.scan_ndjson(p, schema=schema) for p in paths if p.is_file() and p.stat().st_size > 0]
+        self.groups, self.fitted = {}, True
+        if not frames:
+            return self
+        df = pl.concat(frames).unique("dedup", keep="first").unnest("meta").unnest("features")
+        key = pl.concat_str(
+            [pl.col("term") if g == "term" else pl.col(g).fill_null("None") for g in self.config.group_by], separator="|"
+        )
+        aggs: list[Any] = [pl.len().alias("__n__")]
+        for f in self.config.features:
+            x = pl.col(f).filter(pl.col(f).is_finite())
+            aggs += [x.median().alias(f"med_{f}"), (x - x.median()).abs().median().alias(f"mad_{f}")]
+        table = df.with_columns(key.alias("__key__")).group_by("__key__").agg(aggs).sort("__key__").collect()
+        for rec in table.iter_rows(named=True):
+            g: dict[str, Any] = {"n": int(rec["__n__"]), "median": {}, "scale": {}}
+            for f in self.config.features:
+                med, mad = rec[f"med_{f}"], rec[f"mad_{f}"]
+                if med is None:
+                    continue
+                g["median"][f] = round(float(med), 9)
+                g["scale"][f] = round(max(MAD_TO_SD * float(mad), SCALE_FLOOR[f]), 9)
+            self.groups[rec["__key__"]] = g
+        return self
+
     def to_dict(self) -> dict[str, Any]:
         return {"version": self.version, "config": self.config.model_dump(mode="json"), "groups": self.groups}
 

@@ -443,6 +443,7 @@ class DicomSeries:
     rescaled: bool
     photometric: str = "MONOCHROME2"
     notes: list[str] = field(default_factory=list)
+    value_facts: dict[str, str] = field(default_factory=dict)  # what the values are (PET: units, SUV), for provenance
 
     @property
     def shape(self) -> tuple[int, int, int]:

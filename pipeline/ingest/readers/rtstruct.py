@@ -1,7 +1,10 @@
 """RT Structure Sets (RTSTRUCT) rasterised on the geometry of their image series.
 
 * Each CLOSED_PLANAR contour is matched to a slice by the position of its points along the slice normal
-  (within a tolerance) and, failing that, by the SOP Instance UID in its ContourImageSequence.
+  (within a quarter of the slice spacing: exporters write contour z a few hundredths of a mm off the
+  slice z) and, failing that, by the SOP Instance UID in its ContourImageSequence.  UIDs that name no
+  image of the series are not fatal when the SeriesInstanceUID matches (a note says so); the largest
+  off-plane distance is noted.
 * Points (patient mm, LPS) map to continuous (row, col) through the matched slice's
   ImagePositionPatient, ImageOrientationPatient and PixelSpacing.
 * Polygons are filled with the even-odd rule at pixel centres: a pixel is inside when its centre is
@@ -172,72 +175,120 @@ def fill_even_odd(polygons: list[np.ndarray], shape: tuple[int, int]) -> np.ndar
     return np.cumsum(diff[:, :C], axis=1) > 0
 
 
+def _plane_tolerance(series: DicomSeries) -> float:
+    """How far (mm, along the normal) a contour may lie from a slice plane and still be on that slice."""
+    return max(0.01, 0.25 * series.slice_spacing)
+
+
+def _place(series: DicomSeries, pts: np.ndarray, contour, sop_index: dict[str, int]) -> tuple[int | None, int | None]:
+    """(slice by position, slice by ContourImageSequence UID) of one contour; either may be None.
+
+    Position comes first: exporters write contour z a few hundredths of a mm off the slice z (rounding),
+    and some reference SOP Instance UIDs that no image carries (re-exported series).
+    """
+    k_pos = series.index_at(pts.mean(axis=0), tol=_plane_tolerance(series))
+    for im in contour.get("ContourImageSequence") or []:
+        k_uid = sop_index.get(str(im.get("ReferencedSOPInstanceUID", "")))
+        if k_uid is not None:
+            return k_pos, k_uid
+    return k_pos, None
+
+
+def _check_references(hdr: RtStructHeader, series: DicomSeries, name: str) -> list[str]:
+    """Raise ReadError when the structure set belongs to another series; notes on loose references."""
+    path = hdr.path
+    notes: list[str] = []
+    series_sops = set(series.sop_uids)
+    matched = set(hdr.referenced_sop_uids) & series_sops
+    same_series = series.series_uid in hdr.referenced_series_uids
+    other_frame = bool(hdr.frame_of_reference_uid and series.frame_of_reference_uid
+                       and hdr.frame_of_reference_uid != series.frame_of_reference_uid)
+    if (hdr.referenced_series_uids or hdr.referenced_sop_uids) and not same_series and not matched:
+        uids = ", ".join(short_uid(u) for u in hdr.referenced_series_uids) or "?"
+        raise ReadError(
+            f"{name} references another series (UID {uids}, {len(hdr.referenced_sop_uids)} image(s)); none of the "
+            f"{len(series.sop_uids)} images of the series read "
+            f"(e.g. {Path(series.files[0]).name if series.files else '?'}) is referenced",
+            file=path,
+            hint="the structure set was drawn on another series: point the card at that series, or add its files",
+        )
+    if not (hdr.referenced_series_uids or hdr.referenced_sop_uids):
+        if other_frame:
+            raise ReadError(f"{name} references no image and its FrameOfReferenceUID differs from the series'",
+                            file=path, hint="the structure set belongs to another scan")
+        notes.append(f"{name} references no image; contours matched to slices by position only")
+    elif other_frame:
+        notes.append(f"{name}: FrameOfReferenceUID differs from the series' although its images are referenced")
+    unnamed = len(set(hdr.referenced_sop_uids) - series_sops)
+    if unnamed and same_series:
+        notes.append(f"{name}: {unnamed} of {len(hdr.referenced_sop_uids)} SOP Instance UID(s) in its "
+                     "ContourImageSequence name no image of the series (its SeriesInstanceUID matches); "
+                     "contours placed by position")
+    return notes
+
+
+@dataclass
+class _Placed:
+    """Contours of the wanted ROIs placed on slices, with counts of what was not placed."""
+
+    polys: dict[int, dict[int, list[np.ndarray]]] = field(default_factory=dict)
+    skipped_types: dict[str, int] = field(default_factory=dict)
+    off_slice: int = 0
+    disagree: int = 0
+    off_plane: float = 0.0  # largest distance of a placed contour point from its slice plane (mm)
+
+    def add(self, series: DicomSeries, n: int, contour, sop_index: dict[str, int]) -> None:
+        gtype = str(contour.get("ContourGeometricType", "") or "").upper()
+        if gtype not in ("CLOSED_PLANAR", "CLOSEDPLANAR_XOR"):
+            self.skipped_types[gtype] = self.skipped_types.get(gtype, 0) + 1
+            return
+        data = contour.get("ContourData")
+        if not data or len(data) < 9 or len(data) % 3:
+            return
+        pts = np.asarray([float(v) for v in data], dtype=float).reshape(-1, 3)
+        k, k_uid = _place(series, pts, contour, sop_index)
+        if k is not None and k_uid is not None and k != k_uid:
+            self.disagree += 1
+        k = k if k is not None else k_uid
+        if k is None:
+            self.off_slice += 1
+            return
+        self.off_plane = max(self.off_plane, float(np.max(np.abs(pts @ series.normal - series.slice_offsets[k]))))
+        self.polys.setdefault(n, {}).setdefault(k, []).append(series.to_rc(pts, k))
+
+    def notes(self, name: str, series: DicomSeries) -> list[str]:
+        out = [f"{name}: {cnt} {gtype or 'untyped'} contour(s) skipped (not closed areas)"
+               for gtype, cnt in sorted(self.skipped_types.items())]
+        if self.off_slice:
+            out.append(f"{name}: {self.off_slice} contour(s) lie on no slice of the series and were skipped")
+        if self.disagree:
+            out.append(f"{name}: {self.disagree} contour(s) reference an image at another position; placed by position")
+        if self.off_plane > 1e-3:
+            out.append(f"{name}: contour points lie up to {self.off_plane:.3f} mm off their slice planes "
+                       f"(matched within {_plane_tolerance(series):.3f} mm, a quarter of the slice spacing)")
+        return out
+
+
 def read_rtstruct(path: str | Path, series: DicomSeries, *, rois: list[int] | None = None) -> RtStructVolume:
     """Rasterise the ROIs (all, or the numbers in ``rois``) of the RTSTRUCT at ``path`` on ``series``."""
     path = str(path)
     name = Path(path).name
     ds = _open(path)
     hdr = read_rtstruct_header(path, ds)
-    notes: list[str] = []
-    series_sops = set(series.sop_uids)
-    matched = set(hdr.referenced_sop_uids) & series_sops
-    same_series = series.series_uid in hdr.referenced_series_uids
-    if (hdr.referenced_series_uids or hdr.referenced_sop_uids) and not same_series and not matched:
-        raise ReadError(
-            f"{name} references another series (UID {', '.join(short_uid(u) for u in hdr.referenced_series_uids) or '?'}, "
-            f"{len(hdr.referenced_sop_uids)} image(s)); none of the {len(series.sop_uids)} images of the series read "
-            f"(e.g. {Path(series.files[0]).name if series.files else '?'}) is referenced",
-            file=path,
-            hint="the structure set was drawn on another series: point the card at that series, or add its files",
-        )
-    if not (hdr.referenced_series_uids or hdr.referenced_sop_uids):
-        if hdr.frame_of_reference_uid and series.frame_of_reference_uid and hdr.frame_of_reference_uid != series.frame_of_reference_uid:
-            raise ReadError(f"{name} references no image and its FrameOfReferenceUID differs from the series'",
-                            file=path, hint="the structure set belongs to another scan")
-        notes.append(f"{name} references no image; contours matched to slices by position only")
-    elif hdr.frame_of_reference_uid and series.frame_of_reference_uid and hdr.frame_of_reference_uid != series.frame_of_reference_uid:
-        notes.append(f"{name}: FrameOfReferenceUID differs from the series' although its images are referenced")
+    notes = _check_references(hdr, series, name)
     sop_index = series.sop_to_index
     K, R, C = series.shape
-    polys: dict[int, dict[int, list[np.ndarray]]] = {}
-    skipped_types: dict[str, int] = {}
-    off_slice = 0
-    disagree = 0
+    placed = _Placed()
     for it in ds.get("ROIContourSequence") or []:
         n = int(it.get("ReferencedROINumber", -1) or -1)
         if n not in hdr.rois or (rois is not None and n not in rois):
             continue
         for c in it.get("ContourSequence") or []:
-            gtype = str(c.get("ContourGeometricType", "") or "").upper()
-            if gtype not in ("CLOSED_PLANAR", "CLOSEDPLANAR_XOR"):
-                skipped_types[gtype] = skipped_types.get(gtype, 0) + 1
-                continue
-            data = c.get("ContourData")
-            if not data or len(data) < 9 or len(data) % 3:
-                continue
-            pts = np.asarray([float(v) for v in data], dtype=float).reshape(-1, 3)
-            k_pos = series.index_at(pts.mean(axis=0))
-            k_uid = None
-            for im in c.get("ContourImageSequence") or []:
-                k_uid = sop_index.get(str(im.get("ReferencedSOPInstanceUID", "")))
-                if k_uid is not None:
-                    break
-            if k_pos is not None and k_uid is not None and k_pos != k_uid:
-                disagree += 1
-            k = k_pos if k_pos is not None else k_uid
-            if k is None:
-                off_slice += 1
-                continue
-            polys.setdefault(n, {}).setdefault(k, []).append(series.to_rc(pts, k))
+            placed.add(series, n, c, sop_index)
     masks: dict[int, dict[int, np.ndarray]] = {}
-    for n, by_slice in polys.items():
+    for n, by_slice in placed.polys.items():
         masks[n] = {k: fill_even_odd(ps, (R, C)) for k, ps in sorted(by_slice.items())}
-    for gtype, cnt in sorted(skipped_types.items()):
-        notes.append(f"{name}: {cnt} {gtype or 'untyped'} contour(s) skipped (not closed areas)")
-    if off_slice:
-        notes.append(f"{name}: {off_slice} contour(s) lie on no slice of the series and were skipped")
-    if disagree:
-        notes.append(f"{name}: {disagree} contour(s) reference an image at another position; placed by position")
+    notes.extend(placed.notes(name, series))
     for n, roi in hdr.rois.items():
         if (rois is None or n in rois) and n not in masks and roi.n_contours:
             notes.append(f"{name}: ROI {roi.name!r} has no closed contour on the series")

@@ -1,0 +1,130 @@
+"""A temporary Prefect server that dies with the build, and a clear retry when it starts slowly.
+
+Without ``PREFECT_API_URL`` Prefect starts a temporary API server in a subprocess; when the build is killed
+with SIGKILL that subprocess keeps running (a port and ~200 MB each time).  This module starts the same
+server (uvicorn + ``prefect.server.api.server:create_app``) itself, with Linux's parent-death signal set in
+the child, so the kernel stops it when the build dies however it dies.  A first start on a fresh
+``PREFECT_HOME`` (database migrations) can be slow: a timed-out start is retried once, with a message.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except OSError:  # not Linux: the atexit/finally stop still applies
+        pass
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def api_url_configured() -> bool:
+    from prefect.settings import PREFECT_API_URL
+
+    return bool(PREFECT_API_URL.value())
+
+
+def _start(port: int, env: dict[str, str]) -> subprocess.Popen[Any]:
+    import prefect
+
+    return subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "--app-dir", str(prefect.__module_path__.parent), "--factory",
+         "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port", str(port),
+         "--log-level", "error", "--lifespan", "on"],
+        env=env,
+        preexec_fn=_die_with_parent,  # only prctl: safe between fork and exec
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+
+
+def _wait_healthy(proc: subprocess.Popen[Any], url: str, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    with httpx.Client() as client:
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                return False
+            with contextlib.suppress(httpx.HTTPError):
+                if client.get(f"{url}/health", timeout=2).status_code == 200:
+                    return True
+            time.sleep(0.1)
+    return False
+
+
+def _stop(proc: subprocess.Popen[Any]) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    if proc.stderr is not None:
+        proc.stderr.close()
+
+
+@contextlib.contextmanager
+def temporary_server(timeout: float = 60.0, say: Any = None) -> Iterator[str | None]:
+    """Yield the API URL of a temporary server for this build (None when PREFECT_API_URL is set: that
+    server is used).  The server stops when the block ends, and with the build if it is killed."""
+    if api_url_configured():
+        yield None
+        return
+    from prefect.settings import PREFECT_API_URL, get_current_settings, temporary_settings
+
+    env = {**os.environ, **get_current_settings().to_environment_variables(exclude_unset=True),
+           "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"}
+    proc = None
+    for attempt in (1, 2):
+        port = _free_port()
+        url = f"http://127.0.0.1:{port}/api"
+        proc = _start(port, env)
+        if _wait_healthy(proc, url, timeout):
+            break
+        _stop(proc)
+        if attempt == 1 and say is not None:
+            say(f"the temporary Prefect server did not start within {timeout:.0f} s (a first start on a fresh "
+                f"PREFECT_HOME migrates its database); retrying once")
+    else:
+        raise RuntimeError(
+            f"the temporary Prefect server did not start twice (within {timeout:.0f} s each) -> set PREFECT_API_URL "
+            f"to a running server (`prefect server start`), or build with --no-prefect"
+        )
+    try:
+        with temporary_settings(updates={PREFECT_API_URL: url}):
+            try:
+                yield url
+            finally:
+                _flush_logs()
+    finally:
+        _stop(proc)
+
+
+def _flush_logs() -> None:
+    """Send buffered run logs while the server still listens (else: 'Error logging to API')."""
+    try:
+        from prefect.logging.handlers import APILogHandler
+
+        APILogHandler.flush()
+    except Exception:  # logging must never fail a build
+        pass

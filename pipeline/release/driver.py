@@ -1,0 +1,191 @@
+"""The build driver: plan -> cases -> validate -> write.  One driver for every way a build runs.
+
+:func:`build` takes a :class:`~pipeline.release.plan.Plan` (made by ``sources.plan.make_plan``) and an
+executor (:mod:`pipeline.release.executors`: serial, a local process pool, or the Prefect/Dask executor of
+``flows/build.py``).  Memory is bounded by one case and one part, never by the release:
+
+1. **cases** - every case whose part key is not in the store is built by the executor, in batches; each
+   task writes its rows to a part file and returns a small summary.  Cached parts are not recomputed.
+2. **validate** - release-level validators read the compact per-region tables (stats fit, polars) and
+   stream the parts in batches (:func:`pipeline.validate.stage.release_validation`).
+3. **write** - parts are merged into shards in a deterministic order (:mod:`pipeline.release.writer`),
+   then manifest, card and report; the release is swapped into place (:mod:`pipeline.release.publish`).
+
+A kill at any point loses at most the cases in flight; the rerun's release is byte-identical to an
+uninterrupted build.  A full disk or an I/O error stops the build (the previous release stays); so does a
+source without cases or a release that shrank, unless the config allows it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from functools import partial
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from pipeline.core.atomic import write_bytes_atomic
+from pipeline.core.environment import EnvironmentFailure, environment_failure, is_environment_error
+from pipeline.release.case import run_batch
+from pipeline.release.executors import Executor, SerialExecutor
+from pipeline.release.plan import CaseJob, Plan, batches
+from pipeline.release.publish import BuildRefused, output_lock, recover
+from pipeline.release.shards import write_release
+from pipeline.release.store import Store
+from pipeline.validate.stage import ReleaseVerdicts, release_validation
+from schemas.records import CaseSummary, ErrorRecord, Manifest
+
+#: progress(event, payload): "planned" (payload: number of cases), "cached"/"built" (the CaseSummary),
+#: "validated" (None)
+Progress = Callable[[str, Any], None]
+
+
+class BuildFailure(RuntimeError):
+    """A case task crashed (not bad input: a bug or a dead worker).  Finished parts are kept: rerun."""
+
+
+@dataclass
+class BuildResult:
+    release: Path
+    manifest: Manifest
+    summaries: list[CaseSummary]
+    built: int = 0
+    cached: int = 0
+    seconds: dict[str, float] = field(default_factory=dict)
+    recovered: list[str] = field(default_factory=list)
+
+    @property
+    def errors(self) -> list[ErrorRecord]:
+        return list(self.manifest.errors)
+
+
+def check_sources(plan: Plan) -> None:
+    """A source that failed discovery or found no case stops the build unless output.allow_shrink."""
+    if plan.cfg.output.allow_shrink:
+        return
+    for sp in plan.sources:
+        if sp.error is not None:
+            raise BuildRefused(f"source {sp.name}: {sp.error.error} -> {sp.error.hint or 'fix the card or data'} "
+                               f"(or set output.allow_shrink: true to build without it)")
+        if not sp.refs:
+            raise BuildRefused(
+                f"source {sp.name} found no case under its data folder: check the card's root/layout and the "
+                f"data (or set output.allow_shrink: true to build without it)"
+            )
+
+
+def _cached_parts(plan: Plan, store: Store, progress: Progress | None) -> tuple[dict[str, CaseSummary], list[CaseJob]]:
+    done: dict[str, CaseSummary] = {}
+    todo: list[CaseJob] = []
+    for job in plan.jobs:
+        if plan.cfg.runner.cache and store.has_part(job.key):
+            s = store.read_summary(job.key)
+            if store.images_present(s):
+                done[job.key] = s
+                if progress:
+                    progress("cached", s)
+                continue
+        todo.append(job)
+    return done, todo
+
+
+def run_cases(plan: Plan, store: Store, executor: Executor,
+              progress: Progress | None = None) -> tuple[list[CaseSummary], int]:
+    """Build every case not in the store; returns the summaries in plan order and how many were built."""
+    done, todo = _cached_parts(plan, store, progress)
+    r = plan.cfg.runner
+    work = batches(todo, r.batch_cases, int(r.batch_mb * 1e6), executor.workers)
+    for batch, result in executor.map_unordered(run_batch, work, plan.cfg, str(store.root)):
+        if isinstance(result, EnvironmentFailure):
+            raise result
+        if isinstance(result, OSError) and is_environment_error(result):
+            raise environment_failure(result, store.root) from result
+        if isinstance(result, BaseException):
+            cases = ", ".join(f"{j.ref.source}/{j.ref.case_id}" for j in batch[:3])
+            raise BuildFailure(
+                f"a case task crashed ({type(result).__name__}: {result}) on {cases}"
+                f"{' ...' if len(batch) > 3 else ''}; finished cases are kept in {store.root} - rerun to resume, "
+                f"and report the error if it repeats"
+            ) from result
+        for s in result:
+            done[s.key] = s
+            if progress:
+                progress("built", s)
+    return [done[j.key] for j in plan.jobs], len(todo)
+
+
+#: validate(store, part keys, progress) -> verdicts; the Prefect flow supplies one that runs as a task
+Validate = Callable[..., ReleaseVerdicts]
+
+
+def build(plan: Plan, out_dir: str | Path, executor: Executor | None = None, progress: Progress | None = None,
+          wait_seconds: float = 0.0, split_overrides: dict[str, str] | None = None,
+          validate: Validate | None = None) -> BuildResult:
+    """Build the release of ``plan`` into ``out_dir`` (see the module docstring)."""
+    out_dir = Path(out_dir)
+    cfg = plan.cfg
+    name = f"{cfg.name}-{cfg.version}"
+    executor = executor or SerialExecutor()
+    store = Store.for_output(out_dir)
+    t: dict[str, float] = {}
+    with output_lock(out_dir, wait_seconds):
+        recovered = recover(out_dir, name)
+        check_sources(plan)
+        if progress:
+            progress("planned", len(plan.jobs))
+        t0 = time.perf_counter()
+        summaries, built = run_cases(plan, store, executor, progress)
+        t["cases"] = time.perf_counter() - t0
+        keys = [s.key for s in summaries if s.rows]
+        verdicts = (validate or partial(_validate, plan))(store, keys, progress)
+        t["validate"] = time.perf_counter() - t0 - t["cases"]
+        try:
+            release, manifest = write_release(plan, summaries, verdicts, store, out_dir, split_overrides)
+        except OSError as exc:
+            if is_environment_error(exc):
+                raise environment_failure(exc, out_dir) from exc
+            raise
+        t["write"] = time.perf_counter() - t0 - t["cases"] - t["validate"]
+        result = BuildResult(release, manifest, summaries, built=built, cached=len(summaries) - built, seconds=t,
+                             recovered=recovered)
+        write_run_log(store, name, cfg.config_hash(), result, verdicts)
+    return result
+
+
+def _validate(plan: Plan, store: Store, keys: list[str], progress: Progress | None = None) -> ReleaseVerdicts:
+    try:
+        return release_validation(store, keys, plan.cfg.validation, store.verdict_cache,
+                                  batch_size=plan.cfg.runner.validation_batch,
+                                  progress=(lambda n: progress("validated", None)) if progress else None)
+    except OSError as exc:
+        if is_environment_error(exc):
+            raise environment_failure(exc, store.root) from exc
+        raise
+
+
+def write_run_log(store: Store, name: str, config_sha: str, result: BuildResult, verdicts: ReleaseVerdicts) -> Path:
+    """Per-run observability beside the release (not inside it: timings differ between runs, the release
+    does not): per-case seconds, rows, errors, notes and drops; cases built vs cached; verdicts."""
+    log: dict[str, Any] = {
+        "release": name,
+        "config_sha256": config_sha,
+        "cases_built": result.built,
+        "cases_cached": result.cached,
+        "stage_seconds": {k: round(v, 3) for k, v in result.seconds.items()},
+        "recovered": result.recovered,
+        "cases": [
+            {"source": s.source, "case_id": s.case_id, "seconds": s.seconds, "rows": s.rows, "slices": s.slices,
+             "errors": [e.one_line() for e in s.errors], "notes": s.notes, "dropped": s.dropped}
+            for s in result.summaries
+        ],
+        "verdicts": {"computed": verdicts.computed, "cached": verdicts.cached,
+                     "parts_validated": verdicts.parts_validated, "parts_reused": verdicts.parts_reused},
+        "totals": {"cases": len(result.summaries), "rows": result.manifest.counts.get("rows", 0),
+                   "errors": len(result.manifest.errors), "dropped": result.manifest.dropped},
+    }
+    path = store.run_log(name)
+    write_bytes_atomic(path, orjson.dumps(log, option=orjson.OPT_INDENT_2))
+    return path

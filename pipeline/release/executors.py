@@ -1,0 +1,82 @@
+"""Executors: how the driver runs case batches.  The driver is the same whatever runs them.
+
+An executor maps a picklable top-level function over batches and yields ``(batch, result)`` pairs as they
+finish, in any order (the writer orders rows itself).  An exception raised by a batch is yielded as the
+result, never raised, so the driver decides what it means.
+
+* :class:`SerialExecutor` - in this process, one batch after the other (tests, debugging, notebooks).
+* :class:`ProcessExecutor` - ``workers`` processes on this machine (real CPU parallelism; the case work is
+  GIL-bound Python between numpy calls, so threads do not help).
+* The Prefect executor (``flows/build.py``) submits each batch as a Prefect task to a Dask task runner: a
+  local cluster of worker processes, or an existing cluster at ``runner.address``.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from typing import Any, Protocol, TypeVar
+
+T = TypeVar("T")
+
+
+class Executor(Protocol):
+    workers: int
+
+    def map_unordered(self, fn: Callable[..., Any], items: Iterable[T], *args: Any) -> Iterator[tuple[T, Any]]:
+        """``fn(item, *args)`` for every item; yields (item, result or the exception it raised)."""
+        ...
+
+
+class SerialExecutor:
+    workers = 1
+
+    def map_unordered(self, fn: Callable[..., Any], items: Iterable[T], *args: Any) -> Iterator[tuple[T, Any]]:
+        for item in items:
+            try:
+                yield item, fn(item, *args)
+            except Exception as exc:  # reported to the driver, which decides
+                yield item, exc
+
+
+class ProcessExecutor:
+    """A pool of worker processes (``forkserver`` start method: no threads of the parent are copied)."""
+
+    def __init__(self, workers: int, max_pending: int | None = None) -> None:
+        self.workers = max(1, int(workers))
+        self.max_pending = max_pending or 4 * self.workers
+
+    def map_unordered(self, fn: Callable[..., Any], items: Iterable[T], *args: Any) -> Iterator[tuple[T, Any]]:
+        items = list(items)
+        if len(items) <= 1:  # one task: starting a pool would only cost time
+            yield from SerialExecutor().map_unordered(fn, items, *args)
+            return
+        ctx = multiprocessing.get_context("forkserver")
+        ctx.set_forkserver_preload(["pipeline.release.case"])  # workers fork from a server with it imported
+        with ProcessPoolExecutor(max_workers=self.workers, mp_context=ctx) as pool:
+            pending: dict[Future[Any], T] = {}
+            it = iter(items)
+            exhausted = False
+            while True:
+                while not exhausted and len(pending) < self.max_pending:  # bounded: memory flat in cases
+                    try:
+                        item = next(it)
+                    except StopIteration:
+                        exhausted = True
+                        break
+                    pending[pool.submit(fn, item, *args)] = item
+                if not pending:
+                    return
+                done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    item = pending.pop(fut)
+                    exc = fut.exception()
+                    yield item, (exc if exc is not None else fut.result())
+
+
+def make_executor(kind: str, workers: int) -> Executor:
+    """``serial`` or ``local`` (processes) - the in-process choices; Prefect/Dask live in flows/."""
+    if kind == "serial" or workers <= 1:
+        return SerialExecutor()
+    return ProcessExecutor(workers)
