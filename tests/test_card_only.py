@@ -118,7 +118,9 @@ def _bbox(path: Path) -> tuple[int, int, int, int]:
 
 def test_drive_like_folder_builds_with_a_card_only(tmp_path, samples, drive):
     card_path = write_card(tmp_path, DRIVE_CARD)
-    release = build(_config(card_path, drive), tmp_path / "out", samples_root=samples)
+    # one case per batch, two worker processes: the card's terms must reach processes that only get the job
+    runner = {"kind": "local", "max_workers": 2, "batch_cases": 1}
+    release = build(_config(card_path, drive, runner=runner), tmp_path / "out", samples_root=samples)
     rows = _rows(release)
     assert orjson.loads((release / "manifest.json").read_bytes())["counts"]["errors"] == 0
     for case in ("21", "22"):
