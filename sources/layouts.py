@@ -175,12 +175,19 @@ def regenerate_doc(text: str, tables: list[str]) -> str:
     return head + DOC_START + "\n\n" + "\n\n".join(tables) + "\n\n" + DOC_END + tail
 
 
-if __name__ == "__main__":  # python -m sources.layouts docs/adding-a-source.md
-    import sys
+def _main(argv: list[str]) -> None:
+    """``python -m sources.layouts docs/adding-a-source.md``: rewrite the generated tables of the page."""
     from pathlib import Path
 
-    from sources.base import adapters
+    import sources.base
 
-    page = Path(sys.argv[1])
-    tables = [layout_markdown(n, c.layout_model) for n, c in sorted(adapters().items())]
+    table: dict[str, Any] = sources.base.adapters()
+    page = Path(argv[0])
+    tables = [layout_markdown(n, c.layout_model) for n, c in sorted(table.items())]
     page.write_text(regenerate_doc(page.read_text(encoding="utf-8"), tables), encoding="utf-8")
+
+
+if __name__ == "__main__":
+    import sys
+
+    _main(sys.argv[1:])
