@@ -16,6 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import orjson
 import pytest
 from PIL import Image
@@ -133,3 +134,23 @@ def test_drive_like_folder_builds_with_a_card_only(tmp_path, samples, drive):
         assert all((r["width"], r["height"]) == (W, H) for r in case_rows)
     zh = " ".join(t["value"] for r in rows if r["meta"]["lang"] == "zh" for t in r["conversations"])
     assert "<ref>视网膜血管</ref>" in zh
+
+
+def test_segment_side_without_a_sided_term_is_noted_not_a_late_error(tmp_path, coded_seg):
+    """A laterality modifier on a segment whose card term has no ``*_left`` partner: the base term is
+    emitted and the side is noted (before, ``artery_left`` reached the sample generator and failed late)."""
+    from pydicom.dataset import Dataset
+
+    root, card_path, _sources, _masks = coded_seg
+    seg_path = root / "vessels-seg.dcm"
+    ds = pydicom.dcmread(seg_path)
+    mod = Dataset()
+    mod.CodeValue, mod.CodingSchemeDesignator, mod.CodeMeaning = "7771000", "SCT", "Left"
+    ds.SegmentSequence[0].SegmentedPropertyTypeCodeSequence[0].SegmentedPropertyTypeModifierCodeSequence = [mod]
+    ds.save_as(seg_path)
+    card = load_card(str(card_path))
+    ad = get_adapter(card, root)
+    (ref,) = ad.discover()
+    st = ad.load(ref)
+    assert {t for layer in st.layers for t in layer.names.values()} == {term for *_, term in SEGMENTS}
+    assert any("segment 1 ('artery') is left, but term 'artery' has no artery_left" in n for n in st.notes)

@@ -89,6 +89,7 @@ def test_card_term_whose_name_is_a_shipped_name_names_both_terms(tmp_path):
     assert str(path) in msg and "'retinal_vessel'" in msg and "'optic_disc'" in msg  # the synonym's owner
     assert "optic_disc' is in pipeline/language/data/glossary/findings.yaml" in msg
     assert "retinal_vessel' is in card drive-like" in msg
+    assert "Fix: give the new term another id or name" in msg
 
 
 def test_card_term_with_a_bad_field_names_the_card(tmp_path):
@@ -122,6 +123,7 @@ def test_release_glossary_files(tmp_path):
         load_card(str(clash_path), release_terms=terms)
     msg = str(exc.value)
     assert "defined differently" in msg and str(gfile) in msg and str(clash_path) in msg
+    assert "keep one definition" in msg
 
 
 def test_release_glossary_file_is_validated_like_the_shipped_one(tmp_path):
@@ -264,5 +266,17 @@ def test_per_label_files_giving_one_label_twice_is_an_error(tmp_path, drive):
         "label_regex": r"^\d+_(manual)\d\.gif$"})
     ref = next(r for r in ad.discover() if r.case_id == "21_training")
     files = r"1st_manual/21_manual1\.gif, 1st_manual/21_manual2\.gif"
-    with pytest.raises(ReadError, match=r"label 'manual'.*2 mask files: " + files):
+    with pytest.raises(ReadError, match=r"label 'manual'.*2 mask files: " + files) as exc:
         ad.load(ref)
+    assert "one file per label" in exc.value.hint and "mask_kind: instance" in exc.value.hint
+
+
+def test_two_roi_masks_for_one_image_is_an_error_naming_them(tmp_path, drive):
+    (drive / "mask" / "21_training_mask2.gif").write_bytes((drive / "mask" / "21_training_mask.gif").read_bytes())
+    ad = _adapter(tmp_path, drive, layout={"roi_masks": "mask/{id}_training_mask*.gif"})
+    refs = {r.case_id: r for r in ad.discover()}
+    with pytest.raises(ReadError, match=r"2 ROI masks match image 21_training\.tif: mask/21_training_mask\.gif, "
+                                        r"mask/21_training_mask2\.gif") as exc:
+        ad.load(refs["21_training"])
+    assert "make layout.roi_masks match one file per image" in exc.value.hint
+    assert ad.load(refs["22_training"]).transform["roi_box_px"]  # its own single ROI mask is fine

@@ -83,7 +83,9 @@ def add_terms(terms: Mapping[str, TermSpec], origin: str) -> None:
         mine = ", ".join(sorted(terms))
         text = _plain(exc)
         raise ValueError(f"the terms of {origin} ({mine}) do not fit the glossary: {text}"
-                         + _where_note(text, where)) from None
+                         + _where_note(text, where) + ". Fix: give the new term another id or name (names and "
+                         "synonyms must be unique across the glossary), or map your labels to the existing "
+                         "term") from None
     _USER.terms = candidate
     _USER.merged = (id(shipped), merged)
     _USER.origin = merged.origin
