@@ -6,7 +6,7 @@ PIP    := $(VENV)/bin/pip
 STAMP  := $(VENV)/.installed
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 
-.PHONY: venv demo test bench clean
+.PHONY: venv demo test faults bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# slow or privileged fault trials: kill -9 at random points, concurrent builds, a full tmpfs (root)
+faults: $(STAMP)
+	$(PY) -m pytest -q -m faults
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.run_all
