@@ -4,6 +4,7 @@
 #
 #   bash benchmarks/gpu_check.sh --fetch-wheels   # on a machine WITH network: wheels the GPU image lacks
 #                                                 # (pydantic & co, for its Python 3.12) -> out/wheels
+#   bash benchmarks/gpu_check.sh --which-python   # only print which interpreter would run the check
 #   bash benchmarks/gpu_check.sh [b6 options]     # on the GPU machine (no network): carry out/wheels there;
 #                                                 # results in $OUT (or out/gpu_check): b6_judges.json/.log
 #
@@ -32,9 +33,17 @@ fi
 
 mkdir -p "$RESULTS"
 has_torch() { "$1" -c "import torch" >/dev/null 2>&1; }
+# a virtualenv's python: a --system-site-packages venv made over it would see its BASE interpreter's
+# site-packages (without the venv's torch), so such a python3 is used directly
+in_venv() { "$1" -c "import sys; sys.exit(0 if sys.prefix != sys.base_prefix else 1)" >/dev/null 2>&1; }
+DEPS_TARGET=""
 
 if [[ -n "${PYTHON:-}" ]]; then
   VPY="$PYTHON"
+elif command -v python3 >/dev/null && has_torch python3 && in_venv python3; then
+  VPY="$(python3 -c 'import sys; print(sys.executable)')"
+  DEPS_TARGET="$ROOT/out/gpu-deps"   # missing modules go here (never into that venv), via PYTHONPATH
+  echo "python3 is a virtualenv ($VPY): using it directly"
 elif command -v python3 >/dev/null && has_torch python3; then
   VENV="${VENV:-out/venv-gpu}"
   if [[ ! -x "$VENV/bin/python" ]]; then
@@ -48,6 +57,7 @@ else
   exit 2
 fi
 echo "python: $VPY ($("$VPY" -c 'import sys, torch; print(sys.version.split()[0], "torch", torch.__version__, "cuda", torch.cuda.is_available())'))"
+if [[ "${1:-}" == "--which-python" ]]; then exit 0; fi   # only report the interpreter choice
 
 # Missing modules -> install from the carried wheels (offline).
 missing=$("$VPY" - <<'EOF'
@@ -60,7 +70,11 @@ EOF
 if [[ -n "$missing" ]]; then
   if [[ -d "$WHEELS" ]]; then
     echo "installing from $WHEELS: $missing"
-    "$VPY" -m pip install --quiet --no-index --find-links "$WHEELS" $missing
+    if [[ -n "$DEPS_TARGET" ]]; then
+      "$VPY" -m pip install --quiet --no-index --find-links "$WHEELS" --target "$DEPS_TARGET" $missing
+    else
+      "$VPY" -m pip install --quiet --no-index --find-links "$WHEELS" $missing
+    fi
   else
     echo "missing: $missing and no $WHEELS (run 'bash benchmarks/gpu_check.sh --fetch-wheels' where there is network)" >&2
     exit 2
@@ -70,7 +84,7 @@ if [[ -n "${VENV:-}" ]]; then  # only into the venv this script made, never into
   "$VPY" -m pip install --quiet --no-deps --no-build-isolation --no-index -e . >/dev/null 2>&1 \
     || echo "(editable install skipped; using PYTHONPATH)"
 fi
-export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONPATH="$ROOT${DEPS_TARGET:+:$DEPS_TARGET}${PYTHONPATH:+:$PYTHONPATH}"
 
 if command -v nvidia-smi >/dev/null; then
   nvidia-smi --query-gpu=name,memory.total,driver_version,utilization.gpu --format=csv | tee "$RESULTS/nvidia-smi.csv"

@@ -10,7 +10,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
-BENCHES = ["benchmarks.b1_boxes", "benchmarks.b2_end_to_end", "benchmarks.b7_dicom_series", "benchmarks.b8_samples"]
+BENCHES = ["benchmarks.b1_boxes", "benchmarks.b2_end_to_end", "benchmarks.b7_dicom_series", "benchmarks.b8_samples",
+           "benchmarks.b9_diff"]
 
 
 def main() -> int:

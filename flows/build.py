@@ -23,6 +23,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from flows import progress_hub
 from flows.samples import resolve_samples_root
 from flows.server import temporary_server
 from pipeline.release.case import run_batch
@@ -101,9 +102,6 @@ def _ensure_gpu_limit() -> None:
             client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=GPU_LIMIT, limit=n))
 
 
-_PROGRESS: dict[str, Progress | None] = {"fn": None}
-
-
 @flow(name="build_release", log_prints=False)
 def build_release(config_path: str, out: str = "out", wait_seconds: float = 0.0) -> dict[str, Any]:
     """Build a release from a YAML config; returns {release, counts, errors}."""
@@ -120,7 +118,7 @@ def build_release(config_path: str, out: str = "out", wait_seconds: float = 0.0)
         return validate_task(store, keys, cfg)
 
     workers = cfg.runner.max_workers or default_workers()
-    result = drive(plan, out, PrefectExecutor(workers), _PROGRESS["fn"], wait_seconds, validate=validate)
+    result = drive(plan, out, PrefectExecutor(workers), progress_hub.current, wait_seconds, validate=validate)
     _artifacts(cfg, result)
     for e in result.errors:
         logger.warning(e.one_line())
@@ -162,9 +160,10 @@ def run_build(config_path: str | Path, out: str | Path = "out", progress: Progre
     """Run the flow with the config's task runner, on PREFECT_API_URL or a temporary server that dies with
     this process."""
     cfg = load_config(config_path)
-    _PROGRESS["fn"] = progress
+    progress_hub.current = progress
     try:
         with temporary_server(say=say):
-            return build_release.with_options(task_runner=task_runner_for(cfg))(str(config_path), str(out), wait_seconds)
+            runner = task_runner_for(cfg)
+            return build_release.with_options(task_runner=runner)(str(config_path), str(out), wait_seconds)
     finally:
-        _PROGRESS["fn"] = None
+        progress_hub.current = None

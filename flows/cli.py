@@ -104,6 +104,8 @@ def _print_summary(release: Path) -> None:
     by_src = c.get("by_source", {})
     for s in m["sources"]:
         t.add_row(s["name"], s["licence"], str(s["cases"]), str(s["errors"]), str(by_src.get(s["name"], 0)))
+    for e in (m.get("licences") or {}).get("excluded", []):  # left out by the config's licence filter
+        t.add_row(Text(e["name"]), Text(e["licence"]), Text("excluded: " + e["reason"]), "", "")
     console.print(t)
     t2 = Table(title="rows by split / task / language")
     for col in ("split", "task", "lang", "rows"):
@@ -129,6 +131,35 @@ def verify(release: Path = typer.Argument(..., help="a release folder (holding m
         err.print(f"{len(problems)} problem(s) in {release}")
         raise typer.Exit(1)
     console.print(f"OK: every file of {release} matches its manifest")
+
+
+@app.command()
+def diff(
+    old: Annotated[Path, typer.Argument(help="the older release folder (holding manifest.json)")],
+    new: Annotated[Path, typer.Argument(help="the newer release folder")],
+    json_out: Annotated[bool, typer.Option("--json", help="print the diff as JSON (for tools), not tables")] = False,
+    full: Annotated[bool, typer.Option("--full", help="also the table by source x task x lang x split")] = False,
+    examples: Annotated[int, typer.Option("--examples", help="ids / images listed per kind of change")] = 10,
+) -> None:
+    """What changed between two releases: rows added/removed/changed by source, task, language and split,
+    images, regions per term, config keys, sources and licences, validation verdicts, patients' splits."""
+    from pipeline.versions.diff import diff_releases
+
+    try:
+        d = diff_releases(old, new, examples=examples)
+    except (ValueError, FileNotFoundError) as exc:
+        from rich.markup import escape
+
+        err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
+        raise typer.Exit(2) from None
+    if json_out:
+        import orjson
+
+        sys.stdout.write(orjson.dumps(d, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS).decode() + "\n")
+        return
+    from flows.diff_view import print_diff
+
+    print_diff(d, console, full=full)
 
 
 @app.command()
@@ -223,7 +254,7 @@ def fetch_samples(
 def export_cmd(
     release: Path = typer.Argument(..., help="a release folder (holding manifest.json)"),
     fmt: str = typer.Option(..., "--format", "-f", help="internvl-meta | llava"),
-    out: Path = typer.Option(..., "--out", "-o", help="internvl-meta: the meta JSON file; llava: a .json (JSON list, what LLaVA's train.py reads), a .jsonl file, or a folder (one file per shard)"),
+    out: Path = typer.Option(..., "--out", "-o", help="internvl-meta: the meta JSON file; llava: a .json (one JSON list, what LLaVA's train.py reads), a folder (one <split>.json list per split), or a .jsonl (not for train.py)"),
     split: list[str] = typer.Option(["train"], "--split", "-s", help="split(s) to export (repeatable); 'all' for every split"),
     root_prefix: Optional[str] = typer.Option(None, "--root-prefix", help="internvl-meta: where the release folder lives on the training machine (default: its absolute path here)"),
     repeat_time: float = typer.Option(1.0, "--repeat-time", help="internvl-meta: repeat_time of every entry (<1 keeps that fraction; >1 must be an integer)"),
@@ -231,7 +262,7 @@ def export_cmd(
     max_dynamic_patch: Optional[int] = typer.Option(None, "--max-dynamic-patch", help="internvl-meta: per-dataset max_dynamic_patch"),
     system: str = typer.Option("fold", "--system", help="llava: fold system prompts into the first question, or drop them"),
 ) -> None:
-    """Export a release for a trainer: InternVL's --meta_path file or LLaVA (ShareGPT) data."""
+    """Export a release for a trainer: InternVL's / MedRegA's --meta_path file (with base_prompt) or LLaVA data."""
     import orjson
 
     from pipeline.core.atomic import write_bytes_atomic
@@ -262,8 +293,9 @@ def export_cmd(
 
 @app.command("eval")
 def eval_cmd(
-    predictions: Path = typer.Argument(..., help='JSONL of {"id": sample id, "answer": model text}'),
+    predictions: Path = typer.Argument(..., help='JSONL of {"id": row id, "answer": model text}, or MedRegA\'s native answer file (a JSON list, or JSONL with question_id/pred_answer)'),
     release: Path = typer.Option(..., "--release", "-r", help="the release folder the samples come from"),
+    protocol: str = typer.Option("default", "--protocol", "-p", help="default | medrega (MedRegA's published definitions, bugs fixed; docs/evaluation.md)"),
     json_out: Optional[Path] = typer.Option(None, "--json", help="write the full report (all metrics, per term) as JSON"),
     details: Optional[Path] = typer.Option(None, "--details", help="write per-sample scores as JSONL"),
     split: Optional[list[str]] = typer.Option(None, "--split", "-s", help="split(s) to score (default: the splits holding predicted ids)"),
@@ -272,23 +304,26 @@ def eval_cmd(
     """Score model answers against a release: box IoU/acc@t/P-R-F1, term accuracy, grounded-report metrics."""
     import orjson
 
+    from flows.eval_tables import render_tables
     from pipeline.core.atomic import write_bytes_atomic
-    from pipeline.evaluate.scoring import evaluate, render_tables, write_details
+    from pipeline.evaluate.run import evaluate, write_details
 
     if not predictions.is_file():
         err.print(f"[red]error:[/red] predictions file {predictions} not found")
         raise typer.Exit(2)
     try:
-        report = evaluate(release, predictions, splits=split or None, ignore_missing=ignore_missing)
+        report = evaluate(release, predictions, protocol=protocol, splits=split or None, ignore_missing=ignore_missing)
     except (ValueError, FileNotFoundError) as exc:
-        err.print(f"[red]error:[/red] {exc}")
+        err.print(f"[red]error:[/red] {exc}", markup=False, highlight=False)
         raise typer.Exit(2) from None
     for t in render_tables(report):
         console.print(t)
     c = report.counts
     line = f"evaluated {c['evaluated']} rows; missing predictions: {c['missing']}" + (" (left out)" if c["missing_ignored"] else " (scored as empty answers)")
-    line += f"; ids not in the release: {c['unknown_ids']}; duplicates: {c['duplicates']}; unreadable lines: {len(c['invalid_lines'])}"
-    (err if c["missing"] or c["unknown_ids"] or c["invalid_lines"] else console).print(line)
+    line += f"; ids not in the release: {c['unknown_ids']}; duplicates: {c['duplicates']}; unusable entries: {c['invalid']}"
+    (err if c["missing"] or c["unknown_ids"] or c["invalid"] else console).print(line)
+    for problem in c["invalid_lines"][:20]:
+        err.print(f"  {predictions}: {problem}", markup=False, highlight=False)
     if json_out:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         write_bytes_atomic(json_out, orjson.dumps(report.to_json(), option=orjson.OPT_INDENT_2) + b"\n")

@@ -126,10 +126,10 @@ def manifest_path() -> Path:
 
 def load_manifest(path: Path | str | None = None) -> list[SampleFile]:
     """Read the manifest (default :func:`manifest_path`) into :class:`SampleFile` entries."""
-    import yaml
+    from schemas.yamlio import load_yaml
 
     p = Path(path) if path is not None else manifest_path()
-    doc = yaml.safe_load(p.read_text(encoding="utf-8"))
+    doc = load_yaml(p, what="samples manifest")
     if not isinstance(doc, dict) or not isinstance(doc.get("files"), list):
         raise ValueError(f"{p}: expected a mapping with a 'files' list")
     out: list[SampleFile] = []

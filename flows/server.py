@@ -123,8 +123,8 @@ def temporary_server(timeout: float = 60.0, say: Any = None) -> Iterator[str | N
 def _flush_logs() -> None:
     """Send buffered run logs while the server still listens (else: 'Error logging to API')."""
     try:
-        from prefect.logging.handlers import APILogHandler
+        from prefect.logging.handlers import APILogWorker
 
-        APILogHandler.flush()
+        APILogWorker.drain_all(timeout=10)
     except Exception:  # logging must never fail a build
         pass

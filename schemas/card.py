@@ -16,8 +16,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from schemas.language import TERM_ID_RE
+from schemas.yamlio import load_yaml, validation_lines
 
 from schemas.language import TermSpec
 
@@ -116,6 +118,10 @@ class SourceCard(BaseModel):
     terms: dict[str, TermSpec] = Field(default_factory=dict)
     ignore_labels: list[str] = Field(default_factory=list)  # dataset labels deliberately not emitted
     resolve_labels_with_glossary: bool = False  # unknown label names resolved through glossary aliases
+    # lesion/finding terms this source annotates exhaustively (every instance in every image): only these
+    # are asked for as absent targets ("no cyst" is otherwise a claim the data does not make).  true: all
+    # of the source's findings; a list: these terms (each one of the card's label terms)
+    exhaustive_findings: bool | list[str] = False
     box_policy: BoxPolicy = Field(default_factory=BoxPolicy)
     split: SplitSpec = Field(default_factory=SplitSpec)
     layout: dict[str, Any] = Field(default_factory=dict)  # adapter options
@@ -128,16 +134,37 @@ class SourceCard(BaseModel):
             return {str(k): str(t) for k, t in v.items()}
         return v
 
+    @field_validator("exhaustive_findings")
+    @classmethod
+    def _finding_ids(cls, v: bool | list[str]) -> bool | list[str]:
+        if isinstance(v, list):
+            bad = [t for t in v if not TERM_ID_RE.match(t)]
+            if bad or len(set(v)) < len(v):
+                raise ValueError(f"exhaustive_findings: {bad or 'duplicates'}: list glossary term ids once each")
+        return v
+
+    @model_validator(mode="after")
+    def _findings_are_labels(self) -> SourceCard:
+        """A listed finding must be one of the card's own label terms.  Checked here against ``labels``; a
+        card with a named ``label_map`` needs the glossary for that (tests/test_glossary.py checks the shipped
+        cards), and a listed term the card never emits is simply never asked for."""
+        if isinstance(self.exhaustive_findings, list) and not self.label_map:
+            missing = sorted(set(self.exhaustive_findings) - set(self.labels.values()))
+            if missing:
+                raise ValueError(f"exhaustive_findings: {missing} are not terms of this card's labels")
+        return self
+
     @classmethod
     def from_yaml(cls, path: str | Path) -> SourceCard:
         path = Path(path)
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except yaml.YAMLError as exc:
-            raise ValueError(f"{path}: not valid YAML ({exc}); fix the syntax") from exc
+        data = load_yaml(path, what="source card")
         if not isinstance(data, dict):
-            raise ValueError(f"{path}: a source card must be a YAML mapping with name, adapter, licence, ...")
-        card = cls.model_validate(data)
+            raise ValueError(f"source card {path.name}: must be a YAML mapping with name, adapter, licence, ...")
+        try:
+            card = cls.model_validate(data)
+        except ValidationError as exc:  # keys and rules only: the file may not be a card at all (no values)
+            raise ValueError(f"source card {path.name} is not a valid card:\n  "
+                             + "\n  ".join(validation_lines(exc))) from None
         card.card_path = str(path)
         return card
 

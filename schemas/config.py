@@ -7,10 +7,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import orjson
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from schemas.card import BoxPolicy
+from schemas.yamlio import load_yaml, validation_lines
 
 
 class SourceUse(BaseModel):
@@ -50,9 +50,24 @@ class TaskConfig(BaseModel):
     langs: list[Literal["en", "zh"]] = ["en", "zh"]
     negative_ratio: float = Field(0.05, ge=0.0, le=1.0)
     max_regions_per_sample: int = Field(8, ge=1)
-    # turn: a first {"from": "system"} turn (InternVL 2.5+); inline: MedRegA's layout, the system prompt in
-    # the human turn before <image>; none: no system prompt (older InternVL chat templates)
-    system_prompt: Literal["turn", "inline", "none"] = "turn"
+    # where the task prompt goes (docs/language.md, "System prompt"):
+    # none (default): rows are human/gpt turns only, "<image>\n" first in the first human turn -- what InternVL's
+    #   and MedRegA's training loaders take; the prompt travels in the InternVL meta file as base_prompt
+    # inline: the prompt inside the first human turn, "<image>\n" + prompt + " " + question
+    # turn: a first {"from": "system"} turn -- only for chat templates that accept a system role
+    system_prompt: Literal["none", "inline", "turn"] = "none"
+    # region -> text answer for one region: name (the display name alone, as MedRegA's references) or
+    # sentence (a sentence naming it, under its own system prompt: needs system_prompt inline or turn)
+    region_to_text_answer: Literal["name", "sentence"] = "name"
+
+    @model_validator(mode="after")
+    def _answer_style_needs_its_prompt(self) -> TaskConfig:
+        if self.region_to_text_answer == "sentence" and self.system_prompt == "none":
+            raise ValueError(
+                "tasks.region_to_text_answer: sentence needs its prompt in the rows: set tasks.system_prompt to "
+                "inline or turn (with none the meta file's base_prompt asks for the name alone)"
+            )
+        return self
 
 
 class SplitConfig(BaseModel):
@@ -108,6 +123,32 @@ class RunnerConfig(BaseModel):
         return self
 
 
+class LicenceFilter(BaseModel):
+    """Which sources a release may hold, by their card's licence (pipeline.versions.licences).  Patterns are
+    shell globs matched case-insensitively against the licence id (the licence text up to the first space
+    or parenthesis, e.g. ``CC0-1.0``) and against the whole licence text.  ``deny`` wins over ``allow``;
+    an empty ``allow`` allows everything not denied.  Excluded sources are listed in the manifest and card."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    allow: list[str] = Field(default_factory=list)
+    deny: list[str] = Field(default_factory=list)
+
+
+class DuplicateConfig(BaseModel):
+    """Images of different patients that are the same picture (docs/versions.md).  ``same_split``: keep every
+    copy, all in one split; ``keep_one``: keep one copy (its rows), drop the others' rows, and still put the
+    patients in one split; ``report``: only list them."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    policy: Literal["same_split", "keep_one", "report"] = "same_split"
+    near_threshold: int = Field(
+        4, ge=-1, le=16,
+        description="near duplicates: perceptual hashes (imagehash.phash, 64 bits) at most this many bits apart; "
+        "-1 = exact duplicates only")
+
+
 class ReleaseConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -122,6 +163,11 @@ class ReleaseConfig(BaseModel):
     output: OutputConfig = Field(default_factory=OutputConfig)
     runner: RunnerConfig = Field(default_factory=RunnerConfig)
     validation: dict[str, Any] = Field(default_factory=dict)  # schemas.validation.ValidationConfig
+    # the release this one follows: a release folder, absolute or relative to the build's output folder
+    # (where releases live as OUT/<name>-<version>); see docs/versions.md
+    previous: str | None = None
+    licences: LicenceFilter = Field(default_factory=LicenceFilter)
+    duplicates: DuplicateConfig = Field(default_factory=DuplicateConfig)
     # extra glossary files (same format as pipeline/language/data/glossary/*.yaml), relative to this file
     glossary: list[str] = Field(default_factory=list)
     config_path: str | None = Field(default=None, exclude=True)  # the YAML it was read from (load_config)
@@ -134,6 +180,11 @@ class ReleaseConfig(BaseModel):
             ValidationConfig.model_validate(self.validation)
         return self
 
+    def release_dump(self) -> dict[str, Any]:
+        """The config as the release records it: everything but ``runner`` (how a build runs - serial,
+        local processes or a cluster - never changes what it builds)."""
+        return self.model_dump(mode="json", exclude={"runner"})
+
     def glossary_paths(self) -> list[Path]:
         """The ``glossary`` files as paths: relative ones are relative to the config file (else the cwd)."""
         base = Path(self.config_path).parent if self.config_path else Path(".")
@@ -141,7 +192,7 @@ class ReleaseConfig(BaseModel):
 
     def canonical_json(self) -> bytes:
         """Stable serialisation (sorted keys) used for the config hash and the manifest."""
-        return orjson.dumps(self.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS)
+        return orjson.dumps(self.release_dump(), option=orjson.OPT_SORT_KEYS)
 
     def config_hash(self) -> str:
         return hashlib.sha256(self.canonical_json()).hexdigest()
@@ -152,17 +203,11 @@ def load_config(path: str | Path) -> ReleaseConfig:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"release config {path} not found; see examples/demo.yaml for a template")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise ValueError(f"{path}: not valid YAML: {exc}") from exc
+    data = load_yaml(path, what="release config", name=str(path))
     try:
         cfg = ReleaseConfig.model_validate(data)
         cfg.config_path = str(path)
         return cfg
     except ValidationError as exc:
-        lines = [f"{path}: invalid release config:"]
-        for err in exc.errors():
-            loc = ".".join(str(x) for x in err["loc"])
-            lines.append(f"  {loc}: {err['msg']}")
+        lines = [f"{path}: invalid release config:"] + [f"  {line}" for line in validation_lines(exc)]
         raise ValueError("\n".join(lines)) from None

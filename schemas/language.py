@@ -6,9 +6,8 @@
 * :class:`LabelMapSpec` -- a shipped ``id: term`` label map (``data/<name>.yaml``).
 * :class:`VocabSpec` -- modality / body-region / position / size words and list punctuation per language
   (``data/vocab/*.yaml``).
-* :class:`TemplateSpec` / :class:`TemplateBankSpec` -- one template bank per task and language
-  (``data/templates/<task>.<lang>.yaml``).  :data:`SLOTS` says which placeholders each slot may use and
-  which it must use.
+* The template-bank contract (:class:`TemplateSpec`, :class:`TemplateBankSpec`, :data:`SLOTS`,
+  :data:`TRAITS`) lives in :mod:`schemas.language_banks` and is re-exported here.
 
 See docs/language.md for the file formats and how to add a term, a template or a language.
 """
@@ -16,7 +15,6 @@ See docs/language.md for the file formats and how to add a term, a template or a
 from __future__ import annotations
 
 import re
-import string
 from typing import Any, Literal
 
 from pydantic import (
@@ -26,6 +24,23 @@ from pydantic import (
     RootModel,
     field_validator,
     model_validator,
+)
+
+# the template-bank contract lives in schemas/language_banks.py; re-exported here for existing imports
+from schemas.language_banks import (
+    BOX_FORMAT,
+    CONTEXT_FIELDS,
+    NAME_REQUIRED,
+    SLOTS,
+    TASK_ABBR,
+    TRAITS,
+    SystemPromptSpec,
+    TaskName,
+    TemplateBankSpec,
+    TemplateSpec,
+    check_balanced,
+    check_language,
+    template_fields,
 )
 
 # ----------------------------------------------------------------------------------------- glossary
@@ -117,6 +132,14 @@ class TermSpec(BaseModel):
     body_region: list[BodyRegion] = Field(min_length=1)
     codes: dict[str, str] = Field(default_factory=dict)  # coding system -> code (SNOMED, SRT, ...)
     aliases: list[str] = Field(default_factory=list)  # dataset label spellings that mean this term
+    # English grammar of the display name (docs/language.md, "Grammar"); the defaults fit a countable
+    # singular noun such as "liver" or "polyp", so a term that says nothing gets sensible English.
+    countable: bool = True  # False: a mass noun ("atelectasis"): no "a", no "every", no plural
+    number: Literal["singular", "plural"] = "singular"  # of the display name ("costal cartilages": plural)
+    # the definite article written before the name; None: "none" for mass nouns of the lesion/finding
+    # family ("atelectasis is seen"), "the" otherwise ("the liver", "the left ventricular myocardium")
+    article: Literal["the", "none"] | None = None
+    plural_en: str | None = None  # plural for several instances of a countable term; None: regular English plural
 
     @field_validator("body_region", mode="before")
     @classmethod
@@ -144,6 +167,12 @@ class TermSpec(BaseModel):
                 raise ValueError(f"unknown field {key!r} (extra fields must be a language code 'xx' or 'synonyms_xx')")
         if self.mirror is not None and self.laterality is None:
             raise ValueError("a term with a mirror needs a laterality")
+        if not self.countable and self.number == "plural":
+            raise ValueError("a mass noun (countable: false) has no plural: number must be singular")
+        if self.plural_en is not None:
+            if self.number == "plural" or not self.countable:
+                raise ValueError("plural_en is only for countable singular terms")
+            _check_name(self.plural_en, "plural_en")
         return self
 
     def display_names(self) -> dict[str, str]:
@@ -185,38 +214,44 @@ class GlossarySpec(BaseModel):
                     errors.append(f"{tid}: parent {t.parent!r} is not a glossary term")
                 elif t.parent == tid:
                     errors.append(f"{tid}: is its own parent")
-            if t.mirror is not None:
-                m = terms.get(t.mirror)
-                if m is None:
-                    errors.append(f"{tid}: mirror {t.mirror!r} is not a glossary term")
-                else:
-                    if m.mirror != tid:
-                        errors.append(f"{tid}: mirror {t.mirror!r} does not point back (its mirror is {m.mirror!r})")
-                    if m.laterality is None or m.laterality == t.laterality:
-                        errors.append(
-                            f"{tid}: mirror {t.mirror!r} must have the opposite laterality "
-                            f"({t.laterality} vs {m.laterality})"
-                        )
+            errors.extend(_mirror_errors(tid, t, terms))
             for lang, name in t.display_names().items():
-                key = (lang, name.casefold())
-                other = seen_display.get(key)
-                if other is not None:
+                other = seen_display.setdefault((lang, name.casefold()), tid)
+                if other != tid:
                     errors.append(f"{tid}: {lang} display name {name!r} is already used by {other!r}")
-                else:
-                    seen_display[key] = tid
-        # parent chains must end (no cycles)
-        for tid in terms:
-            seen = {tid}
-            p = terms[tid].parent
-            while p is not None and p in terms:
-                if p in seen:
-                    errors.append(f"{tid}: parent chain has a cycle through {p!r}")
-                    break
-                seen.add(p)
-                p = terms[p].parent
+        errors.extend(_cycle_errors(terms))
         if errors:
             raise ValueError("glossary is inconsistent:\n  " + "\n  ".join(errors))
         return self
+
+
+def _mirror_errors(tid: str, t: TermSpec, terms: dict[str, TermSpec]) -> list[str]:
+    if t.mirror is None:
+        return []
+    m = terms.get(t.mirror)
+    if m is None:
+        return [f"{tid}: mirror {t.mirror!r} is not a glossary term"]
+    out = []
+    if m.mirror != tid:
+        out.append(f"{tid}: mirror {t.mirror!r} does not point back (its mirror is {m.mirror!r})")
+    if m.laterality is None or m.laterality == t.laterality:
+        out.append(f"{tid}: mirror {t.mirror!r} must have the opposite laterality ({t.laterality} vs {m.laterality})")
+    return out
+
+
+def _cycle_errors(terms: dict[str, TermSpec]) -> list[str]:
+    """Parent chains must end."""
+    out = []
+    for tid in terms:
+        seen = {tid}
+        p = terms[tid].parent
+        while p is not None and p in terms:
+            if p in seen:
+                out.append(f"{tid}: parent chain has a cycle through {p!r}")
+                break
+            seen.add(p)
+            p = terms[p].parent
+    return out
 
 
 class LabelMapSpec(RootModel[dict[int, str]]):
@@ -255,12 +290,25 @@ class Words(BaseModel):
         return v
 
 
+class RegionImageWords(BaseModel):
+    """A modality's words for one body region ("endoscopy" of the colon is a "colonoscopy")."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: Words
+    image: Words
+
+
 class ModalityWords(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: Words  # {modality}: "CT" / "计算机断层扫描（CT）"
     image: Words  # {image}: "CT image" / "CT图像"
     aliases: list[str] = Field(default_factory=list)  # spellings used by cards (ct, XR, CR, DX, ...)
+    # False when the image word already says where it is ("fundus photograph", "dermoscopy image"):
+    # templates that add {body_region} are then not drawn ("这张眼部眼底照片" would be doubled)
+    body_region_words: bool = True
+    by_region: dict[str, RegionImageWords] = Field(default_factory=dict)  # body region key -> words
 
 
 class LangPunctuation(BaseModel):
@@ -270,9 +318,29 @@ class LangPunctuation(BaseModel):
 
     list_sep: str  # between names in a list: ", " / "、"
     last_sep: str  # before the last name: " and " / "和"
-    item_sep: str  # between grounded items on one line: ", " / "，"
+    item_sep: str  # between grounded items on one line: ", " / "、"
     colon: str  # after a grounded item in a report line: ": " / "："
     line_sep: str = "\n"  # between report lines
+
+
+class PositionLists(BaseModel):
+    """How the positions of a term with several boxes are said (``{parts}``: the part words joined as a list)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    several: Words  # "in the {parts} parts of the image" / "图像{parts}"
+    both_sides: Words  # the boxes lie in the left and the right part of the middle band
+    many: Words  # more than three different parts
+
+    @model_validator(mode="after")
+    def _parts(self) -> PositionLists:
+        for lang, text in self.several.model_dump().items():
+            if "{parts}" not in text:
+                raise ValueError(f"position_lists.several ({lang}) must contain {{parts}}")
+        return self
+
+
+POSITION_KEYS = tuple(f"{v}_{h}" for v in ("upper", "middle", "lower") for h in ("left", "center", "right"))
 
 
 class VocabSpec(BaseModel):
@@ -281,210 +349,41 @@ class VocabSpec(BaseModel):
     modalities: dict[str, ModalityWords]
     body_regions: dict[str, Words]
     body_region_aliases: dict[str, str] = Field(default_factory=dict)  # card spelling -> body region key
-    positions: dict[str, Words]  # 9 keys: upper_left ... lower_right (image-relative)
+    # body region key -> the glossary body regions it covers (default: the key itself)
+    body_region_parts: dict[str, list[BodyRegion]] = Field(default_factory=dict)
+    positions: dict[str, Words]  # 9 keys upper_left ... lower_right: one box, with its preposition
+    position_parts: dict[str, Words]  # the same 9 keys as list items ("upper left" / "左上部")
+    position_lists: PositionLists
     sizes: dict[str, Words]  # small / moderate / large
+    numbers: dict[str, list[str]]  # lang -> words for 0, 1, 2, ... (larger counts are written as digits)
     punctuation: dict[str, LangPunctuation]
 
     @model_validator(mode="after")
     def _complete(self) -> VocabSpec:
-        need_pos = {f"{v}_{h}" for v in ("upper", "middle", "lower") for h in ("left", "center", "right")}
-        if set(self.positions) != need_pos:
-            raise ValueError(f"positions must have exactly the keys {sorted(need_pos)}")
+        for name, table in (("positions", self.positions), ("position_parts", self.position_parts)):
+            if set(table) != set(POSITION_KEYS):
+                raise ValueError(f"{name} must have exactly the keys {sorted(POSITION_KEYS)}")
         if set(self.sizes) != {"small", "moderate", "large"}:
             raise ValueError("sizes must have exactly the keys small, moderate, large")
         for alias, key in self.body_region_aliases.items():
             if key not in self.body_regions:
                 raise ValueError(f"body_region_aliases: {alias!r} -> {key!r} is not a body region")
+        for key in self.body_region_parts:
+            if key not in self.body_regions:
+                raise ValueError(f"body_region_parts: {key!r} is not a body region")
+        for m, words in self.modalities.items():
+            for key in words.by_region:
+                if key not in self.body_regions:
+                    raise ValueError(f"modalities.{m}.by_region: {key!r} is not a body region")
+        for lang, counted in self.numbers.items():
+            if len(counted) < 11:
+                raise ValueError(f"numbers.{lang}: give the words for at least 0..10")
         return self
 
 
-# ----------------------------------------------------------------------------------------- templates
-
-TaskName = Literal["region_to_text", "text_to_region", "grounded_report"]
-TASK_ABBR: dict[str, str] = {"region_to_text": "r2t", "text_to_region": "t2r", "grounded_report": "grg"}
-
-#: Placeholders every slot may use (context of the image).
-CONTEXT_FIELDS = frozenset({"image", "modality", "body_region"})
-
-#: task -> slot -> (required placeholders, optional placeholders).  A slot whose name starts with
-#: ``question`` is a question template (counted for the >= 50 rule), the others are answer templates.
-#:
-#: Placeholders (docs/language.md has the full table):
-#:   {image} {modality} {body_region}  context words in the row's language
-#:   {box}      one box list ``<box>[[x1, y1, x2, y2]]</box>``
-#:   {boxes}    several ``<box>[[...]]</box>`` joined with the language's list separator
-#:   {n}        number of boxes asked about
-#:   {term}     glossary display name (plain text, no tags); {Term} the same with a capital first letter
-#:   {ref}      ``<ref>name</ref>``; {refs} several of them joined as a list
-#:   {grounded} ``<ref>name</ref><box>[[...], ...]</box>`` items joined with the item separator
-#:   {position} image-relative position words; {size} small/moderate/large extent words
-SLOTS: dict[str, dict[str, tuple[frozenset[str], frozenset[str]]]] = {
-    "region_to_text": {
-        "question_single": (frozenset({"box"}), CONTEXT_FIELDS),
-        "question_multi": (frozenset({"boxes"}), CONTEXT_FIELDS | {"n"}),
-        "answer_single": (frozenset(), CONTEXT_FIELDS | {"term", "Term"}),
-        "answer_multi": (frozenset({"grounded"}), CONTEXT_FIELDS | {"n"}),
-    },
-    "text_to_region": {
-        "question_single": (frozenset({"ref"}), CONTEXT_FIELDS),
-        "question_multi": (frozenset({"refs"}), CONTEXT_FIELDS),
-        "answer_grounded": (frozenset({"grounded"}), CONTEXT_FIELDS),
-        "answer_absent": (frozenset(), CONTEXT_FIELDS | {"term", "Term"}),
-    },
-    "grounded_report": {
-        "question_open": (frozenset(), CONTEXT_FIELDS),
-        "question_targeted": (frozenset({"refs"}), CONTEXT_FIELDS),
-        "answer_anatomy": (frozenset(), CONTEXT_FIELDS | {"term", "Term", "position", "size"}),
-        "answer_finding": (frozenset(), CONTEXT_FIELDS | {"term", "Term", "position", "size"}),
-    },
-}
-#: Answer slots that must name the term (one of these placeholders).
-NAME_REQUIRED = {
-    ("region_to_text", "answer_single"): {"term", "Term"},
-    ("text_to_region", "answer_absent"): {"term", "Term"},
-}
-
-#: How system prompts spell the box format (allowed verbatim in every language).
-BOX_FORMAT = "[x1, y1, x2, y2]"
-
-_PAIRS = {"(": ")", "[": "]", "{": "}", "（": "）", "【": "】", "「": "」", "《": "》", "“": "”"}
-_ASCII_PUNCT_ZH = set(",.?!:;()")
-_FULLWIDTH_PUNCT = set("，。？！：；（）、【】「」《》“”")
-_CJK = re.compile(r"[\u4e00-\u9fff]")
-_FORMATTER = string.Formatter()
-
-
-def template_fields(text: str) -> list[str]:
-    """Placeholder names used by a template (raises ValueError on malformed braces)."""
-    out = []
-    for _lit, field, spec, conv in _FORMATTER.parse(text):
-        if field is None:
-            continue
-        if spec or conv:
-            raise ValueError(f"placeholder {{{field}}} must not carry a format spec or conversion")
-        if not field.isidentifier():
-            raise ValueError(f"placeholder {{{field}}} is not a plain name")
-        out.append(field)
-    return out
-
-
-def check_balanced(text: str) -> None:
-    """Brackets (ASCII and full-width) must pair up and nest."""
-    closers = {v: k for k, v in _PAIRS.items()}
-    stack: list[str] = []
-    for ch in text:
-        if ch in _PAIRS:
-            stack.append(ch)
-        elif ch in closers:
-            if not stack or stack[-1] != closers[ch]:
-                raise ValueError(f"unbalanced {ch!r}")
-            stack.pop()
-    if stack:
-        raise ValueError(f"unclosed {stack[-1]!r}")
-
-
-def check_language(text: str, lang: str) -> None:
-    """Chinese templates use full-width punctuation; English ones no CJK and no full-width marks."""
-    # look only at the literal text, not at the placeholders
-    literal = "".join(lit for lit, _f, _s, _c in _FORMATTER.parse(text))
-    if lang == "zh":
-        if literal.strip() and not _CJK.search(literal):
-            raise ValueError("a zh template must contain Chinese text (or be placeholders only)")
-        bad = _ASCII_PUNCT_ZH.intersection(literal)
-        if bad:
-            raise ValueError(f"zh template uses ASCII punctuation {''.join(sorted(bad))!r}: use full-width marks")
-    elif lang == "en":
-        if _CJK.search(literal):
-            raise ValueError("an en template must not contain Chinese text")
-        bad = _FULLWIDTH_PUNCT.intersection(literal)
-        if bad:
-            raise ValueError(f"en template uses full-width punctuation {''.join(sorted(bad))!r}")
-
-
-class TemplateSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    id: str = Field(pattern=r"^(r2t|t2r|grg)\.[a-z]{2}\.[a-z]\d{3}$")
-    slot: str
-    text: str = Field(min_length=1)
-
-
-class SystemPromptSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    id: str = Field(pattern=r"^(r2t|t2r|grg)\.[a-z]{2}\.s\d{3}$")
-    text: str = Field(min_length=1)
-
-
-class TemplateBankSpec(BaseModel):
-    """``data/templates/<task>.<lang>.yaml``."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    task: TaskName
-    lang: str = Field(pattern=r"^[a-z]{2}$")
-    system: list[SystemPromptSpec] = Field(min_length=1)
-    templates: list[TemplateSpec]
-
-    @model_validator(mode="after")
-    def _validate(self) -> TemplateBankSpec:
-        errors: list[str] = []
-        prefix = f"{TASK_ABBR[self.task]}.{self.lang}."
-        slots = SLOTS[self.task]
-        ids: set[str] = set()
-        texts: dict[tuple[str, str], str] = {}
-        for sp in self.system:
-            if not sp.id.startswith(prefix):
-                errors.append(f"{sp.id}: system prompt id must start with {prefix!r}")
-            if sp.id in ids:
-                errors.append(f"{sp.id}: duplicate id")
-            ids.add(sp.id)
-            try:
-                if "{" in sp.text or "}" in sp.text or "<" in sp.text or ">" in sp.text:
-                    raise ValueError("system prompts are fixed text: no placeholders and no tags")
-                check_balanced(sp.text)
-                # the box format "[x1, y1, x2, y2]" is quoted verbatim in every language
-                check_language(sp.text.replace(BOX_FORMAT, ""), self.lang)
-            except ValueError as exc:
-                errors.append(f"{sp.id}: {exc}")
-        for t in self.templates:
-            where = f"{t.id} [{t.slot}]"
-            if not t.id.startswith(prefix):
-                errors.append(f"{where}: id must start with {prefix!r}")
-            if t.id in ids:
-                errors.append(f"{where}: duplicate id")
-            ids.add(t.id)
-            if t.slot not in slots:
-                errors.append(f"{where}: unknown slot (known: {sorted(slots)})")
-                continue
-            kind = "q" if t.slot.startswith("question") else "a"
-            if t.id[len(prefix)] != kind:
-                errors.append(f"{where}: {'question' if kind == 'q' else 'answer'} template ids use the letter {kind!r}")
-            key = (t.slot, t.text)
-            if key in texts:
-                errors.append(f"{where}: same text as {texts[key]}")
-            texts[key] = t.id
-            required, optional = slots[t.slot]
-            try:
-                fields = template_fields(t.text)
-                unknown = set(fields) - required - optional
-                if unknown:
-                    raise ValueError(f"placeholders {sorted(unknown)} not allowed here (allowed: {sorted(required | optional)})")
-                missing = required - set(fields)
-                if missing:
-                    raise ValueError(f"missing required placeholders {sorted(missing)}")
-                need_one = NAME_REQUIRED.get((self.task, t.slot))
-                if need_one and not need_one.intersection(fields):
-                    raise ValueError(f"must name the term with one of {sorted(need_one)}")
-                for f in ("box", "boxes", "ref", "refs", "grounded"):
-                    if fields.count(f) > 1:
-                        raise ValueError(f"{{{f}}} may appear only once")
-                if "<" in t.text or ">" in t.text:
-                    raise ValueError("templates carry no literal tags: <ref>/<box> come from placeholders")
-                check_balanced(t.text)
-                check_language(t.text, self.lang)
-            except ValueError as exc:
-                errors.append(f"{where}: {exc}")
-        if errors:
-            raise ValueError(f"template bank {self.task}.{self.lang} is invalid:\n  " + "\n  ".join(errors))
-        return self
+__all__ = [
+    "BOX_FORMAT", "CATEGORY_FAMILY", "CONTEXT_FIELDS", "NAME_REQUIRED", "POSITION_KEYS", "SLOTS", "TASK_ABBR",
+    "TRAITS", "GlossaryFileSpec", "GlossarySpec", "LabelMapSpec", "LangPunctuation", "ModalityWords",
+    "PositionLists", "RegionImageWords", "SystemPromptSpec", "TaskName", "TemplateBankSpec", "TemplateSpec",
+    "TermSpec", "VocabSpec", "Words", "check_balanced", "check_language", "template_fields",
+]  # fmt: skip

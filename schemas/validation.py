@@ -52,6 +52,25 @@ class RulesConfig(_Cfg):
         0.05, ge=0, le=0.5, description="fraction of the width a *_right centre may lie right of the image centre"
     )
     centre_verdict: Literal["flag", "fail"] = "flag"
+    orientation: bool = Field(
+        True, description="check the anterior/posterior and superior/inferior order of known structures"
+    )
+    orientation_facts: str | None = Field(
+        None, description="order facts file (default: pipeline/language/data/anatomy/orientation.yaml)"
+    )
+    orientation_margin: float = Field(
+        0.02, ge=0, le=0.5, description="a pair is inverted when its centres are out of order by more than this x size"
+    )
+    orientation_fail_fraction: float = Field(
+        0.5, gt=0, le=1, description="fail when at least this share of compared pairs is inverted (fewer: flag)"
+    )
+    orientation_2d_axis: Literal["axial", "coronal", "sagittal", "none"] = Field(
+        "axial", description="2-D CT/MR/PET images (axis '2d') are checked as this view; 'none' skips them"
+    )
+
+
+GroupKey = Literal["modality", "axis", "term", "source", "body_region"]
+_STATS_GROUP_BY: tuple[GroupKey, ...] = ("modality", "axis", "body_region", "term")
 
 
 class StatsConfig(_Cfg):
@@ -60,8 +79,10 @@ class StatsConfig(_Cfg):
     min_samples: int = Field(5, ge=2, description="fewer distinct regions in a group -> pass ('too few')")
     z_flag: float = Field(4.0, gt=0, description="max robust z above this -> flag")
     z_fail: float | None = Field(None, description="max robust z above this -> fail (None: never fail)")
-    group_by: list[Literal["modality", "axis", "term", "source", "body_region"]] = Field(
-        default_factory=lambda: ["modality", "axis", "term"]
+    group_by: list[GroupKey] = Field(
+        default_factory=lambda: list(_STATS_GROUP_BY),
+        description="regions are compared within these groups; body_region keeps a neck-level spinal cord "
+        "out of the abdominal slices' statistics",
     )
     features: list[Literal["log_area", "log_aspect", "cx", "cy", "intensity"]] = Field(
         default_factory=lambda: ["log_area", "log_aspect", "cx", "cy", "intensity"]

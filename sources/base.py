@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
-from pydantic import ValidationError
 
+from pipeline.core.errors import ReadError
+from pipeline.core.paths import shown
 from pipeline.core.types import CaseRef, PixelBoxAnnotation, Study
 from schemas.card import SourceCard
 from schemas.language import TermSpec
@@ -170,13 +171,25 @@ def display_box(box: tuple[float, float, float, float], op: str, width: int, hei
 def check_mask_shape(mask: np.ndarray, image: np.ndarray, mask_path: str, image_path: str) -> None:
     """Raise a ReadError naming both files when a mask does not have its image's size."""
     if mask.shape[:2] != image.shape[:2]:
-        from pipeline.ingest.readers import ReadError
-
         raise ReadError(
-            f"mask {Path(mask_path).name} is {mask.shape[1]}x{mask.shape[0]} but image {Path(image_path).name} "
+            f"mask {shown(mask_path)} is {mask.shape[1]}x{mask.shape[0]} but image {shown(image_path)} "
             f"is {image.shape[1]}x{image.shape[0]}",
             file=mask_path,
             hint="mask and image must have the same size (was one of them resized?)",
+        )
+
+
+def check_not_all_empty(layers: list, image_path: str, notes: list[str]) -> None:
+    """Note every empty mask layer; raise a ReadError naming them when all are empty (without this the
+    case would fail later with a misleading "no region above min_pixels")."""
+    empty = [layer for layer in layers if not layer.array.any()]
+    for layer in empty:
+        notes.append(f"mask {shown(layer.origin)} is empty (no foreground pixel)")
+    if layers and len(empty) == len(layers):
+        raise ReadError(
+            f"every mask of image {shown(image_path)} is empty: " + ", ".join(shown(x.origin) for x in empty[:5]),
+            file=empty[0].origin or image_path,
+            hint="the masks hold no foreground: check the files (all black?) and the card's layout.threshold",
         )
 
 
@@ -243,13 +256,7 @@ def load_card(ref: str, *, release_terms: Mapping[str, TermSpec] | None = None) 
         raise FileNotFoundError(
             f"source card {ref!r} is neither a shipped card ({', '.join(cards)}) nor a YAML file path"
         )
-    try:
-        card = SourceCard.from_yaml(path)
-    except ValidationError as exc:
-        raise ValueError(f"card {path}: " + "; ".join(
-            f"{'.'.join(str(p) for p in e['loc'])}: {str(e['msg']).removeprefix('Value error, ')}"
-            for e in exc.errors())) from None
-    return check_card(card, release_terms)
+    return check_card(SourceCard.from_yaml(path), release_terms)
 
 
 def check_card(card: SourceCard, release_terms: Mapping[str, TermSpec] | None = None) -> SourceCard:

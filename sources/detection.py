@@ -18,6 +18,8 @@ Layout options (card ``layout``: :class:`Cxr14Layout`, :class:`CocoLayout`)
   * ``split_lists``: ``{split: file}`` lists of image names (``train_val_list.txt``, ``test_list.txt``)
     relative to the root; used when present (else the card's ``split``).
   * ``patient_regex``: first group of the image stem = patient id (``^(\\d{8})_``).
+  * ``encoding``: the CSV's text encoding (default: a byte-order mark, else UTF-8); a line that does
+    not decode fails only its image's case, with its line number.
   * ``missing_images``: ``error`` (default: an image named in the CSV but absent fails its case) or
     ``skip`` (the images present are the cases, e.g. a partial download; every case carries a note
     counting the images and boxes left out; no image present at all fails discovery).
@@ -43,6 +45,7 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
+from pipeline.core.paths import shown
 from pipeline.core.types import CaseRef, PixelBoxAnnotation, Study
 from pipeline.ingest.readers import ReadError
 from pipeline.ingest.readers.detection import BoxRecord, read_coco_json, read_cxr14_csv
@@ -61,6 +64,10 @@ class Cxr14Layout(LayoutBase):
     )
     split_lists: dict[str, str] = Field(
         default_factory=dict, description="{split: file} lists of image names, used when present"
+    )
+    encoding: str | None = Field(
+        None, description="the CSV's text encoding (default: a byte-order mark, else UTF-8); an undecodable line "
+        "fails only its image's case"
     )
     missing_images: Literal["error", "skip"] = Field(
         "error", description="error: a missing image fails its case; skip: the images present are the cases "
@@ -123,14 +130,14 @@ class _BoxAdapter(SourceAdapter):
         img_name = Path(ref.paths["image"]).name
         if ref.extra.get("errors"):
             raise ReadError(
-                f"{Path(ann).name}: invalid box for image {img_name}: " + "; ".join(ref.extra["errors"][:3]),
+                f"{shown(ann)}: invalid box for image {img_name}: " + "; ".join(ref.extra["errors"][:3]),
                 file=ann,
                 hint="fix or delete that row in the annotation file (the other images are unaffected)",
             )
         path = Path(ref.paths["image"])
         if not path.is_file():
             raise ReadError(
-                f"image {img_name} (boxes in {Path(ann).name}) not found under {path.parent}",
+                f"image {img_name} (boxes in {shown(ann)}) not found under {shown(path.parent)}",
                 file=str(path),
                 hint=self._missing_hint(),
             )
@@ -182,14 +189,15 @@ class Cxr14CsvAdapter(_BoxAdapter):
         for split, rel in self.layout.split_lists.items():
             p = self._path(rel, rel)
             if p.is_file():
-                for line in p.read_text(encoding="utf-8").split():
+                text = p.read_bytes().decode(self.layout.encoding or "utf-8-sig", errors="replace")
+                for line in text.split():
                     out.setdefault(line.strip(), split)
         return out
 
     def discover(self) -> list[CaseRef]:
         lay = self.layout
         csv_path = self._path(lay.csv, "BBox_List_2017.csv")
-        recs = read_cxr14_csv(csv_path)
+        recs = read_cxr14_csv(csv_path, encoding=lay.encoding)
         folder = self._path(lay.images, "images")
         index = self._image_index(folder)
         splits = self._split_map()

@@ -44,8 +44,10 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from pipeline.core.types import CaseRef, LabelLayer, Study
 from pipeline.ingest.align import align_labels_to_image
+from pipeline.core.paths import shown
 from pipeline.ingest.readers import ReadError
 from pipeline.ingest.readers.dicom import DicomIndex, DicomSeries, index_dicom, list_files, read_series
+from pipeline.ingest.readers.dicom_checks import damaged_file_error
 from pipeline.ingest.readers.dicom_seg import read_seg
 from pipeline.ingest.readers.nifti import read_nifti
 from pipeline.ingest.readers.pet import read_pet_facts, to_suv
@@ -170,7 +172,7 @@ class _DicomBase(SourceAdapter):
     def _index(self) -> DicomIndex:
         scan = self.root / self.layout.scan
         if not scan.exists():
-            raise ValueError(f"card {self.card.name}: scan folder {scan} does not exist (layout.scan / root)")
+            raise ValueError(f"card {self.card.name}: scan folder {shown(scan)} does not exist (layout.scan / root)")
         return index_dicom(scan)
 
     def _scan(self) -> list[CaseRef]:
@@ -198,13 +200,30 @@ class _DicomBase(SourceAdapter):
                     patient_id=self._patient(cid, ann, files, group.patient_id if group else None),
                     paths={self.role: str(ann)},
                     official_split=self.official_split(rel, cid),
-                    extra={"files": [str(f) for f in files], "series_dir": str(series_dir)},
+                    extra={"files": [str(f) for f in files], "series_dir": str(series_dir), "damaged": []},
                 )
             )
-        return refs
+        return refs + self._attach_damaged(idx, refs)
+
+    def _attach_damaged(self, idx: DicomIndex, refs: list[CaseRef]) -> list[CaseRef]:
+        """A DICOM file that cannot be read fails the cases whose series folder holds it; one in no
+        case's folder (a damaged annotation, say) becomes a case of its own that fails: never silent."""
+        orphans = []
+        for path, reason in idx.damaged:
+            folder = str(Path(path).parent)
+            owners = [r for r in refs if folder in {str(Path(f).parent) for f in r.extra["files"]}]
+            for r in owners:
+                r.extra["damaged"].append([path, reason])
+            if not owners:
+                rel = Path(path).relative_to(self.root).as_posix()
+                orphans.append(CaseRef(source=self.card.name, case_id=_safe_id(rel), patient_id=_safe_id(rel),
+                                       paths={self.role: path}, extra={"files": [], "damaged": [[path, reason]]}))
+        return orphans
 
     # loading -----------------------------------------------------------------------------------
     def _read_series(self, ref: CaseRef) -> DicomSeries:
+        for path, reason in ref.extra.get("damaged") or []:
+            raise damaged_file_error(path, reason)
         files = ref.extra.get("files") or []
         if not files:
             raise ReadError(
@@ -383,14 +402,15 @@ class DicomNiftiLabelsAdapter(_DicomBase):
 
     def load(self, ref: CaseRef) -> Study:
         series = self._read_series(ref)
-        labels, lab_aff = read_nifti(ref.paths["labels"], integer_labels=True)
+        header_notes: list[str] = []
+        labels, lab_aff = read_nifti(ref.paths["labels"], integer_labels=True, notes=header_notes)
         arr, note = align_labels_to_image(labels, lab_aff, series.shape, series.affine_ras,
                                           label_file=ref.paths["labels"], image_file=series.files[0])
         m = np.linalg.inv(lab_aff) @ series.affine_ras
         exact = (np.allclose(m[:3, :3], np.round(m[:3, :3]), atol=1e-4)
                  and np.allclose(m[:3, 3], np.round(m[:3, 3]), atol=1e-3))
-        notes = [f"label map {Path(ref.paths['labels']).name} reoriented onto the series grid (exact voxel match)"
-                 if exact else note]
+        notes = header_notes + [f"label map {Path(ref.paths['labels']).name} reoriented onto the series grid (exact "
+                                "voxel match)" if exact else note]
         names: dict[int, str] = {}
         for v in np.unique(arr).tolist():
             if v == 0:

@@ -34,10 +34,11 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field, model_validator
 
+from pipeline.core.paths import shown
 from pipeline.core.types import CaseRef, LabelLayer, Study
 from pipeline.ingest.readers import ReadError
 from pipeline.ingest.readers.image2d import read_image, read_mask
-from sources.base import SourceAdapter, check_mask_shape, display_box
+from sources.base import SourceAdapter, check_mask_shape, check_not_all_empty, display_box
 from sources.layouts import LayoutBase
 
 
@@ -182,7 +183,8 @@ class MaskFolderAdapter(SourceAdapter):
         img_name = Path(ref.paths["image"]).name
         files = ref.extra["files"]
         if not files:
-            raise ReadError(f"no mask found for image {img_name} (pattern {lay.masks})", file=ref.paths["image"],
+            raise ReadError(f"no mask found for image {shown(ref.paths['image'])} (pattern {lay.masks})",
+                            file=ref.paths["image"],
                             hint="check layout.masks (and layout.image_regex) in the card")
         if ref.extra.get("shared"):
             mask, others = next(iter(sorted(ref.extra["shared"].items())))
@@ -228,6 +230,7 @@ class MaskFolderAdapter(SourceAdapter):
             layers = [layer for layer in found if layer is not None]
         else:
             layers = self._label_layers(ref, stem, image, notes)
+        check_not_all_empty(layers, ref.paths["image"], notes)
         return self.study_2d(ref, image, layers, notes, **transform)
 
     def _label_layers(self, ref: CaseRef, stem: str, image: np.ndarray, notes: list[str]) -> list[LabelLayer]:

@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from pipeline.core.types import CaseRef, LabelLayer, Study
 from pipeline.ingest.align import align_labels_to_image
+from pipeline.core.paths import shown
 from pipeline.ingest.geometry import CanonicalGeometry, to_canonical
 from pipeline.ingest.readers import ReadError
 from pipeline.ingest.readers.nifti import read_nifti
@@ -103,7 +104,7 @@ class NiftiLabelmapAdapter(SourceAdapter):
     ) -> list[tuple[np.ndarray, dict[int, str]]]:
         files = sorted(p for p in folder.iterdir() if p.name.endswith((".nii", ".nii.gz")))
         if not files:
-            raise ReadError(f"mask folder {folder} holds no .nii/.nii.gz file", file=str(folder),
+            raise ReadError(f"mask folder {shown(folder)} holds no .nii/.nii.gz file", file=str(folder),
                             hint="point `labels` at a label map or a folder of per-structure masks")
         layers: list[tuple[np.ndarray, dict[int, str]]] = []
         # keep the dataset's own ids where the card's label map knows the term (meta.regions.label_id)
@@ -115,7 +116,7 @@ class NiftiLabelmapAdapter(SourceAdapter):
             if term is None:
                 notes.append(f"mask {f.name} has no term in card {self.card.name}; skipped")
                 continue
-            mask, aff = read_nifti(f, integer_labels=True)
+            mask, aff = read_nifti(f, integer_labels=True, notes=notes)
             if mask.shape != image_shape or not np.allclose(aff, img_aff, atol=1e-3):
                 mask, note = align_labels_to_image(mask, aff, image_shape, img_aff, label_file=str(f))
                 notes.append(note)
@@ -137,17 +138,17 @@ class NiftiLabelmapAdapter(SourceAdapter):
         return layers
 
     def load(self, ref: CaseRef) -> Study:
-        image, img_aff = read_nifti(ref.paths["image"])
         notes: list[str] = []
+        image, img_aff = read_nifti(ref.paths["image"], notes=notes)
         if Path(ref.paths["labels"]).is_dir():
             packed = self._mask_folder_layers(Path(ref.paths["labels"]), image.shape, img_aff, notes)
             if not packed:
-                raise ReadError(f"no mask in {ref.paths['labels']} maps to a term of card {self.card.name}",
+                raise ReadError(f"no mask in {shown(ref.paths['labels'])} maps to a term of card {self.card.name}",
                                 file=ref.paths["labels"], hint="check the card's labels")
             vol, geom = to_canonical(image, img_aff)
             layers = [LabelLayer(to_canonical(a, img_aff)[0], n, origin=ref.paths["labels"]) for a, n in packed]
             return self._study(ref, vol, geom, layers, notes)
-        labels, lab_aff = read_nifti(ref.paths["labels"], integer_labels=True)
+        labels, lab_aff = read_nifti(ref.paths["labels"], integer_labels=True, notes=notes)
         if labels.shape != image.shape or not np.allclose(lab_aff, img_aff, atol=1e-3):
             labels, note = align_labels_to_image(
                 labels, lab_aff, image.shape, img_aff, label_file=ref.paths["labels"], image_file=ref.paths["image"]
@@ -161,7 +162,7 @@ class NiftiLabelmapAdapter(SourceAdapter):
         if not names:
             raise ReadError(
                 f"card {self.card.name} maps no integer label id to a term",
-                file=self.card.card_path,
+                file=None,  # the card lies outside the data folder: named by its name only
                 hint="set label_map or labels: {id: term} in the card",
             )
         return self._study(ref, vol, geom, [LabelLayer(lab, names, origin=ref.paths["labels"])], notes)

@@ -5,22 +5,29 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pipeline.ingest.guard import discover_cases
 from pipeline.ingest.readers import ReadError
 from pipeline.release.plan import FingerprintCache, Plan, SourcePlan, make_jobs
 from pipeline.release.store import Store
-from schemas.config import ReleaseConfig, SourceUse
-from schemas.records import ErrorRecord
 from pipeline.validate.registry import check_config
+from pipeline.versions.licences import exclusion_reason
+from schemas.config import LicenceFilter, ReleaseConfig, SourceUse
 from schemas.language import TermSpec
+from schemas.records import ErrorRecord, ExcludedSource
 from sources.base import get_adapter, load_card
 from sources.terms import load_release_terms
 
 
-def _source(use: SourceUse, samples_root: Path | None, release_terms: dict[str, TermSpec]) -> SourcePlan:
+def _source(use: SourceUse, samples_root: Path | None, licences: LicenceFilter,
+            release_terms: dict[str, TermSpec]) -> SourcePlan | ExcludedSource:
     try:
         card = load_card(use.card, release_terms=release_terms)
     except Exception as exc:  # a broken card is this source's error, reported by the driver
-        return SourcePlan(use, use.card, error=_error(use.card, exc))
+        name = Path(use.card).name  # a path: its file name only (no build-machine folders)
+        return SourcePlan(use, name, error=_error(name, exc))
+    reason = exclusion_reason(card.licence, licences)
+    if reason is not None:  # left out before discovery, and listed in the manifest and card
+        return ExcludedSource(name=card.name, licence=card.licence, reason=reason)
     sp = SourcePlan(use, card.name, card=card)
     try:
         root = Path(use.root).expanduser() if use.root else card.resolve_root(samples_root)
@@ -31,7 +38,7 @@ def _source(use: SourceUse, samples_root: Path | None, release_terms: dict[str, 
                 hint="set `root:` for this source in the release config, or MEDREG_SAMPLES",
             )
         sp.adapter = get_adapter(card, root)
-        refs = sp.adapter.discover()
+        refs = discover_cases(sp.adapter)  # messages name files relative to the data folder
         sp.refs = refs[: use.max_cases] if use.max_cases else refs
     except Exception as exc:
         sp.error = _error(card.name, exc)
@@ -51,13 +58,17 @@ def _error(name: str, exc: BaseException) -> ErrorRecord:
 
 def make_plan(cfg: ReleaseConfig, samples_root: Path | None, out_dir: str | Path | None = None) -> Plan:
     """Sources, cases and part keys of a release config.  Input-file hashes are memoised in the store of
-    ``out_dir`` (a rerun re-reads only files whose size, mtime or inode changed)."""
-    check_config(cfg.validation)  # unknown validators / bad sections stop the build before any case
-    release_terms = load_release_terms(cfg)  # the config's glossary files: a bad one stops the build
-    sources = [_source(use, samples_root, release_terms) for use in cfg.sources]
+    ``out_dir`` (a rerun re-reads only files whose size, mtime or inode changed).  Sources whose licence the
+    config's ``licences`` filter refuses are not discovered; they are listed in ``Plan.excluded``.  Unknown
+    validators and broken glossary files (the config's ``glossary:``) stop the plan before any case."""
+    check_config(cfg.validation)
+    release_terms = load_release_terms(cfg)
+    planned = [_source(use, samples_root, cfg.licences, release_terms) for use in cfg.sources]
+    sources = [p for p in planned if isinstance(p, SourcePlan)]
+    excluded = [p for p in planned if isinstance(p, ExcludedSource)]
     cache = FingerprintCache(Store.for_output(out_dir).fingerprints if out_dir is not None else None)
     try:
         jobs = make_jobs(cfg, sources, cache)
     finally:
         cache.close()
-    return Plan(cfg=cfg, sources=sources, jobs=jobs, samples_root=samples_root)
+    return Plan(cfg=cfg, sources=sources, jobs=jobs, samples_root=samples_root, excluded=excluded)

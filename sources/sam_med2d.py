@@ -18,7 +18,7 @@ from pydantic import Field
 from pipeline.core.types import CaseRef, LabelLayer, Study
 from pipeline.ingest.readers import ReadError
 from pipeline.ingest.readers.image2d import read_image, read_mask
-from sources.base import SourceAdapter, check_mask_shape
+from sources.base import SourceAdapter, check_mask_shape, check_not_all_empty
 from sources.layouts import LayoutBase
 
 _INSTANCE = re.compile(r"^(?P<structure>.+)_(?P<instance>\d{3,})$")
@@ -63,7 +63,11 @@ class SamMed2DAdapter(SourceAdapter):
             path = self.root / fname
             if not path.is_file():
                 continue
-            data = json.loads(path.read_text(encoding="utf-8"))
+            try:
+                data = json.loads(path.read_bytes().decode("utf-8-sig"))
+            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+                raise ReadError(f"cannot parse the SA-Med2D index {fname}: {type(exc).__name__}", file=str(path),
+                                hint="the index JSON is truncated or not UTF-8 JSON; re-download it") from exc
             for key, val in data.items():
                 if isinstance(val, list):  # image -> [masks]
                     img = self._strip(key)
@@ -73,7 +77,8 @@ class SamMed2DAdapter(SourceAdapter):
                     masks_of[img].append(self._strip(key))
                 split_of.setdefault(img, split)
         if not masks_of:
-            raise FileNotFoundError(f"{self.root}: no SA-Med2D index JSON ({', '.join(index_files.values())})")
+            raise FileNotFoundError(f"no SA-Med2D index JSON ({', '.join(index_files.values())}) in the data folder "
+                                    f"{self.root.name}")
         refs = []
         for img, masks in masks_of.items():
             cid = img.stem
@@ -99,7 +104,7 @@ class SamMed2DAdapter(SourceAdapter):
                 structure, _inst = structure_of(Path(mpath).name, stem)
             except ValueError as exc:
                 raise ReadError(str(exc), file=mpath,
-                                hint="rename the mask to <image-stem>_<structure>_<NNN>.png") from None
+                                hint="rename the mask to <image-stem>_<structure>_<NNN>.png") from exc
             term = self.term_for(structure)
             if term is None:
                 notes.append(f"structure {structure!r} ({Path(mpath).name}) has no glossary term; skipped")
@@ -107,4 +112,5 @@ class SamMed2DAdapter(SourceAdapter):
             mask = read_mask(mpath)
             check_mask_shape(mask, image, mpath, ref.paths["image"])
             layers.append(LabelLayer(mask[None], {1: term}, instance=True, origin=mpath))
+        check_not_all_empty(layers, ref.paths["image"], notes)
         return self.study_2d(ref, image, layers, notes)

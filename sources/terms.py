@@ -15,7 +15,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
-import yaml
 from pydantic import ValidationError
 
 from pipeline.language.glossary import GLOSSARY_DIR, load_glossary, load_label_map
@@ -23,11 +22,12 @@ from pipeline.language.user_terms import add_terms, closest_terms
 from schemas.card import SourceCard
 from schemas.config import ReleaseConfig
 from schemas.language import GlossaryFileSpec, TermSpec
+from schemas.yamlio import load_yaml
 
 
 def card_where(card: SourceCard) -> str:
-    """``card NAME (PATH)``: how messages name a card."""
-    return f"card {card.name} ({card.card_path})" if card.card_path else f"card {card.name}"
+    """``card NAME (FILE)``: how messages name a card (its file name, never a build machine's folders)."""
+    return f"card {card.name} ({Path(card.card_path).name})" if card.card_path else f"card {card.name}"
 
 
 def label_table(card: SourceCard) -> dict[str, str]:
@@ -85,29 +85,29 @@ def resolve_label(card: SourceCard, label: str) -> str | None:
 # ----------------------------------------------------------------------------------------- glossary files
 
 
-def read_glossary_file(path: str | Path) -> dict[str, TermSpec]:
+def read_glossary_file(path: str | Path, name: str | None = None) -> dict[str, TermSpec]:
     """One extra glossary file (``term_id: {en, zh, category, body_region, ...}``), validated like a shipped
-    glossary file; errors name the file."""
+    glossary file; errors name the file (``name``: as the release config wrote it)."""
     path = Path(path)
+    name = name or path.name
     if not path.is_file():
-        raise FileNotFoundError(f"glossary file {path} (release config `glossary:`) not found; paths are "
+        raise FileNotFoundError(f"glossary file {name} (release config `glossary:`) not found; paths are "
                                 "relative to the release config file")
+    data = load_yaml(path, what="glossary file", name=name) or {}  # YAML errors name the file and line
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         return dict(GlossaryFileSpec.model_validate(data).root)
-    except yaml.YAMLError as exc:
-        raise ValueError(f"glossary file {path}: not valid YAML ({exc}); fix the syntax") from None
     except ValidationError as exc:
-        raise ValueError(f"glossary file {path}: {_messages(exc)}; see docs/language.md for the term format") from None
+        raise ValueError(f"glossary file {name}: {_messages(exc)}; see docs/language.md for the term format") from None
 
 
 def load_release_terms(cfg: ReleaseConfig) -> dict[str, TermSpec]:
     """The terms of every glossary file the release config names, added to this process's glossary (in
     order; a term defined twice, or already shipped, is an error naming both places)."""
     out: dict[str, TermSpec] = {}
-    for path in cfg.glossary_paths():
-        terms = read_glossary_file(path)
-        add_terms(terms, f"glossary file {path}")
+    for written, path in zip(cfg.glossary, cfg.glossary_paths(), strict=True):
+        name = Path(written).name if Path(written).is_absolute() else written  # no build-machine folders
+        terms = read_glossary_file(path, name)
+        add_terms(terms, f"glossary file {name}")
         out.update(terms)
     return out
 

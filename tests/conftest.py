@@ -41,6 +41,28 @@ def prefect_harness(tmp_path_factory):
         yield home
 
 
+@pytest.fixture
+def write_rows_release():
+    """Write hand-made rows as a minimal release folder (manifest + one shard per split/task/lang)."""
+    import orjson
+
+    def write(rel: Path, rows: list[dict]) -> Path:
+        groups: dict = {}
+        for r in rows:
+            m = r["meta"]
+            groups.setdefault((m["split"], m["task"], m["lang"]), []).append(r)
+        shards = []
+        for (split, task, lang), rs in sorted(groups.items()):
+            path = f"data/{split}/{task}.{lang}.00000-of-00001.jsonl"
+            (rel / path).parent.mkdir(parents=True, exist_ok=True)
+            (rel / path).write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in rs))
+            shards.append({"path": path, "split": split, "task": task, "lang": lang, "lines": len(rs)})
+        (rel / "manifest.json").write_bytes(orjson.dumps({"name": "hand", "version": "0", "shards": shards}))
+        return rel
+
+    return write
+
+
 @pytest.fixture(autouse=True)
 def _user_terms_do_not_leak():
     """Cards with `terms:` add them to the process glossary; each test starts from the shipped glossary."""

@@ -47,3 +47,46 @@ def test_format_and_order():
     assert boxes == [(0, 0, 5, 5), (10, 10, 100, 50), (500, 10, 600, 50)]
     assert format_boxes(boxes) == "[[0, 0, 5, 5], [10, 10, 100, 50], [500, 10, 600, 50]]"
     assert box_iou((0, 0, 10, 10), (5, 0, 15, 10)) == 50 / 150
+
+
+def test_box_text_helpers():
+    from pipeline.regions.coords import box_tag, ref_box
+
+    assert box_tag([(1, 2, 3, 4)]) == "<box>[[1, 2, 3, 4]]</box>"
+    assert ref_box("liver", [(1, 2, 3, 4), (5, 6, 7, 8)]) == "<ref>liver</ref><box>[[1, 2, 3, 4], [5, 6, 7, 8]]</box>"
+    import numpy as np
+
+    assert format_boxes(np.array([[10, 20, 30, 40]])) == "[[10, 20, 30, 40]]"  # numpy integers too
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 900), st.integers(0, 900), st.integers(1, 99), st.integers(1, 99)), min_size=1, max_size=5),
+       st.lists(st.tuples(st.integers(0, 900), st.integers(0, 900), st.integers(1, 99), st.integers(1, 99)), min_size=1, max_size=5))
+def test_iou_matrix_equals_pairwise_box_iou(a, b):
+    from pipeline.regions.coords import iou_matrix
+
+    boxes_a = [(x, y, x + w, y + h) for x, y, w, h in a]
+    boxes_b = [(x, y, x + w, y + h) for x, y, w, h in b]
+    m = iou_matrix(boxes_a, boxes_b)
+    assert m.shape == (len(a), len(b))
+    for i, p in enumerate(boxes_a):
+        for j, q in enumerate(boxes_b):
+            assert abs(m[i, j] - box_iou(p, q)) < 1e-12
+
+
+def test_matching_helpers():
+    import numpy as np
+
+    from pipeline.regions.coords import count_matches_at, hungarian_iou, iou_matrix, match_max_iou
+
+    g1, g2 = (0, 0, 100, 100), (40, 0, 140, 100)
+    p1, p2 = (25, 0, 125, 100), (60, 0, 160, 100)
+    m = iou_matrix([g1, g2], [p1, p2])
+    # greedy pairs g2-p1 (IoU .74) and leaves g1-p2 (.25); the summed-IoU optimum pairs g1-p1, g2-p2
+    assert [(r, c) for r, c, _ in match_max_iou(m)] == [(0, 0), (1, 1)]
+    assert count_matches_at(m, 0.5) == 2
+    half = iou_matrix([(0, 0, 10, 10)], [(0, 0, 10, 5)])  # IoU exactly 0.5
+    assert half[0, 0] == 0.5
+    assert count_matches_at(half, 0.5) == 1 and count_matches_at(half, 0.5, strict=True) == 0
+    assert match_max_iou(np.zeros((0, 3))) == [] and count_matches_at(np.zeros((2, 0)), 0.5) == 0
+    assert hungarian_iou([(0, 0, 10, 10), (50, 50, 60, 60)], [(0, 0, 10, 10)]) == (0.5, [1.0])

@@ -10,16 +10,9 @@ from pathlib import Path
 import orjson
 import pytest
 
-from pipeline.evaluate.scoring import (
-    aggregate,
-    evaluate,
-    match_boxes,
-    says_absent,
-    score_row,
-    spot_terms,
-    text_f1,
-    tokenize,
-)
+from pipeline.evaluate.run import evaluate
+from pipeline.evaluate.scoring import aggregate, match_boxes, score_row
+from pipeline.evaluate.text import says_absent, spot_terms, text_f1, tokenize
 from pipeline.release.export import iter_release_rows
 from pipeline.language.glossary import load_glossary
 
@@ -172,40 +165,25 @@ def test_region_to_text_metrics():
     assert extra["accuracy"] == 1.0 and extra["term_precision"] == 0.5 and extra["exact_match"] == 0.0
 
 
-def test_missing_unknown_and_unreadable_predictions(tmp_path):
+def test_missing_unknown_and_unreadable_predictions(tmp_path, write_rows_release):
     rel = tmp_path / "rel"
     rows = [
         _row("region_to_text", [("liver", (1, 2, 30, 40))], "liver", rid="a"),
         _row("region_to_text", [("spleen", (1, 2, 30, 40))], "spleen", rid="b"),
     ]
-    _write_release(rel, rows)
+    write_rows_release(rel, rows)
     preds = tmp_path / "p.jsonl"
     preds.write_text('{"id": "a", "answer": "liver"}\n{"id": "zzz", "answer": "x"}\nnot json\n{"id": "a", "answer": "liver"}\n')
     rep = evaluate(rel, preds)
     c = rep.counts
     assert c["missing"] == 1 and c["missing_ids"] == ["b"]
-    assert c["unknown_ids"] == 1 and c["duplicates"] == 1 and c["invalid_lines"] == [3]
+    assert c["unknown_ids"] == 1 and c["duplicates"] == 1 and c["invalid_lines"] == ["line 3: not valid JSON: 'not json'"]
     assert rep.groups["region_to_text/en"]["accuracy"] == 0.5  # the missing one is scored as an empty answer
     assert rep.groups["region_to_text/en"]["missing"] == 1
     rep = evaluate(rel, preds, ignore_missing=True)
     assert rep.groups["region_to_text/en"]["accuracy"] == 1.0 and rep.counts["evaluated"] == 1
     with pytest.raises(ValueError, match="none of the"):
         evaluate(rel, {"nope": "liver"})
-
-
-def _write_release(rel: Path, rows: list[dict]) -> None:
-    """A minimal release folder (manifest + shards) for hand-made rows."""
-    groups: dict = {}
-    for r in rows:
-        m = r["meta"]
-        groups.setdefault((m["split"], m["task"], m["lang"]), []).append(r)
-    shards = []
-    for (split, task, lang), rs in sorted(groups.items()):
-        path = f"data/{split}/{task}.{lang}.00000-of-00001.jsonl"
-        (rel / path).parent.mkdir(parents=True, exist_ok=True)
-        (rel / path).write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in rs))
-        shards.append({"path": path, "split": split, "task": task, "lang": lang, "lines": len(rs)})
-    (rel / "manifest.json").write_bytes(orjson.dumps({"name": "hand", "version": "0", "shards": shards}))
 
 
 # ----------------------------------------------------------------------------------------- release round trip

@@ -26,8 +26,8 @@ from pipeline.evaluate.expand import (
     validate_template,
 )
 
-VALID_1 = "Kindly mark {ref} on this {image}."
-VALID_2 = "Where in the picture is {ref}?"
+VALID_1 = "Kindly mark {the_ref} on this {image}."
+VALID_2 = "Where in the picture can {the_ref} be found?"
 INVALID_MISSING_REF = "Where is the {term}?"  # {term} is not allowed in a question, {ref} is missing
 INVALID_UNBALANCED = "Locate {ref} (in this {image}."
 INVALID_NO_REF = "Where is it in this {image}?"
@@ -92,6 +92,13 @@ def llm(monkeypatch):
     fake.close()
 
 
+def _next_ids(k: int) -> list[str]:
+    """The ids expansion gives k new question_single templates of text_to_region.en: after the slot's last."""
+    bank = yaml.safe_load((DEFAULT_DATA_DIR / "templates" / "text_to_region.en.yaml").read_text(encoding="utf-8"))
+    last = max(int(t["id"][-3:]) for t in bank["templates"] if t["slot"] == "question_single")
+    return [f"t2r.en.q{last + i:03d}" for i in range(1, k + 1)]
+
+
 def _bank_hashes() -> dict[str, str]:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(DEFAULT_DATA_DIR.rglob("*.yaml"))}
 
@@ -129,11 +136,13 @@ def test_templates_are_validated_before_they_are_proposed(llm, workdir):
     texts = [e["text"] for e in doc["entries"]]
     assert texts == [VALID_1, VALID_2]
     assert all(e["accepted"] is False for e in doc["entries"])
-    assert [e["id"] for e in doc["entries"]] == ["t2r.en.q034", "t2r.en.q035"]  # after the slot's last id
+    assert [e["id"] for e in doc["entries"]] == _next_ids(2)  # after the slot's last id
+    # a paraphrase is drawn for the targets its seed is drawn for (t2r.en.q001)
+    assert all(e["fits"] == {"instances": ["one", "several"]} for e in doc["entries"])
     rejected = {r["text"]: r["reason"] for r in doc["rejected"]}
     assert rejected[INVALID_MISSING_REF].startswith("placeholders ['term'] not allowed here")
     assert "unclosed" in rejected[INVALID_UNBALANCED]
-    assert rejected[INVALID_NO_REF] == "missing required placeholders ['ref']"
+    assert rejected[INVALID_NO_REF] == "must name the term with one of ['The_ref', 'ref', 'the_ref']"
     assert _bank_hashes() == before  # generating never writes a bank
 
 
@@ -197,11 +206,16 @@ def test_accept_writes_only_accepted_entries_after_a_diff(llm, workdir):
     diff = plan.diff()
     assert "--- a/templates/text_to_region.en.yaml" in diff
     added = [ln for ln in diff.splitlines() if ln.startswith("+") and not ln.startswith("+++")]
-    assert added == ['+  - {id: t2r.en.q035, slot: question_single, text: "Where in the picture is {ref}?"}']
+    first, second = _next_ids(2)
+    assert added == [
+        f"+  - {{id: {second}, slot: question_single, fits: {{instances: [one, several]}}, "
+        'text: "Where in the picture can {the_ref} be found?"}'
+    ]
     plan.apply()
     bank = load_templates(workdir / "langdata" / "templates").bank("text_to_region", "en")
-    assert bank.by_id["t2r.en.q035"].text == VALID_2
-    assert "t2r.en.q034" not in bank.by_id
+    assert bank.by_id[second].text == VALID_2
+    assert dict(bank.by_id[second].fits) == {"instances": {"one", "several"}}
+    assert first not in bank.by_id
     assert _bank_hashes() == before  # the shipped banks were never touched
     # accepting again is a no-op with a reason
     again = plan_accept(res.review_path)
@@ -255,11 +269,11 @@ def test_glossary_drafts_are_checked_against_every_term(llm, workdir):
 
 def test_validate_template_uses_the_bank_rules():
     bank = yaml.safe_load((DEFAULT_DATA_DIR / "templates" / "region_to_text.zh.yaml").read_text(encoding="utf-8"))
-    assert validate_template(bank, "answer_single", "图中框出的是{term}。", "r2t.zh.a099") is None
-    assert "ASCII punctuation" in validate_template(bank, "answer_single", "框内是{term}.", "r2t.zh.a099")
-    assert "must name the term" in validate_template(bank, "answer_single", "这是一个器官。", "r2t.zh.a099")
-    dup = next(t["text"] for t in bank["templates"] if t["slot"] == "answer_single")
-    assert "same text" in validate_template(bank, "answer_single", dup, "r2t.zh.a099")
+    assert validate_template(bank, "answer_sentence", "图中框出的是{term}。", "r2t.zh.a099") is None
+    assert "ASCII punctuation" in validate_template(bank, "answer_sentence", "框内是{term}.", "r2t.zh.a099")
+    assert "must name the term" in validate_template(bank, "answer_sentence", "这是一个器官。", "r2t.zh.a099")
+    dup = next(t["text"] for t in bank["templates"] if t["slot"] == "answer_sentence")
+    assert "same text" in validate_template(bank, "answer_sentence", dup, "r2t.zh.a099")
 
 
 def test_cli_expand_and_accept(llm, workdir):
@@ -280,7 +294,7 @@ def test_cli_expand_and_accept(llm, workdir):
         e["accepted"] = True
     review.write_text(yaml.safe_dump(doc, allow_unicode=True, sort_keys=False), encoding="utf-8")
     res = runner.invoke(app, ["expand", "accept", str(review)], input="n\n")
-    assert res.exit_code == 1 and "+  - {id: t2r.en.q034" in res.output and "not applied" in res.output
+    assert res.exit_code == 1 and f"+  - {{id: {_next_ids(1)[0]}" in res.output and "not applied" in res.output
     res = runner.invoke(app, ["expand", "accept", str(review), "--yes"])
     assert res.exit_code == 0, res.output
     text = (workdir / "langdata" / "templates" / "text_to_region.en.yaml").read_text(encoding="utf-8")

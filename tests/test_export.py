@@ -69,16 +69,23 @@ def release(tmp_path_factory, samples) -> Path:
     return build(cfg, tmp_path_factory.mktemp("export-release"), samples_root=samples)
 
 
-def test_release_writer_emits_llava_shards(release):
+def test_release_writer_emits_one_llava_json_list_per_split(release):
+    import json
+
     from pipeline.release.verify import verify_release
 
     assert verify_release(release) == []
-    files = sorted((release / "data_llava").rglob("*.jsonl"))
-    assert files
-    for f in files:
-        for line in f.read_bytes().splitlines():
-            row = orjson.loads(line)
-            assert (release / row["image"]).is_file()
+    manifest = orjson.loads((release / "manifest.json").read_bytes())
+    splits = sorted({s["split"] for s in manifest["shards"]})
+    assert sorted(p.name for p in (release / "data_llava").iterdir()) == [f"{sp}.json" for sp in splits]
+    for split in splits:
+        with open(release / "data_llava" / f"{split}.json", encoding="utf-8") as fh:
+            rows = json.load(fh)  # what LLaVA's train.py does with --data_path
+        assert isinstance(rows, list)
+        assert len(rows) == sum(s["lines"] for s in manifest["shards"] if s["split"] == split)
+        assert manifest["files"][f"data_llava/{split}.json"]
+        for row in rows:
+            assert set(row) == {"id", "image", "conversations"} and (release / row["image"]).is_file()
             convs = row["conversations"]
             assert convs[0]["from"] == "human" and convs[0]["value"].startswith("<image>\n")
             assert sum(t["value"].count("<image>") for t in convs) == 1
@@ -86,18 +93,26 @@ def test_release_writer_emits_llava_shards(release):
 
 
 def test_internvl_meta_entries_point_at_real_files(release):
+    from pipeline.language.templates import load_templates
+
     meta = internvl_meta(release, splits=None)
     manifest = orjson.loads((release / "manifest.json").read_bytes())
-    assert len(meta) == len(manifest["shards"])  # one entry per shard file
+    assert len(meta) == len(manifest["shards"])  # one entry per task x language and shard file
     assert sum(e["length"] for e in meta.values()) == manifest["counts"]["rows"]
+    banks = load_templates()
     for name, e in meta.items():
-        assert set(e) == {"root", "annotation", "data_augment", "repeat_time", "length"}
+        assert set(e) == {"root", "annotation", "data_augment", "repeat_time", "length", "base_prompt"}
         assert e["annotation"].endswith(".jsonl") and os.path.isfile(e["annotation"])
         lines = Path(e["annotation"]).read_bytes().splitlines()
         assert len(lines) == e["length"]
         assert e["data_augment"] is False and e["repeat_time"] == 1
+        task, lang = Path(e["annotation"]).name.split(".")[:2]  # data/<split>/<task>.<lang>.NNNNN-of-MMMMM.jsonl
+        assert f"_{task}_{lang}" in name
+        assert e["base_prompt"] == banks.bank(task, lang).system[0][1]
         for line in lines:  # InternVL opens os.path.join(root, row["image"])
-            assert os.path.isfile(os.path.join(e["root"], orjson.loads(line)["image"]))
+            row = orjson.loads(line)
+            assert (row["meta"]["task"], row["meta"]["lang"]) == (task, lang)
+            assert os.path.isfile(os.path.join(e["root"], row["image"]))
         assert name.startswith("x-2_")
     # a group cut into several shards gets numbered entries
     assert any(name.endswith("_00001") for name in meta)
@@ -117,13 +132,21 @@ def test_internvl_meta_options(release):
         internvl_meta(release, splits=["nope"])
 
 
-def test_write_llava_json_list_and_folder(release, tmp_path):
+def test_write_llava_json_list_jsonl_and_folder(release, tmp_path):
+    import json
+
     path, n = write_llava(release, tmp_path / "llava.json", splits=None)
-    rows = orjson.loads(path.read_bytes())
+    with open(path, encoding="utf-8") as fh:
+        rows = json.load(fh)
     assert isinstance(rows, list) and len(rows) == n == len(list(iter_release_rows(release)))
-    out, n2 = write_llava(release, tmp_path / "llava_dir", splits=["train"])
-    assert n2 == len(list(iter_release_rows(release, ["train"])))
-    assert all(p.suffix == ".jsonl" for p in out.rglob("*") if p.is_file())
+    path, n = write_llava(release, tmp_path / "llava.jsonl", splits=["train"])
+    with open(path, encoding="utf-8") as fh, pytest.raises(json.JSONDecodeError, match="Extra data"):
+        json.load(fh)  # JSONL is for other readers, not LLaVA's train.py
+    assert len(path.read_bytes().splitlines()) == n == len(list(iter_release_rows(release, ["train"])))
+    out, n2 = write_llava(release, tmp_path / "llava_dir", splits=None)
+    splits = sorted({r["meta"]["split"] for r in iter_release_rows(release)})
+    assert sorted(p.name for p in out.iterdir()) == [f"{sp}.json" for sp in splits]
+    assert sum(len(json.loads(p.read_text())) for p in out.iterdir()) == n2 == len(rows)
 
 
 def test_cli_export(release, tmp_path):
@@ -141,3 +164,63 @@ def test_cli_export(release, tmp_path):
     assert res.exit_code == 0, res.output
     res = runner.invoke(app, ["export", str(release), "--format", "nope", "--out", str(tmp_path / "n.json")])
     assert res.exit_code == 2
+
+
+def _build(tmp, samples, **over):
+    from flows.run import build
+    from schemas.config import ReleaseConfig
+
+    data = {"name": "m", "version": "1", "sources": [{"card": "kvasir-seg"}, {"card": "totalseg-ct"}],
+            "slicing": {"max_slices_per_case": 2}, "output": {"rows_per_shard": 7, "report": False}}
+    data.update(over)
+    return build(ReleaseConfig.model_validate(data), tmp, samples_root=samples)
+
+
+def test_internvl_and_medrega_loader_contract(tmp_path, samples):
+    """What InternVL's and MedRegA's build_datasets / LazySupervisedDataset read: meta keys, a JSONL
+    annotation read line by line, human/gpt turns only, exactly one <image> opening the first human turn."""
+    # the layout those loaders take: human/gpt turns only, the task prompt travels as base_prompt
+    release = _build(tmp_path, samples, tasks={"system_prompt": "none"})
+    meta_path = tmp_path / "meta.json"
+    meta_path.write_bytes(orjson.dumps(internvl_meta(release, splits=None)))
+    ds_collections = orjson.loads(meta_path.read_bytes())  # build_datasets: json.loads(open(meta_path).read())
+    pairs = set()
+    for name, entry in ds_collections.items():
+        for key in ("root", "annotation", "data_augment", "repeat_time", "length", "base_prompt"):
+            assert key in entry, (name, key)  # MedRegA: KeyError 'base_prompt' otherwise
+        assert isinstance(entry["repeat_time"], int) and isinstance(entry["data_augment"], bool)
+        assert entry["annotation"].endswith("jsonl") and entry["base_prompt"].strip()
+        with open(entry["annotation"]) as f:  # LazySupervisedDataset: f.readlines(), json.loads per line
+            raw = f.readlines()
+        assert len(raw) == entry["length"]
+        for line in raw:
+            item = orjson.loads(line)
+            convs = item["conversations"]
+            assert {t["from"] for t in convs} <= {"human", "gpt"}  # Hermes-2 / internlm2 / phi3 roles
+            assert [t["from"] for t in convs] == ["human", "gpt"] * (len(convs) // 2)
+            assert convs[0]["value"].startswith("<image>\n")
+            assert sum(t["value"].count("<image>") for t in convs) == 1
+            assert os.path.isfile(os.path.join(entry["root"], item["image"]))
+            pairs.add((item["meta"]["task"], item["meta"]["lang"]))
+    assert len(pairs) == 6  # every task x language has entries
+    by_pair = {}
+    for entry in ds_collections.values():
+        task, lang = Path(entry["annotation"]).name.split(".")[:2]
+        by_pair.setdefault((task, lang), set()).add(entry["base_prompt"])
+    assert set(by_pair) == pairs and all(len(v) == 1 for v in by_pair.values())
+    assert len({next(iter(v)) for v in by_pair.values()}) == 6  # each task x language has its own prompt
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_release_files_and_folders_respect_umask(tmp_path, samples, umask):
+    old = os.umask(umask)
+    try:
+        release = _build(tmp_path, samples, output={"rows_per_shard": 50, "formats": ["internvl", "llava"]})
+    finally:
+        os.umask(old)
+    files = [p for p in release.rglob("*") if p.is_file()]
+    dirs = [release, *(p for p in release.rglob("*") if p.is_dir())]
+    assert {"README.md", "LICENSE.md", "schema.json", "manifest.json"} <= {p.name for p in files}
+    assert any(p.suffix == ".png" for p in files) and any(p.parent.name == "data_llava" for p in files)
+    assert {oct(p.stat().st_mode & 0o777) for p in files} == {oct(0o666 & ~umask)}  # 0644 / 0640
+    assert {oct(p.stat().st_mode & 0o777) for p in dirs} == {oct(0o777 & ~umask)}  # 0755 / 0750

@@ -11,6 +11,7 @@ import yaml
 from pipeline.language.glossary import (
     DATA_DIR,
     Glossary,
+    english_plural,
     list_label_maps,
     load_glossary,
     load_label_map,
@@ -221,23 +222,67 @@ def test_display_names_are_unique_and_clean(g: Glossary) -> None:
             assert not set(n) & set("[]<>"), n
 
 
-def test_english_display_names_are_singular(g: Glossary) -> None:
-    """Templates say "The {term} is ...": display names are singular (plurals live in the synonyms)."""
+def test_english_number_follows_the_display_name(g: Glossary) -> None:
+    """A display name in the plural ("costal cartilages") says so (``number: plural``); templates then get
+    "the costal cartilages are" instead of "the costal cartilage is"."""
     plural = re.compile(r"\b(muscles|cartilages|discs|disks|vertebrae|veins|arteries|bones|lungs|kidneys|ribs)$")
-    for tid in g:
-        assert not plural.search(g.display(tid, "en")), tid
-
-
-def test_chinese_clinical_names(g: Glossary) -> None:
-    expected = {
-        "kidney_right": "右肾", "kidney_left": "左肾", "spleen": "脾", "liver": "肝",
-        "portal_vein_and_splenic_vein": "门静脉及脾静脉", "inferior_vena_cava": "下腔静脉", "aorta": "主动脉",
-        "gallbladder": "胆囊", "pancreas": "胰腺", "duodenum": "十二指肠", "small_bowel": "小肠", "colon": "结肠",
-        "adrenal_gland_right": "右肾上腺", "vertebrae_T12": "第12胸椎", "rib_left_7": "左侧第7肋",
+    for tid, t in g.terms.items():
+        assert bool(plural.search(t.en)) == (t.number == "plural"), tid
+    assert {t for t in g if g.term(t).number == "plural"} >= {
+        "costal_cartilages", "intervertebral_discs", "vertebrae", "portal_vein_and_splenic_vein", "autochthon",
     }  # fmt: skip
-    for tid, zh in expected.items():
-        assert g.display(tid, "zh") == zh
-    assert g.display("vertebrae_T12", "en") == "T12 vertebra"
+
+
+def test_grammar_defaults_and_mass_nouns(g: Glossary) -> None:
+    liver, polyp, atel = g.term("liver"), g.term("polyp"), g.term("atelectasis")
+    assert (liver.countable, liver.number, liver.article, liver.kind) == (True, "singular", "the", "anatomy")
+    assert (polyp.article, polyp.plural_en, polyp.kind) == ("the", "polyps", "finding")
+    assert (atel.countable, atel.article, atel.plural_en) == (False, "none", "")  # "atelectasis is seen"
+    assert g.term("mass").plural_en == "masses" and g.term("covid19_infection").plural_en == "COVID-19 lesions"
+    myo = g.term("heart_myocardium")  # a mass noun of the anatomy takes "the"
+    assert (myo.countable, myo.article) == (False, "the")
+    for tid in ("pleural_effusion", "pneumonia", "pneumothorax", "infiltration", "cardiomegaly"):
+        assert not g.term(tid).countable, tid
+    assert english_plural("kidney cyst") == "kidney cysts" and english_plural("artery") == "arteries"
+
+
+def test_issue_12_glossary_corrections(g: Glossary) -> None:
+    """The corrections a bilingual radiologist asked for (issue 12 B8), verbatim."""
+    want = {
+        "autochthon_left": ("left paraspinal (erector spinae) muscle", "左椎旁肌（竖脊肌）"),
+        "autochthon_right": ("right paraspinal (erector spinae) muscle", "右椎旁肌（竖脊肌）"),
+        "covid19_infection": ("COVID-19 lesion", "新冠肺炎病灶"),
+        "lung_upper_lobe_left": ("left upper lobe", "左肺上叶"),
+        "lung_middle_lobe_right": ("right middle lobe", "右肺中叶"),
+        "portal_vein_and_splenic_vein": ("portal and splenic veins", "门静脉及脾静脉"),
+        "costal_cartilages": ("costal cartilages", "肋软骨"),
+        "intervertebral_discs": ("intervertebral discs", "椎间盘"),
+        "vertebrae": ("vertebrae", "脊椎"),
+        "heart_myocardium": ("left ventricular myocardium", "左心室心肌"),
+        "rib": ("rib", "肋骨"),
+        "rib_left_7": ("left 7th rib", "左第7肋骨"),
+        "cardiomegaly": ("cardiomegaly", "心影增大"),
+        "body": ("body outline", "体外轮廓"),
+        "iliac_artery_left": ("left common iliac artery", "左髂总动脉"),
+        "iliac_vena_right": ("right common iliac vein", "右髂总静脉"),
+    }
+    for tid, (en, zh) in want.items():
+        assert (g.display(tid, "en"), g.display(tid, "zh")) == (en, zh), tid
+    assert "腺瘤性息肉" not in g.term("neoplastic_polyp").synonyms["zh"]
+    assert g.resolve("腺瘤性息肉") is None
+    # the old names still resolve (labels and predictions written with them)
+    for old, tid in (("autochthon_left", "autochthon_left"), ("左侧背固有肌", "autochthon_left"),
+                     ("COVID-19 infection", "covid19_infection"), ("upper lobe of left lung", "lung_upper_lobe_left"),
+                     ("portal/splenic vein", "portal_vein_and_splenic_vein"), ("右侧第7肋", "rib_right_7")):
+        assert g.resolve(old) == tid, old
+
+
+def test_one_laterality_style_in_chinese(g: Glossary) -> None:
+    """Chinese display names say the side as 左/右 directly before the structure (右肾, 右第7肋骨), never 左侧/右侧."""
+    for tid, t in g.terms.items():
+        assert not t.zh.startswith(("左侧", "右侧")), tid
+        if t.laterality:
+            assert t.zh[0] == ("左" if t.laterality == "left" else "右"), tid
 
 
 def test_codes_look_like_codes(g: Glossary) -> None:
@@ -388,6 +433,9 @@ def test_validation_rejects(terms: dict, message: str) -> None:
         _t("a", "甲", category="planet"),
         _t("a", "甲", body_region="moon"),
         _t("a", "甲", colour="red"),
+        _t("a", "甲", countable=False, number="plural"),  # a mass noun has no plural
+        _t("as", "甲", number="plural", plural_en="ass"),  # no plural of a plural
+        _t("a", "甲", article="an"),
     ],
 )
 def test_term_validation_rejects(term: dict) -> None:
@@ -406,3 +454,41 @@ def test_extra_languages_are_allowed() -> None:
     gl = Glossary(spec)
     assert gl.display("a", "ja") == "エー"
     assert gl.resolve("えー", "ja") == "a"
+
+
+# ----------------------------------------------------------------------------------------- card flags
+
+
+def test_exhaustive_findings_are_findings_the_card_annotates(g: Glossary) -> None:
+    """Card ``exhaustive_findings`` (issue 12 A6): validated on the card; every shipped one names lesion or
+    finding terms among the card's own labels."""
+    from schemas.card import SourceCard
+    from sources.terms import label_table
+
+    flagged = 0
+    for path in _card_files():
+        card = SourceCard.from_yaml(path)
+        if isinstance(card.exhaustive_findings, list):
+            vocab = set(label_table(card).values())
+            for t in card.exhaustive_findings:
+                assert t in vocab and g.term(t).kind == "finding", (path.name, t)
+                flagged += 1
+    assert flagged >= 1  # Kvasir-SEG segments every polyp
+    base = {"name": "x", "title": "x", "adapter": "mask_folder_2d", "licence": "CC0-1.0", "modality": "XR",
+            "labels": {"Nodule": "nodule"}}  # fmt: skip
+    assert SourceCard.model_validate({**base, "exhaustive_findings": True}).exhaustive_findings is True
+    assert SourceCard.model_validate({**base, "exhaustive_findings": ["nodule"]}).exhaustive_findings == ["nodule"]
+    assert SourceCard.model_validate(base).exhaustive_findings is False
+    with pytest.raises(ValueError, match="not terms of this card"):
+        SourceCard.model_validate({**base, "exhaustive_findings": ["mass"]})
+    with pytest.raises(ValueError, match="term ids"):
+        SourceCard.model_validate({**base, "exhaustive_findings": ["Nodule"]})
+
+
+def test_sentence_answers_need_their_prompt_in_the_rows() -> None:
+    from schemas.config import TaskConfig
+
+    assert TaskConfig().system_prompt == "none" and TaskConfig().region_to_text_answer == "name"
+    assert TaskConfig(system_prompt="inline", region_to_text_answer="sentence").region_to_text_answer == "sentence"
+    with pytest.raises(ValueError, match="inline or turn"):
+        TaskConfig(region_to_text_answer="sentence")

@@ -189,13 +189,3 @@ def test_split_assignment_ignores_the_order_of_ratio_keys():
     assert got == [assign_split(None, f"p{i:04d}", b) for i in range(400)]
     assert 0.4 < got.count("train") / 400 < 0.6  # ratios are honoured
     assert assign_split("test", "p0001", a) == "test"  # an official split is kept
-
-
-def test_body_region_auto_from_the_structures_on_the_slice():
-    from pipeline.release.case import infer_body_region
-
-    assert infer_body_region(["heart_atrium_left", "lung_lower_lobe_left", "vertebrae_T9"]) == "thorax"
-    assert infer_body_region(["liver", "spleen", "kidney_right", "aorta"]) == "abdomen"
-    assert infer_body_region(["hip_left", "gluteus_maximus_left", "femur_right"]) == "pelvis"
-    assert infer_body_region(["spinal_cord"]) == "spine"  # only secondary regions: still answered
-    assert infer_body_region(["not_a_term"]) is None

@@ -85,13 +85,15 @@ def test_sam_med2d_instance_files_one_box_each(samples):
     # one box per instance file (hip_left has two instance files -> two boxes)
     assert len(sl.regions) == len(refs["s0619_32"].extra["files"])
     assert sum(r.term == "hip_left" for r in sl.regions) == 2
+    # the card flips the upside-down AMOS CT exports vertically (flip_ud): the README's boxes with y -> 511 - y
     st = ad.load(refs["amos_0004_75"])
+    assert st.transform["display"] == "flip_ud"
     boxes = {r.term: (r.box_px, r.area) for r in _convert(card, st).slices[0].regions}
-    assert boxes["liver"] == ((153, 237, 221, 294), 3012)
-    assert boxes["aorta"] == ((289, 203, 315, 229), 530)
+    assert boxes["liver"] == ((153, 511 - 294, 221, 511 - 237), 3012)
+    assert boxes["aorta"] == ((289, 511 - 229, 315, 511 - 203), 530)
     st = ad.load(refs["amos_0006_90"])
     boxes = {r.term: r.box_px for r in _convert(card, st).slices[0].regions}
-    assert boxes["liver"] == (97, 188, 269, 355)
+    assert boxes["liver"] == (97, 511 - 355, 269, 511 - 188)
 
 
 README_BIOMEDPARSE = {

@@ -10,22 +10,30 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from pipeline.regions.coords import box_iou, format_boxes, normalise_box, order_boxes
-from pipeline.language import tasks as tasks_mod
+from pathlib import Path
+
+from pipeline.core.types import Region
 from pipeline.language.glossary import load_glossary, load_label_map
+from pipeline.language.lint import lint_rows
+from pipeline.language.slices import SliceView, box_list_text
 from pipeline.language.tasks import (
     AMBIGUOUS_IOU,
     Generated,
+    Language,
     SliceContext,
     TaskMix,
     generate,
 )
 from pipeline.language.templates import check_grounding, load_templates
-from pipeline.core.types import Region
+from pipeline.language.voice import phrase_traits
+from pipeline.regions.coords import box_iou, format_boxes, normalise_box, order_boxes
 from schemas.records import Turn
 
 G = load_glossary()
 TS = load_templates()
+#: a frozen copy of the language data (glossary, banks, vocab, label maps) for the golden digest: accepting
+#: an expansion or editing a bank changes pipeline/language/data, not this
+FIXTURE_LANGUAGE = Path(__file__).resolve().parent / "fixtures" / "language"
 TASKS = ("region_to_text", "text_to_region", "grounded_report")
 LANGS = ("en", "zh")
 BOX_RE = re.compile(r"\[(\d+), (\d+), (\d+), (\d+)\]")
@@ -72,10 +80,21 @@ def make_ctx(seed: int, max_terms: int = 8) -> SliceContext:
             reg.component = comp
             regions.append(reg)
     absent = [t for t in pool if t not in terms]
-    return SliceContext(modality, body_region, "axial", w, h, regions, absent)
+    # every other slice: the source annotates its findings exhaustively (they may be asked for as absent)
+    return SliceContext(modality, body_region, "axial", w, h, regions, absent, exhaustive_findings=seed % 2 == 0)
 
 
 MIX = TaskMix(tasks={"region_to_text": 2.0, "text_to_region": 2.0, "grounded_report": 1.5}, langs=["en", "zh"])
+
+
+def as_rows(gens: list[Generated]) -> list[dict]:
+    """Generated samples as release rows (what the lint reads)."""
+    return [
+        {"id": f"{g.task}.{g.lang}.{g.key}.{i}", "conversations": g.conversations,
+         "meta": {"task": g.task, "subtask": g.subtask, "lang": g.lang,
+                  "regions": [{"term": r.term, "box": list(r.box)} for r in g.regions]}}
+        for i, g in enumerate(gens)
+    ]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -296,34 +315,232 @@ def test_laterality_words_follow_the_glossary(corpus) -> None:
                     assert f"<ref>{G.display(r.term, 'en')}</ref>" in _text(g)[1]
 
 
+# ----------------------------------------------------------------------------------------- answers, grammar
+
+
+def test_region_to_text_single_answer_is_the_display_name_alone(corpus) -> None:
+    """Issue 8 item 3: MedRegA's references (and its R2T scorer) are bare names, in both languages."""
+    n = 0
+    for _ctx, gens in corpus:
+        for g in gens:
+            if g.task == "region_to_text" and g.subtask == "single":
+                assert _text(g)[1] == G.display(g.regions[0].term, g.lang)
+                assert g.template_ids[1] in ("r2t.en.a001", "r2t.zh.a001")
+                n += 1
+    assert n > 300
+
+
+def test_sentence_answers_only_with_the_option_and_its_prompt() -> None:
+    mix = TaskMix(
+        tasks={"region_to_text": 6.0}, langs=["en", "zh"], system_prompt="turn", region_to_text_answer="sentence"
+    )
+    gens = [g for s in range(20) for g in generate(make_ctx(s), mix, np.random.default_rng(s))]
+    singles = [g for g in gens if g.subtask == "single"]
+    assert singles
+    for g in singles:
+        assert g.conversations[0]["value"] == TS.bank("region_to_text", g.lang).system_prompt("sentence")[1]
+        answer = _text(g)[1]
+        assert G.display(g.regions[0].term, g.lang).lower() in answer.lower() and answer[-1] in ".。"
+        assert TS.template(g.template_ids[1]).slot == "answer_sentence"
+    assert lint_rows(as_rows(gens), region_to_text_answer="sentence") == []
+    with pytest.raises(ValueError, match="inline or turn"):
+        generate(make_ctx(1), TaskMix(tasks={"region_to_text": 1.0}, langs=["en"], region_to_text_answer="sentence"),
+                 np.random.default_rng(0))  # fmt: skip
+
+
+def _question_traits(g: Generated) -> tuple[str, ...] | None:
+    """The traits the generator must have drawn the question template for (None: the slot has none)."""
+    terms = G.terms
+    if g.task == "region_to_text":
+        kinds = {terms[r.term].kind for r in g.regions}
+        return (kinds.pop() if len(kinds) == 1 else "mixed",)
+    names = list(dict.fromkeys(r.term for r in g.regions))
+    if g.task == "text_to_region" and g.subtask == "absent":
+        term = G.resolve(REF_RE.findall(_text(g)[0])[0], g.lang)
+        return phrase_traits(terms[term], 0)
+    if g.task == "text_to_region" and len(names) == 1:
+        return phrase_traits(terms[names[0]], len(g.regions))
+    if g.task == "grounded_report" and g.subtask == "targeted":
+        return (phrase_traits(terms[names[0]], len(g.regions))[0] if len(names) == 1 else "plural",)
+    return None
+
+
+def test_templates_are_drawn_only_for_targets_they_fit(corpus) -> None:
+    """Issue 12 B7: "Find all instances of" only for several instances, "Where is" only for a singular
+    phrase, report sentences in the number of their subject."""
+    from schemas.language_banks import TRAITS
+
+    checked = 0
+    for _ctx, gens in corpus:
+        for g in gens:
+            q = TS.template(g.template_id)
+            traits = _question_traits(g)
+            if traits is not None and (g.task, q.slot) in TRAITS:
+                assert q.fits_traits(dict(zip(TRAITS[(g.task, q.slot)], traits, strict=True))), (g.template_id, traits)
+                checked += 1
+            if g.task == "grounded_report":
+                for tid, term in zip(g.template_ids[1:], dict.fromkeys(r.term for r in g.regions), strict=True):
+                    k = sum(r.term == term for r in g.regions)
+                    t = G.term(term)
+                    a = TS.template(tid)
+                    assert a.slot == ("answer_finding" if t.kind == "finding" else "answer_anatomy")
+                    count = "countable" if t.countable else "mass"
+                    assert a.fits_traits({"number": phrase_traits(t, k)[0], "count": count})
+    assert checked > 2000
+
+
+def test_english_phrases_follow_the_glossary_grammar() -> None:
+    w = h = 512
+    regions = [
+        _region("costal_cartilages", (100, 60, 140, 90), w, h), _region("costal_cartilages", (360, 60, 400, 90), w, h),
+        _region("polyp", (200, 200, 220, 220), w, h), _region("polyp", (300, 400, 320, 420), w, h),
+        _region("atelectasis", (50, 50, 90, 90), w, h), _region("liver", (30, 100, 250, 330), w, h),
+        _region("nodule", (400, 300, 420, 320), w, h),
+    ]  # fmt: skip
+    ctx = SliceContext("CT", "abdomen", "axial", w, h, regions, [])
+    mix = TaskMix(tasks={"text_to_region": 30.0, "grounded_report": 20.0}, langs=["en"], max_regions_per_sample=20)
+    text = "\n".join(t["value"] for g in generate(ctx, mix, np.random.default_rng(0)) for t in g.conversations)
+    for bad in ("the <ref>atelectasis", "the <ref>polyp</ref> is", "the <ref>costal cartilages</ref> is",
+                "Locate <ref>liver", "every <ref>liver", "The atelectasis", "A polyps", "Two polyps is"):
+        assert bad not in text, bad
+    for good in ("the <ref>polyp</ref> regions", "<ref>atelectasis</ref>", "the <ref>costal cartilages</ref>",
+                 "the <ref>liver</ref>", "Two polyps", "Atelectasis", "A nodule", "The costal cartilages are"):
+        assert good in text, good
+    assert "<ref>nodule</ref><box>[[" in text
+
+
+def test_positions_of_multi_box_terms_describe_each_box() -> None:
+    """Issue 12 A4: boxes on both lungs are "on both sides of the image", never "the center"."""
+    w = h = 1000
+    left, right = (100, 300, 400, 700), (600, 300, 900, 700)  # image left and image right, middle band
+    regions = [_region("covid19_infection", left, w, h), _region("covid19_infection", right, w, h)]
+    ctx = SliceContext("XR", "thorax", "2d", w, h, regions, [])
+    mix = TaskMix(tasks={"grounded_report": 12.0}, langs=["en", "zh"])
+    lines = [_text(g)[1] for g in generate(ctx, mix, np.random.default_rng(3))]
+    assert lines
+    for line in lines:
+        assert "center" not in line and "中央" not in line
+        assert "on both sides of the image" in line or "图像两侧" in line, line
+    en = [x for x in lines if x.isascii()]
+    assert any("Two COVID-19 lesions" in x for x in en)
+
+
+def test_size_words_come_from_the_mask_area() -> None:
+    """A thin structure with a large box (costal cartilages) is "small": its mask covers < 1 % of the image."""
+    w = h = 512
+    thin = Region("costal_cartilages", (40, 60, 470, 300), normalise_box((40, 60, 470, 300), w, h), area=2000)
+    big = Region("liver", (30, 100, 250, 330), normalise_box((30, 100, 250, 330), w, h), area=40000)
+    sl = SliceView(SliceContext("CT", "abdomen", "axial", w, h, [thin, big], []), Language.load())
+    assert sl.lines["costal_cartilages"][3] == "small"  # the box alone covers 39 % of the image
+    assert sl.lines["liver"][3] == "large"  # 15 % of the image
+    mix = TaskMix(tasks={"grounded_report": 20.0}, langs=["en"])
+    for g in generate(SliceContext("CT", "abdomen", "axial", w, h, [thin], []), mix, np.random.default_rng(0)):
+        assert "large" not in _text(g)[1] and "medium-sized" not in _text(g)[1]
+
+
+def test_chinese_counts_and_lists() -> None:
+    """Issue 12 B9: list items joined with "、", small counts in Chinese numerals ("这三个区域")."""
+    w = h = 512
+    regions = [_region(t, (40 * i, 40 * i, 40 * i + 30, 40 * i + 30), w, h)
+               for i, t in enumerate(["liver", "spleen", "aorta", "kidney_left", "pancreas"])]  # fmt: skip
+    ctx = SliceContext("CT", "abdomen", "axial", w, h, regions, [])
+    mix = TaskMix(tasks={t: 8.0 for t in TASKS}, langs=["zh"])
+    text = "\n".join(_text(g)[0] + _text(g)[1] for g in generate(ctx, mix, np.random.default_rng(1)))
+    assert "</box>，<" not in text and "</ref>，<" not in text and "</box>, <" not in text
+    assert "</box>、<box>" in text or "</box>、<ref>" in text
+    assert not re.search(r"\d个", text)
+
+
+@pytest.mark.parametrize("mode", ["none", "inline", "turn"])
+def test_the_corpus_passes_the_language_lint(mode: str) -> None:
+    mix = TaskMix(tasks=MIX.tasks, langs=["en", "zh"], negative_ratio=0.3, system_prompt=mode)
+    gens = [g for s in range(150) for g in generate(make_ctx(s), mix, np.random.default_rng(s))]
+    assert len(gens) > 1000
+    assert lint_rows(as_rows(gens)) == []
+
+
 # ----------------------------------------------------------------------------------------- negatives, ambiguity
+
+
+def _expected_absent(ctx: SliceContext) -> set[str]:
+    """Hard negatives, computed here from the glossary: terms the source annotates, of the slice's body
+    region, not on the slice and not containing/contained by a present term; findings only when exhaustive."""
+    present = {r.term for r in ctx.regions}
+    region = {"thorax": {"thorax"}, "colon": {"colon"}, "breast": {"breast"}, "skin": {"skin"}, "abdomen": {"abdomen"}}
+    regions = region.get(ctx.body_region or "", set()) or {b for t in present for b in G.term(t).body_regions}
+    out = set()
+    for t in ctx.candidate_absent_terms:
+        term = G.terms.get(t)
+        if term is None or t in present or not regions & set(term.body_regions):
+            continue
+        if any(G.related(t, p) for p in present):
+            continue
+        if term.kind == "finding" and ctx.exhaustive_findings is not True and t not in (ctx.exhaustive_findings or ()):
+            continue
+        out.add(t)
+    return out
 
 
 def test_negative_ratio_controls_absent_targets() -> None:
     all_neg = TaskMix(tasks={"text_to_region": 3.0}, langs=["en", "zh"], negative_ratio=1.0)
     no_neg = TaskMix(tasks={"text_to_region": 3.0}, langs=["en", "zh"], negative_ratio=0.0)
-    for seed in range(40):
+    both = 0
+    for seed in range(60):
         ctx = make_ctx(seed)
         gens = generate(ctx, all_neg, np.random.default_rng(seed))
-        present = {r.term for r in ctx.regions}
-        usable = [t for t in ctx.candidate_absent_terms if not any(G.related(t, p) for p in present)]
+        usable = _expected_absent(ctx)
         if usable:
             assert gens and all(g.subtask == "absent" for g in gens)
-        else:  # every candidate contains or belongs to a present term: no negatives possible
+            asked = {G.resolve(REF_RE.findall(_text(g)[0])[0], g.lang) for g in gens}
+            assert asked <= usable
+            both += 1
+        else:  # nothing may be asked for as absent here
             assert all(g.subtask != "absent" for g in gens)
         assert all(g.subtask != "absent" for g in generate(ctx, no_neg, np.random.default_rng(seed)))
+    assert both > 10
 
 
 def test_default_negative_ratio_is_small(corpus) -> None:
     t2r = [g for _c, gens in corpus for g in gens if g.task == "text_to_region"]
     share = sum(g.subtask == "absent" for g in t2r) / len(t2r)
-    assert 0.01 < share < 0.12
+    assert 0.005 < share < 0.12
+
+
+def test_hard_negatives_come_from_the_slice_body_region_and_exhaustive_findings() -> None:
+    """Issue 12 A6: no brain on an abdominal CT, no polyp on a chest X-ray; a finding only when the source
+    annotates it exhaustively; the answer never presupposes the target ("no polyp", not "the polyp")."""
+    w = h = 512
+    liver = [_region("liver", (30, 100, 250, 330), w, h)]
+    cands = ["brain", "pancreas", "polyp", "kidney_cyst_left", "lung_upper_lobe_left", "femur_left", "spleen"]
+    mix = TaskMix(tasks={"text_to_region": 40.0}, langs=["en", "zh"], negative_ratio=1.0)
+
+    def asked(ctx: SliceContext) -> set[str]:
+        gens = generate(ctx, mix, np.random.default_rng(0))
+        for g in gens:
+            if g.lang == "en" and g.subtask == "absent":
+                name = REF_RE.findall(_text(g)[0])[0]
+                assert name in _text(g)[1] and f"the {name}" not in _text(g)[1].lower()
+        return {G.resolve(REF_RE.findall(_text(g)[0])[0], g.lang) for g in gens if g.subtask == "absent"}
+
+    assert asked(SliceContext("CT", "abdomen", "axial", w, h, liver, cands)) == {"pancreas", "spleen"}
+    exhaustive = SliceContext("CT", "abdomen", "axial", w, h, liver, cands, exhaustive_findings=["kidney_cyst_left"])
+    assert asked(exhaustive) == {"pancreas", "spleen", "kidney_cyst_left"}
+    assert asked(SliceContext("CT", "abdomen", "axial", w, h, liver, cands, exhaustive_findings=True)) == {
+        "pancreas", "spleen", "kidney_cyst_left",
+    }  # fmt: skip  (polyp: colon, not abdomen)
+    lungs = [_region("lung_left", (300, 50, 480, 450), w, h)]
+    chest_cands = ["polyp", "nodule", "mass", "optic_disc"]
+    chest = SliceContext("XR", "thorax", "2d", w, h, lungs, chest_cands, exhaustive_findings=True)
+    assert asked(chest) == {"nodule", "mass"}
+    # unknown body region: the regions of the structures on the slice decide
+    assert asked(SliceContext("CT", None, "axial", w, h, liver, cands)) == {"pancreas", "spleen"}
 
 
 def test_absent_terms_never_contain_or_belong_to_present_terms() -> None:
     w = h = 512
     regions = [_region("lung_left", (300, 50, 480, 450), w, h), _region("nodule", (100, 100, 120, 120), w, h)]
-    ctx = SliceContext("XR", "thorax", "2d", w, h, regions, ["lung", "lung_upper_lobe_left", "lung_left", "mass"])
+    ctx = SliceContext("XR", "thorax", "2d", w, h, regions, ["lung", "lung_upper_lobe_left", "lung_left", "mass"],
+                       exhaustive_findings=True)  # fmt: skip
     mix = TaskMix(tasks={"text_to_region": 20.0}, langs=["en"], negative_ratio=1.0)
     gens = generate(ctx, mix, np.random.default_rng(0))
     asked = {G.resolve(REF_RE.findall(_text(g)[0])[0], "en") for g in gens}
@@ -373,24 +590,62 @@ def test_fractional_rates() -> None:
     assert [g.task for g in gens] == ["text_to_region"] * 2 and {g.lang for g in gens} == {"zh"}
 
 
-@pytest.mark.parametrize("mode", ["turn", "inline", "none"])
+# ----------------------------------------------------------------------------------------- row layout
+#
+# The loaders a release feeds (read with the research tools, not copied):
+# * InternVL ``internvl_chat/internvl/train/internvl_chat_finetune.py`` ``multi_modal_get_item`` prepends
+#   ``"<image>\n"`` to ``conversations[0]`` when it holds no ``<image>``; its ``preprocess`` /
+#   ``preprocess_mpt`` / ``preprocess_internlm`` (Hermes-2, internlm2-chat, phi3-chat templates) map roles
+#   through ``{'human': ..., 'gpt': ...}`` only and expect human/gpt alternation; only
+#   ``preprocess_internvl2_5`` takes a leading ``system`` turn.
+# * MedRegA's fork ``src/internvl/train/internvl_chat_finetune.py`` removes every ``<image>\n``,
+#   ``\n<image>`` and ``<image>`` from every turn, then rebuilds the first turn as
+#   ``'<image>\n' + base_prompt + ' ' + value`` (``base_prompt`` from each meta-file entry) and asserts
+#   exactly one ``<image>``.
+
+
+def _medrega_first_turn(conversations: list[dict[str, str]], base_prompt: str) -> str:
+    """MedRegA's rebuild of the first turn, restated from the contract above."""
+    value = conversations[0]["value"].replace("<image>\n", "").replace("\n<image>", "").replace("<image>", "")
+    return "<image>\n" + base_prompt + " " + value
+
+
+def test_default_rows_are_what_internvl_and_medrega_load() -> None:
+    mix = TaskMix(tasks={t: 1.5 for t in TASKS}, langs=["en", "zh"])
+    assert mix.system_prompt == "none"
+    inline = TaskMix(tasks=mix.tasks, langs=mix.langs, system_prompt="inline")
+    for s in range(40):
+        ctx = make_ctx(s)
+        plain = generate(ctx, mix, np.random.default_rng(s))
+        folded = generate(ctx, inline, np.random.default_rng(s))
+        assert [g.key for g in plain] == [g.key for g in folded]
+        for g, f in zip(plain, folded, strict=True):
+            roles = [t["from"] for t in g.conversations]
+            assert roles == ["human", "gpt"] and g.system_id is None
+            assert g.conversations[0]["value"].startswith("<image>\n")
+            assert sum(t["value"].count("<image>") for t in g.conversations) == 1
+            # a default row plus the meta file's base_prompt trains exactly like an inline row
+            base = TS.bank(g.task, g.lang).base_prompt
+            assert _medrega_first_turn(g.conversations, base) == f.conversations[0]["value"]
+            assert f.conversations[1] == g.conversations[1] and f.system_id == TS.bank(g.task, g.lang).system[0][0]
+
+
+@pytest.mark.parametrize("mode", ["none", "inline", "turn"])
 def test_system_prompt_modes(mode: str) -> None:
     mix = TaskMix(tasks={t: 1.0 for t in TASKS}, langs=["en", "zh"], system_prompt=mode)
     for g in generate(make_ctx(2), mix, np.random.default_rng(0)):
         froms = [t["from"] for t in g.conversations]
-        bank = TS.bank(g.task, g.lang)
-        system_text = bank.system[0][1]
-        if mode == "turn":
+        system_text = TS.bank(g.task, g.lang).system[0][1]
+        human = g.conversations[-2]["value"]
+        assert human.startswith("<image>\n") and human.count("<image>") == 1
+        if mode == "turn":  # an explicit opt-in for chat templates that accept a system role
             assert froms == ["system", "human", "gpt"]
             assert g.conversations[0]["value"] == system_text
-            assert g.conversations[1]["value"].startswith("<image>\n")
         elif mode == "inline":
             assert froms == ["human", "gpt"]
-            assert g.conversations[0]["value"].startswith(system_text)
-            assert g.conversations[0]["value"].count("<image>\n") == 1
+            assert human.startswith("<image>\n" + system_text + " ")
         else:
-            assert froms == ["human", "gpt"]
-            assert g.conversations[0]["value"].startswith("<image>\n")
+            assert froms == ["human", "gpt"] and system_text not in human
             assert g.system_id is None
 
 
@@ -402,6 +657,8 @@ def test_errors() -> None:
         generate(ctx, TaskMix(tasks={"region_to_text": 1.0}, langs=["fr"]), np.random.default_rng(0))
     with pytest.raises(ValueError, match="system_prompt"):
         generate(ctx, TaskMix(tasks={}, langs=["en"], system_prompt="banner"), np.random.default_rng(0))
+    with pytest.raises(ValueError, match="region_to_text_answer"):
+        generate(ctx, TaskMix(tasks={}, langs=["en"], region_to_text_answer="essay"), np.random.default_rng(0))
     bad = SliceContext("CT", None, "axial", 10, 10, [Region("not_a_term", (0, 0, 5, 5), (0, 0, 500, 500), 36)], [])
     with pytest.raises(KeyError, match="not_a_term"):
         generate(bad, MIX, np.random.default_rng(0))
@@ -415,6 +672,17 @@ def test_unknown_modality_and_body_region_still_work() -> None:
     assert gens
     for g in gens:
         assert not TS.template(g.template_id).needs_body_region
+
+
+def test_colonoscopy_wording() -> None:
+    """Issue 12 B9: an endoscopy of the colon is a colonoscopy image ("结肠镜图像"), and no template adds the
+    body region to it ("这张结肠图像")."""
+    w = h = 100
+    ctx = SliceContext("endoscopy", "colon", "2d", w, h, [_region("polyp", (10, 10, 50, 50), w, h)], [])
+    mix = TaskMix(tasks={t: 10.0 for t in TASKS}, langs=["en", "zh"])
+    text = "\n".join(_text(g)[0] for g in generate(ctx, mix, np.random.default_rng(0)))
+    assert "结肠镜" in text and "结肠图像" not in text and "结肠结肠镜" not in text and "of the colon" not in text
+    assert "endoscopy" not in text
 
 
 # ----------------------------------------------------------------------------------------- internals
@@ -435,37 +703,12 @@ def test_fast_box_text_matches_format_boxes() -> None:
     r = np.random.default_rng(0)
     for _ in range(500):
         boxes = [tuple(int(v) for v in r.integers(0, 1000, 4)) for _ in range(int(r.integers(1, 5)))]
-        assert tasks_mod._boxes_text(boxes) == format_boxes(boxes)
-
-
-def test_compiled_templates_equal_format_map() -> None:
-    """Every template's compiled fill renders exactly as ``str.format_map`` (and fails the same way)."""
-    values = {
-        "modality": "CT", "image": "CT image", "body_region": "abdomen", "term": "liver", "Term": "Liver",
-        "position": "upper left", "size": "small", "ref": "<ref>liver</ref>", "refs": "<ref>a</ref> and <ref>b</ref>",
-        "grounded": "<ref>liver</ref><box>[[1, 2, 3, 4]]</box>", "box": "<box>[[1, 2, 3, 4]]</box>",
-        "boxes": "<box>[[1, 2, 3, 4]]</box>, <box>[[5, 6, 7, 8]]</box>", "n": 2,
-    }  # fmt: skip
-    checked = 0
-    for bank in TS.banks.values():
-        for t in bank.templates:
-            fill = tasks_mod._compile(t.text)
-            assert fill(values) == t.text.format_map(values), t.id
-            for name in t.fields:
-                with pytest.raises(KeyError):
-                    fill({k: v for k, v in values.items() if k != name})
-            checked += 1
-    assert checked > 400
-    for text in ("", "plain", "{{literal}} {term}", "{term}{Term}", "a {n} b {{", "}}{term}{{x}}"):
-        assert tasks_mod._compile(text)(values) == text.format_map(values)
-    for bad in ("{0}", "{term!r}", "{term:>5}", "{}"):
-        with pytest.raises(ValueError, match="plain name"):
-            tasks_mod._compile(bad)
+        assert box_list_text(boxes) == format_boxes(boxes)
 
 
 def test_ambiguity_window_is_exact() -> None:
     """The top-edge window finds exactly the boxes a brute-force IoU search finds."""
-    L = tasks_mod._language()
+    language = Language.load()
     r = np.random.default_rng(1)
     terms = ["liver", "spleen", "aorta", "lung", "lung_left"]
     checked = hits = 0
@@ -478,7 +721,7 @@ def test_ambiguity_window_is_exact() -> None:
             x0, x1 = sorted((min(max(base[0] + int(jitter[0]), 0), 997), min(max(base[1] + int(jitter[1]), 0), 997)))
             y0, y1 = sorted((min(max(base[2] + int(jitter[2]), 0), 997), min(max(base[3] + int(jitter[3]), 0), 997)))
             regions.append(_region(terms[int(r.integers(len(terms)))], (x0, y0, x1 + 1, y1 + 1), w, h))
-        sl = tasks_mod._Slice(SliceContext("CT", None, "axial", w, h, regions, []), L)
+        sl = SliceView(SliceContext("CT", None, "axial", w, h, regions, []), language)
         for i, ri in enumerate(sl.regions):
             brute = any(
                 rj.term != ri.term and box_iou(ri.box, rj.box) >= AMBIGUOUS_IOU
@@ -493,14 +736,16 @@ def test_ambiguity_window_is_exact() -> None:
 
 # ----------------------------------------------------------------------------------------- golden digest
 #
-# A sha256 over every field of every Generated for a fixed, deterministic set of slices, mixes and seeds.
-# It pins the exact output (wording, template draws, box text, region order, keys) so that speed work on
-# tasks.py provably changes nothing.  It also changes, legitimately, when the template banks, the glossary,
-# the vocab or the label maps change: recompute it then with
+# A sha256 over every field of every Generated for a fixed, deterministic set of slices, mixes and seeds,
+# generated from the frozen language data in tests/fixtures/language (a copy of pipeline/language/data).
+# It pins the exact output of the code (wording, template draws, box text, region order, keys), so that
+# work on the generator provably changes nothing; editing the shipped banks or glossary (or accepting an
+# LLM expansion) does not touch it.  When the code's output changes on purpose, refresh the fixture copy if
+# the data format changed, recompute the digest with
 # ``python -c "import sys; sys.path.insert(0, 'tests'); from test_tasks import golden_digest; print(golden_digest())"``
 # and say why in the commit message.
 
-GOLDEN_DIGEST = "16557:bae3d5c19ac6f99509186454f1f53a7728397451a7c04551d697d7a9d26cdb5f"
+GOLDEN_DIGEST = "18366:919becb9cf5667a8bb2292e49a8526e73f2eef1e5105e09e90cbbc954161bc33"
 
 GOLDEN_MIXES = (
     MIX,
@@ -510,6 +755,8 @@ GOLDEN_MIXES = (
             negative_ratio=0.5, max_regions_per_sample=1, system_prompt="none"),
     TaskMix(tasks={t: 1.0 for t in TASKS}, langs=["zh"], negative_ratio=0.0, max_regions_per_sample=20),
     TaskMix(tasks={"text_to_region": 4.0}, langs=["en", "zh"], negative_ratio=1.0, max_regions_per_sample=2),
+    TaskMix(tasks={t: 1.3 for t in TASKS}, langs=["en", "zh"], negative_ratio=0.2, system_prompt="turn",
+            region_to_text_answer="sentence"),
 )  # fmt: skip
 
 
@@ -544,7 +791,7 @@ def _bench_like_slices(n_regions: int, seed: int = 0) -> list[SliceContext]:
     """CT-like slices as benchmarks/b8_samples.py builds them (a copy, so that the digest does not change
     when the benchmark does): 4-16 TotalSegmentator terms each, some with several components."""
     r = np.random.default_rng(seed)
-    vocab = sorted(set(load_label_map("totalseg_total").values()))
+    vocab = sorted(set(load_label_map("totalseg_total", FIXTURE_LANGUAGE).values()))
     slices: list[SliceContext] = []
     total = 0
     while total < n_regions:
@@ -561,7 +808,8 @@ def _bench_like_slices(n_regions: int, seed: int = 0) -> list[SliceContext]:
                 regions.append(Region(t, px, normalise_box(px, w, h), (px[2] - px[0]) * (px[3] - px[1]), comp))
         total += len(regions)
         present = {rg.term for rg in regions}
-        slices.append(SliceContext("CT", "abdomen", "axial", w, h, regions, [t for t in vocab if t not in present]))
+        slices.append(SliceContext("CT", "abdomen", "axial", w, h, regions, [t for t in vocab if t not in present],
+                                   exhaustive_findings=True))  # fmt: skip
     return slices
 
 
@@ -584,10 +832,11 @@ def golden_digest() -> str:
     """sha256 over every Generated field of :func:`_golden_cases`, in order."""
     h = hashlib.sha256()
     n = 0
+    language = Language.load(FIXTURE_LANGUAGE)
     for ctx, mix, seed in _golden_cases():
         # copies: generate must not depend on (or change) the caller's lists
         ctx = SliceContext(**{**ctx.__dict__, "regions": list(ctx.regions)})
-        for g in generate(ctx, mix, np.random.default_rng(seed)):
+        for g in generate(ctx, mix, np.random.default_rng(seed), language):
             fields = (g.task, g.subtask, g.lang, g.template_id, g.template_ids, g.system_id, g.conversations,
                       g.regions, g.key)  # fmt: skip
             h.update(repr(fields).encode("utf-8"))
@@ -598,4 +847,7 @@ def golden_digest() -> str:
 
 
 def test_golden_digest_is_unchanged() -> None:
+    # the frozen copy, not the shipped data: accepting an expansion or editing a bank leaves this alone
+    frozen = Language.load(FIXTURE_LANGUAGE)
+    assert frozen is not Language.load() and frozen.glossary.origin == str(FIXTURE_LANGUAGE / "glossary")
     assert golden_digest() == GOLDEN_DIGEST

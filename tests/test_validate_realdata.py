@@ -121,7 +121,7 @@ def test_stats_flags_mirrored_and_swapped_regions(items: list[ValidationItem]) -
     res = stats.validate(items)
     by_id = dict(zip((i.row["id"] for i in items), res, strict=True))
     # the ZH copies did not count twice
-    assert stats.groups["CT|axial|liver"]["n"] == 30 + len(MIRROR_SLICES) + len(SWAP_SLICES)
+    assert stats.groups["CT|axial|abdomen|liver"]["n"] == 30 + len(MIRROR_SLICES) + len(SWAP_SLICES)
 
     for k in MIRROR_SLICES:
         r = by_id[f"mirror-{k}-en"]

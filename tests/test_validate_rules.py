@@ -54,7 +54,7 @@ def run(row: dict, image: np.ndarray | None = None, **cfg: Any):
 def test_clean_row_passes() -> None:
     row = make_row([region("kidney_right", [30, 80, 70, 120]), region("kidney_left", [130, 80, 170, 120])])
     r = run(row)
-    assert (r.verdict, r.score, r.validator, r.version) == ("pass", 1.0, "rules", "1")
+    assert (r.verdict, r.score, r.validator, r.version) == ("pass", 1.0, "rules", "2")
 
 
 def test_box_outside_and_degenerate() -> None:

@@ -152,7 +152,13 @@ def test_a_build_runs_the_plugin_per_case_and_counts_its_drops(plugin, tmp_path,
     assert sorted(r["id"] for r in kept) == sorted(r["id"] for r in base if not big(r))
     assert all([v["validator"] for v in r["meta"]["validation"]] == ["rules", "big_box"] for r in kept)
     manifest = orjson.loads((rel / "manifest.json").read_bytes())
-    assert manifest["dropped"] == {"row:big_box:big_box": len(expect_dropped)}
+
+    def regions(rs) -> set:
+        return {(r["meta"]["case_id"], g["term"], tuple(g["box_px"])) for r in rs for g in r["meta"]["regions"]}
+
+    unused = len(regions(base) - regions(kept))  # regions only the dropped rows mentioned
+    assert unused == 1  # the big polyp
+    assert manifest["dropped"] == {"row:big_box:big_box": len(expect_dropped), "region:unused": unused}
 
 
 def test_broken_validator_plugin_warns_and_does_not_break_the_registry(tmp_path, monkeypatch):

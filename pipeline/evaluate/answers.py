@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
+from typing import cast
 
 Box = tuple[int, int, int, int]
 
@@ -80,7 +81,8 @@ _CLAUSE_SPLIT_RE = re.compile(r"(?<!\d)\.(?!\d)|[\n;!?。！？,]")
 _TRAIL_FILLERS_EN = re.compile(
     r"(?:\s*(?:\b(?:is|are|was|can be|appears?|seems?)\b)?\s*"
     r"(?:\b(?:located|found|seen|shown|visible|situated|positioned|detected|identified|displayed|present)\b)?\s*"
-    r"(?:\b(?:at|in|within|as|by|around)\b)?\s*(?:\b(?:the\s+)?(?:region|area|box|bounding box|coordinates?|position|location)s?\b)?"
+    r"(?:\b(?:at|in|within|as|by|around)\b)?\s*"
+    r"(?:\b(?:the\s+)?(?:region|area|box|bounding box|coordinates?|position|location)s?\b)?"
     r"\s*(?:\b(?:of|at|is|are)\b)?\s*[:=]?\s*)$",
     re.IGNORECASE,
 )
@@ -110,9 +112,9 @@ def _boxes_in(fragment: str) -> list[Box]:
             nums = [_to_int(n) for n in _NUM_RE.findall(m.group(0))]
             found.append((m.start(), (nums[0], nums[1], nums[2], nums[3])))
     if not found:  # "<box>1, 2, 3, 4</box>" (no brackets at all)
-        nums = _NUM_RE.findall(frag)
-        if len(nums) >= 4 and len(nums) % 4 == 0:
-            vals = [_to_int(n) for n in nums]
+        raw = _NUM_RE.findall(frag)
+        if len(raw) >= 4 and len(raw) % 4 == 0:
+            vals = [_to_int(n) for n in raw]
             found = [(i, (vals[i], vals[i + 1], vals[i + 2], vals[i + 3])) for i in range(0, len(vals), 4)]
     return [b for _, b in sorted(found, key=lambda t: t[0])]
 
@@ -183,7 +185,7 @@ def parse_grounded(text: str) -> list[ParsedRef]:
             open_ref = ParsedRef(_clean_term(str(payload)), [])
             out.append(open_ref)
         else:
-            boxes = list(payload)  # type: ignore[arg-type]
+            boxes = list(cast("list[Box]", payload))  # box events carry the boxes of their fragment
             if open_ref is not None:
                 open_ref.boxes.extend(boxes)
                 open_ref = None

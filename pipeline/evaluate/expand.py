@@ -23,7 +23,6 @@ the key is never written anywhere.
 from __future__ import annotations
 
 import difflib
-import hashlib
 import json
 import os
 import re
@@ -35,12 +34,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import orjson
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from pipeline.core.atomic import write_bytes_atomic
+from pipeline.core.jsoncache import JsonDirCache, cache_key
 from schemas.language import NAME_REQUIRED, SLOTS, TASK_ABBR, TemplateBankSpec
+from schemas.yamlio import YamlError, load_yaml, load_yaml_text
 
 __all__ = [
     "AcceptPlan",
@@ -125,9 +125,9 @@ def load_expand_config(path: str | Path) -> ExpandConfig:
     if not path.is_file():
         raise FileNotFoundError(f"expansion config {path} not found (docs/evaluation.md has an example)")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise ExpandError(f"{path}: not valid YAML: {exc}") from exc
+        data = load_yaml(path, what="expansion config", name=str(path)) or {}
+    except YamlError as exc:
+        raise ExpandError(str(exc)) from None
     if not isinstance(data, dict):
         raise ExpandError(f"{path}: must be a mapping")
     try:
@@ -144,10 +144,9 @@ def load_expand_config(path: str | Path) -> ExpandConfig:
 # ----------------------------------------------------------------------------------------- LLM client
 
 
-def cache_key(model: str, messages: list[dict[str, str]]) -> str:
-    """sha256 of the model name and the messages (canonical JSON)."""
-    payload = json.dumps({"model": model, "messages": messages}, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
-    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+def llm_cache_key(model: str, messages: list[dict[str, str]]) -> str:
+    """The cache key of one request: the model name and the messages (canonical JSON)."""
+    return cache_key({"model": model, "messages": messages})
 
 
 class LLMClient:
@@ -168,6 +167,7 @@ class LLMClient:
             raise ExpandError(f"no LLM model: set llm.model in the config or ${ENV_MODEL}")
         self.cfg = cfg
         self.cache_dir = Path(cache_dir)
+        self.cache = JsonDirCache(self.cache_dir)
         self.sleep = sleep
         self.requests = 0  # HTTP requests made (retries included)
         self.cache_hits = 0
@@ -182,21 +182,15 @@ class LLMClient:
             self._client = openai.OpenAI(base_url=self.base_url, api_key=key, max_retries=0, timeout=self.cfg.timeout_s)
         return self._client
 
-    def _cache_path(self, key: str) -> Path:
-        return self.cache_dir / key[:2] / f"{key}.json"
-
     def chat(self, messages: list[dict[str, str]]) -> str:
         """The assistant's reply text (from the cache when this model has seen these messages)."""
         import openai
 
-        key = cache_key(self.model, messages)
-        path = self._cache_path(key)
-        if path.is_file():
-            try:
-                self.cache_hits += 1
-                return orjson.loads(path.read_bytes())["content"]
-            except (orjson.JSONDecodeError, KeyError):
-                self.cache_hits -= 1  # unreadable entry: ask again
+        key = llm_cache_key(self.model, messages)
+        hit = self.cache.get(key)
+        if hit is not None and isinstance(hit.get("content"), str):
+            self.cache_hits += 1
+            return str(hit["content"])
         client = self._openai()
         params: dict[str, Any] = {"model": self.model, "messages": messages, "temperature": self.cfg.temperature}
         if self.cfg.max_tokens:
@@ -220,11 +214,7 @@ class LLMClient:
             if content is None:
                 last = ExpandError("empty reply")
                 continue
-            path.parent.mkdir(parents=True, exist_ok=True)
-            write_bytes_atomic(
-                path,
-                orjson.dumps({"model": self.model, "messages": messages, "content": content}, option=orjson.OPT_INDENT_2),
-            )
+            self.cache.put(key, {"model": self.model, "messages": messages, "content": content})
             return content
         raise ExpandError(
             f"LLM endpoint {self.base_url} failed after {self.cfg.max_retries + 1} attempt(s): {type(last).__name__}: {last}"
@@ -255,7 +245,7 @@ def _json_from_reply(text: str) -> Any:
 
 
 def _read_bank(path: Path) -> dict[str, Any]:
-    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    data = load_yaml(path, what="template bank")
     TemplateBankSpec.model_validate(data)  # the shipped bank must be valid to start with
     return data
 
@@ -264,31 +254,17 @@ def _bank_files(data_dir: Path) -> dict[str, Path]:
     return {p.stem: p for p in sorted((data_dir / "templates").glob("*.yaml"))}
 
 
-_SAMPLE_VALUES = {
-    "image": "CT image",
-    "modality": "CT",
-    "body_region": "abdomen",
-    "box": "<box>[[100, 200, 300, 400]]</box>",
-    "boxes": "<box>[[100, 200, 300, 400]]</box>, <box>[[500, 600, 700, 800]]</box>",
-    "n": 2,
-    "term": "liver",
-    "Term": "Liver",
-    "ref": "<ref>liver</ref>",
-    "refs": "<ref>liver</ref> and <ref>spleen</ref>",
-    "grounded": "<ref>liver</ref><box>[[100, 200, 300, 400]]</box>",
-    "position": "upper left part of the image",
-    "size": "large",
-}
-
-
-def validate_template(bank: dict[str, Any], slot: str, text: str, new_id: str) -> str | None:
+def validate_template(
+    bank: dict[str, Any], slot: str, text: str, new_id: str, fits: dict[str, Any] | None = None
+) -> str | None:
     """Why ``text`` cannot join ``bank`` in ``slot`` under ``new_id`` (``None`` when it can).
 
     Runs the bank's own load-time validation (:class:`schemas.language.TemplateBankSpec`) on the bank
-    with the template added, then renders it with sample values and checks the ``<ref>``/``<box>``
-    markup of the result (:func:`pipeline.language.templates.check_grounding`).
+    with the template added (with ``fits``: the targets it is drawn for, a paraphrase's being its seed's),
+    then renders it with sample values and checks the ``<ref>``/``<box>`` markup of the result
+    (:func:`pipeline.language.templates.check_grounding`).
     """
-    from pipeline.language.templates import check_grounding
+    from pipeline.language.templates import check_grounding, sample_values
 
     if not isinstance(text, str) or not text.strip():
         return "empty template"
@@ -297,7 +273,8 @@ def validate_template(bank: dict[str, Any], slot: str, text: str, new_id: str) -
     if "\n" in text:
         return "a template is one line"
     trial = dict(bank)
-    trial["templates"] = [*bank["templates"], {"id": new_id, "slot": slot, "text": text}]
+    template = {"id": new_id, "slot": slot, "text": text, **({"fits": fits} if fits else {})}
+    trial["templates"] = [*bank["templates"], template]
     try:
         TemplateBankSpec.model_validate(trial)
     except ValidationError as exc:
@@ -310,7 +287,7 @@ def validate_template(bank: dict[str, Any], slot: str, text: str, new_id: str) -
                     msgs.append(line[len(prefix):] if line.startswith(prefix) else line)
         return "; ".join(msgs) or str(exc).splitlines()[-1]
     try:
-        rendered = text.format_map(_SAMPLE_VALUES)
+        rendered = text.format_map(sample_values(bank.get("lang", "en")))
     except (KeyError, ValueError, IndexError) as exc:
         return f"cannot be rendered: {exc}"
     problems = check_grounding(rendered)
@@ -437,13 +414,16 @@ def _expand_templates(cfg: ExpandConfig, client: LLMClient) -> tuple[list[dict],
                         continue
                     text = text.strip()
                     new_id = _next_id(working, slot)
-                    why = validate_template(working, slot, text, new_id)
+                    fits = seed.get("fits") or {}  # a paraphrase fits the targets its seed fits
+                    why = validate_template(working, slot, text, new_id, fits)
                     if why is not None:
                         rejected.append({"bank": name, "slot": slot, "seed": seed["id"], "text": text, "reason": why})
                         continue
-                    working["templates"].append({"id": new_id, "slot": slot, "text": text})
+                    template = {"id": new_id, "slot": slot, "text": text, **({"fits": fits} if fits else {})}
+                    working["templates"].append(template)
                     existing.append(text)
-                    entries.append({"bank": name, "id": new_id, "slot": slot, "text": text, "seed": seed["id"], "seed_text": seed["text"], "accepted": False})
+                    origin = {"seed": seed["id"], "seed_text": seed["text"], "accepted": False}
+                    entries.append({"bank": name, **template, **origin})
     return entries, rejected
 
 
@@ -472,7 +452,7 @@ def _glossary_files(data_dir: Path) -> dict[str, Path]:
     """term id -> glossary file that defines it."""
     out: dict[str, Path] = {}
     for p in sorted((data_dir / "glossary").glob("*.yaml")):
-        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        data = load_yaml(p, what="glossary file") or {}
         for tid in data:
             out[str(tid)] = p
     return out
@@ -648,8 +628,11 @@ def _yaml_flow_item(s: str) -> str:
 
 
 def _add_template_line(text: str, entry: dict[str, Any]) -> str:
-    """Insert ``- {id, slot, text}`` after the last template of the entry's slot (or at the end)."""
-    line = "  - {id: %s, slot: %s, text: %s}" % (entry["id"], entry["slot"], json.dumps(entry["text"], ensure_ascii=False))
+    """Insert ``- {id, slot, fits, text}`` after the last template of the entry's slot (or at the end)."""
+    fits = entry.get("fits") or {}
+    fits_text = ", ".join(f"{k}: [{', '.join(v)}]" if isinstance(v, list) else f"{k}: {v}" for k, v in fits.items())
+    head = f"{entry['id']}, slot: {entry['slot']}" + (f", fits: {{{fits_text}}}" if fits_text else "")
+    line = "  - {id: %s, text: %s}" % (head, json.dumps(entry["text"], ensure_ascii=False))
     lines = text.splitlines()
     last = None
     for i, ln in enumerate(lines):
@@ -678,7 +661,7 @@ def _add_glossary_name(text: str, entry: dict[str, Any]) -> str:
         if m:
             if not fld.startswith("synonyms_"):
                 raise ExpandError(f"{tid}: {fld} is already set")
-            current = yaml.safe_load(m.group(2)) if m.group(2).strip() else []
+            current = load_yaml_text(m.group(2), f"glossary entry {tid}") if m.group(2).strip() else []
             if not isinstance(current, list) or not m.group(2).strip().startswith("["):
                 raise ExpandError(f"{tid}: {fld} is not a one-line [..] list; add {value!r} by hand")
             items = [*current, value]
@@ -735,9 +718,9 @@ def _load_review(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"review file {path} not found")
     try:
-        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise ExpandError(f"{path}: not valid YAML (was it edited by hand?): {exc}") from exc
+        doc = load_yaml(path, what="review file", name=str(path))
+    except YamlError as exc:
+        raise ExpandError(f"{exc} (was it edited by hand?)") from None
     if not isinstance(doc, dict) or doc.get("kind") not in ("templates", "glossary") or not isinstance(doc.get("entries"), list):
         raise ExpandError(f"{path}: not a review file (needs kind: templates|glossary and an entries list)")
     return doc
@@ -762,7 +745,7 @@ def plan_accept(review_file: str | Path, *, data_dir: str | Path | None = None) 
                 continue
             if name not in banks:
                 texts[name] = files[name].read_text(encoding="utf-8")
-                banks[name] = yaml.safe_load(texts[name])
+                banks[name] = load_yaml_text(texts[name], f"template bank {files[name].name}")
             bank = banks[name]
             missing = [k for k in ("id", "slot", "text") if not isinstance(e.get(k), str)]
             if missing:
@@ -771,17 +754,20 @@ def plan_accept(review_file: str | Path, *, data_dir: str | Path | None = None) 
             if any(t["id"] == e["id"] for t in bank["templates"]):
                 plan.skipped.append(f"{e['id']}: id already in {name} (accepted twice?)")
                 continue
-            why = validate_template(bank, e["slot"], e["text"], e["id"])
+            fits = e.get("fits") or {}
+            why = validate_template(bank, e["slot"], e["text"], e["id"], fits)
             if why is not None:
                 plan.skipped.append(f"{e['id']}: {why}")
                 continue
-            bank["templates"].append({"id": e["id"], "slot": e["slot"], "text": e["text"]})
+            added = {"id": e["id"], "slot": e["slot"], "text": e["text"], **({"fits": fits} if fits else {})}
+            bank["templates"].append(added)
             texts[name] = _add_template_line(texts[name], e)
             plan.count += 1
         for name, new in texts.items():
             old = files[name].read_text(encoding="utf-8")
             if new != old:
-                TemplateBankSpec.model_validate(yaml.safe_load(new))  # the edited file as a whole
+                # the edited file as a whole
+                TemplateBankSpec.model_validate(load_yaml_text(new, f"template bank {files[name].name}"))
                 plan.changes[files[name]] = (old, new)
     else:
         from pipeline.language.glossary import Glossary, _load_spec

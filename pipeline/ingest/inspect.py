@@ -202,6 +202,8 @@ def inspect_dicom(path: Path) -> dict[str, Any]:
                            "structure_sets": rts}
     if idx.skipped:
         out["non_dicom_files"] = len(idx.skipped)
+    if idx.damaged:  # look like DICOM but cannot be read: a build fails the cases that need them
+        out["damaged_dicom_files"] = [f"{_rel(Path(p), root)}: {why}" for p, why in idx.damaged]
     if segs:
         out["suggested_adapter"] = "dicom_seg"
     elif rts:

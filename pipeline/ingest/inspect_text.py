@@ -72,6 +72,7 @@ def _dicom(d: dict[str, Any], pad: str, head: str, indent: int) -> list[str]:
     lines = [f"{head}: {len(d['series'])} image series, {len(d['segmentations'])} SEG, "
              f"{len(d['structure_sets'])} RTSTRUCT"
              + (f", {d['non_dicom_files']} non-DICOM files" if d.get("non_dicom_files") else "")]
+    lines.extend(f"{pad}  damaged: {x}" for x in d.get("damaged_dicom_files", []))
     for s in d["series"]:
         lines.extend(_series(s, pad))
     for g in d["segmentations"]:

@@ -24,8 +24,6 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-import yaml
-
 from schemas.language import (
     CATEGORY_FAMILY,
     GlossaryFileSpec,
@@ -33,6 +31,7 @@ from schemas.language import (
     LabelMapSpec,
     TermSpec,
 )
+from schemas.yamlio import load_yaml
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 GLOSSARY_DIR = DATA_DIR / "glossary"
@@ -41,6 +40,7 @@ __all__ = [
     "DATA_DIR",
     "Glossary",
     "Term",
+    "english_plural",
     "shipped_term_file",
     "list_label_maps",
     "load_glossary",
@@ -70,6 +70,18 @@ def normalise_name(text: str) -> str:
 
 
 _SIDES = {"l": "left", "r": "right", "lt": "left", "rt": "right"}
+_SIBILANT = re.compile(r"(s|x|z|ch|sh)$")
+_CONSONANT_Y = re.compile(r"[^aeiou]y$")
+
+
+def english_plural(name: str) -> str:
+    """The regular English plural of a name's last word ("polyp" -> "polyps", "mass" -> "masses",
+    "right kidney cyst" -> "right kidney cysts"); irregular plurals go in the glossary (``plural_en``)."""
+    if _SIBILANT.search(name):
+        return name + "es"
+    if _CONSONANT_Y.search(name):
+        return name[:-1] + "ies"
+    return name + "s"
 
 
 def _order_free(key: str) -> str | None:
@@ -98,6 +110,12 @@ class Term:
     body_regions: tuple[str, ...]
     codes: dict[str, str]
     aliases: tuple[str, ...]
+    # English grammar of the display name (see TermSpec): resolved defaults, never None
+    countable: bool = True
+    number: str = "singular"  # singular | plural
+    article: str = "the"  # the | none: the definite article written before the name
+    plural_en: str = ""  # for several instances of a countable singular term ("" otherwise)
+    kind: str = "anatomy"  # anatomy | finding (lesion/finding family) | device: what templates may call it
 
     @property
     def en(self) -> str:
@@ -109,18 +127,30 @@ class Term:
 
     @classmethod
     def from_spec(cls, tid: str, spec: TermSpec) -> Term:
+        """The one way a validated :class:`TermSpec` becomes a term (shipped and user-defined terms alike):
+        the grammar defaults are resolved here."""
+        family = CATEGORY_FAMILY[spec.category]
+        article = spec.article or ("none" if family == "abnormality" and not spec.countable else "the")
+        plural = ""
+        if spec.countable and spec.number == "singular":
+            plural = spec.plural_en or english_plural(spec.en)
         return cls(
             id=tid,
             names=spec.display_names(),
             synonyms={k: tuple(v) for k, v in spec.synonym_lists().items()},
             category=spec.category,
-            family=CATEGORY_FAMILY[spec.category],
+            family=family,
             laterality=spec.laterality,
             mirror=spec.mirror,
             parent=spec.parent,
             body_regions=tuple(spec.body_region),
             codes=dict(spec.codes),
             aliases=tuple(spec.aliases),
+            countable=spec.countable,
+            number=spec.number,
+            article=article,
+            plural_en=plural,
+            kind="finding" if family == "abnormality" else "device" if family == "device" else "anatomy",
         )
 
 
@@ -173,25 +203,28 @@ class Glossary:
             for lang, syns in t.synonyms.items():
                 for s in syns:
                     put(lang, s, tid, f"{lang} synonym")
+        self._finish_index(exact, loose, clashes)
+
+    def _finish_index(
+        self, exact: dict[str, dict[str, str]], loose: dict[str, dict[str, set[str]]], clashes: list[str]
+    ) -> None:
         # a key of one language must not point to another term through another language's table
         keys_to_terms: dict[str, set[str]] = {}
         for table in exact.values():
             for k, tid in table.items():
                 keys_to_terms.setdefault(k, set()).add(tid)
-        for k, tids in sorted(keys_to_terms.items()):
-            if len(tids) > 1:
-                clashes.append(f"key {k!r} matches several terms: {sorted(tids)}")
+        shared = sorted((k, sorted(tids)) for k, tids in keys_to_terms.items() if len(tids) > 1)
+        clashes.extend(f"key {k!r} matches several terms: {tids}" for k, tids in shared)
         if clashes:
             raise ValueError("glossary names are ambiguous:\n  " + "\n  ".join(clashes))
         self._exact_any: dict[str, str] = {k: next(iter(v)) for k, v in keys_to_terms.items()}
         self._exact = exact
         # order-free keys are used only when they are unambiguous
-        self._loose_any: dict[str, str] = {}
         merged: dict[str, set[str]] = {}
-        for table in loose.values():
-            for k, tids in table.items():
-                merged.setdefault(k, set()).update(tids)
-        self._loose_any = {k: next(iter(v)) for k, v in merged.items() if len(v) == 1}
+        for loose_table in loose.values():
+            for k, tid_set in loose_table.items():
+                merged.setdefault(k, set()).update(tid_set)
+        self._loose_any: dict[str, str] = {k: next(iter(v)) for k, v in merged.items() if len(v) == 1}
         self._loose = {
             lang: {k: next(iter(v)) for k, v in table.items() if len(v) == 1 and len(merged[k]) == 1}
             for lang, table in loose.items()
@@ -318,10 +351,7 @@ class Glossary:
 
 
 def _read_yaml(path: Path) -> object:
-    try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise ValueError(f"{path.name}: not valid YAML ({exc})") from exc
+    return load_yaml(path)  # alias expansion and size limited; errors name the file (a ValueError)
 
 
 def _load_spec(directory: Path) -> GlossarySpec:
@@ -370,28 +400,31 @@ def shipped_term_file(tid: str) -> str | None:
     return f"pipeline/language/data/glossary/{name}" if name else None
 
 
-def list_label_maps() -> list[str]:
-    """Names of the shipped label maps (``data/<name>.yaml``), for :func:`load_label_map`."""
-    return sorted(p.stem for p in DATA_DIR.glob("*.yaml"))
+def list_label_maps(data_dir: str | Path | None = None) -> list[str]:
+    """Names of the label maps (``<data_dir>/<name>.yaml``; the shipped ones by default)."""
+    return sorted(p.stem for p in Path(data_dir or DATA_DIR).glob("*.yaml"))
 
 
 @lru_cache(maxsize=32)
-def _load_label_map_cached(name: str) -> tuple[tuple[int, str], ...]:
-    path = DATA_DIR / f"{name}.yaml"
+def _load_label_map_cached(name: str, data_dir: str) -> tuple[tuple[int, str], ...]:
+    path = Path(data_dir) / f"{name}.yaml"
     if not path.is_file() or "/" in name or "\\" in name:
-        raise FileNotFoundError(f"no label map {name!r}; shipped label maps: {', '.join(list_label_maps())}")
+        raise FileNotFoundError(f"no label map {name!r}; label maps: {', '.join(list_label_maps(data_dir))}")
     data = _read_yaml(path)
     try:
         mapping = LabelMapSpec.model_validate(data).root
     except ValueError as exc:
         raise ValueError(f"label map {name}: {exc}") from exc
-    glossary = load_glossary()
+    glossary = load_glossary(Path(data_dir) / "glossary")
     unknown = sorted({t for t in mapping.values() if t not in glossary})
     if unknown:
         raise ValueError(f"label map {name}: terms not in the glossary: {unknown}")
     return tuple(sorted(mapping.items()))
 
 
-def load_label_map(name: str) -> dict[int, str]:
-    """A shipped ``label id -> term id`` map by name (e.g. ``totalseg_total``, ``totalseg_total_mr``)."""
-    return dict(_load_label_map_cached(name))
+def load_label_map(name: str, data_dir: str | Path | None = None) -> dict[int, str]:
+    """A ``label id -> term id`` map by name (e.g. ``totalseg_total``, ``totalseg_total_mr``).
+
+    ``data_dir``: a language data folder (``glossary/`` beside the maps); the shipped one by default.
+    """
+    return dict(_load_label_map_cached(name, str(Path(data_dir or DATA_DIR))))

@@ -1,4 +1,15 @@
-"""The one pair of functions that converts between pixel boxes and MedRegA/InternVL 0..999 boxes.
+"""The box toolkit: pixel <-> MedRegA/InternVL 0..999 boxes, box text, IoU and one-to-one matching.
+
+Everything that turns boxes into text, compares two boxes or matches two sets of boxes lives here (the
+task generator, the grounding judge and the evaluation kit all call these functions):
+
+* :func:`normalise_box` / :func:`denormalise_box` -- the one pair of coordinate conversions;
+* :func:`format_boxes`, :func:`box_tag`, :func:`ref_box` -- ``[[x1, y1, x2, y2], ...]``, ``<box>...</box>``
+  and ``<ref>term</ref><box>...</box>`` exactly as MedRegA writes them; :func:`order_boxes` -- their order;
+* :func:`box_iou`, :func:`iou_matrix` -- IoU on continuous edges (invariant to scaling each axis, so the
+  0..999 grid and pixels give the same value);
+* :func:`match_max_iou` (Hungarian assignment maximising the summed IoU), :func:`count_matches_at` (the
+  most one-to-one pairs at IoU >= t, or > t) and :func:`hungarian_iou` (summed matched IoU / max count).
 
 Convention (docs/architecture.md, "Coordinates"):
 
@@ -11,7 +22,8 @@ Convention (docs/architecture.md, "Coordinates"):
   continuous edges back into inclusive pixel indices (``x_max = ceil(edge) - 1``).
 
 The round trip ``denormalise_box(normalise_box(b, w, h), w, h)`` stays within one pixel of ``b`` on
-every side for every image size (tests/test_coords.py checks this with hypothesis).
+every side for images up to 999 px; above that the 0..999 grid itself quantises each edge to size/999 px
+(tests/test_coords.py states and checks the exact bound with hypothesis).
 """
 
 from __future__ import annotations
@@ -19,7 +31,26 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import numpy as np
+
 SCALE = 999
+_QUAD = "[{:d}, {:d}, {:d}, {:d}]".format
+
+__all__ = [
+    "SCALE",
+    "box_iou",
+    "box_tag",
+    "count_matches_at",
+    "denormalise_box",
+    "denormalise_edges",
+    "format_boxes",
+    "hungarian_iou",
+    "iou_matrix",
+    "match_max_iou",
+    "normalise_box",
+    "order_boxes",
+    "ref_box",
+]
 
 
 def _round_half_up(x: float) -> int:
@@ -86,10 +117,71 @@ def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
 
 
 def format_boxes(boxes: Sequence[Sequence[int]]) -> str:
-    """``[[x1, y1, x2, y2], ...]`` exactly as MedRegA writes it inside ``<box>``."""
-    return "[" + ", ".join("[" + ", ".join(str(int(v)) for v in b) + "]" for b in boxes) + "]"
+    """``[[x1, y1, x2, y2], ...]`` exactly as MedRegA writes it inside ``<box>`` (integer values, Python or
+    numpy)."""
+    return "[" + ", ".join([_QUAD(*b) for b in boxes]) + "]"
+
+
+def box_tag(boxes: Sequence[Sequence[int]]) -> str:
+    """``<box>[[x1, y1, x2, y2], ...]</box>``: every box of one term in one list."""
+    return "<box>" + format_boxes(boxes) + "</box>"
+
+
+def ref_box(text: str, boxes: Sequence[Sequence[int]]) -> str:
+    """``<ref>text</ref><box>[[...], ...]</box>``: a term's display text and all of its boxes."""
+    return "<ref>" + text + "</ref>" + box_tag(boxes)
 
 
 def order_boxes(boxes: Sequence[Sequence[int]]) -> list[tuple[int, ...]]:
     """Deterministic order: top-to-bottom, then left-to-right (then by the far edges)."""
     return sorted((tuple(int(v) for v in b) for b in boxes), key=lambda b: (b[1], b[0], b[3], b[2]))
+
+
+def iou_matrix(rows: Sequence[Sequence[float]], cols: Sequence[Sequence[float]]) -> np.ndarray:
+    """``m[i, j] = box_iou(rows[i], cols[j])`` for every pair, as float64 (vectorised)."""
+    a = np.asarray(rows, dtype=np.float64).reshape(-1, 4)
+    b = np.asarray(cols, dtype=np.float64).reshape(-1, 4)
+    ix = np.clip(np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]), 0.0, None)
+    iy = np.clip(np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]), 0.0, None)
+    inter = ix * iy
+    area_a = np.clip(a[:, 2] - a[:, 0], 0.0, None) * np.clip(a[:, 3] - a[:, 1], 0.0, None)
+    area_b = np.clip(b[:, 2] - b[:, 0], 0.0, None) * np.clip(b[:, 3] - b[:, 1], 0.0, None)
+    union = area_a[:, None] + area_b[None, :] - inter
+    out = np.zeros_like(inter)
+    np.divide(inter, union, out=out, where=union > 0)
+    return out
+
+
+def match_max_iou(m: np.ndarray) -> list[tuple[int, int, float]]:
+    """Hungarian one-to-one assignment of rows to columns maximising the summed IoU of an IoU matrix:
+    ``[(row, col, iou), ...]`` sorted by row; ``min(rows, cols)`` pairs (pairs of IoU 0 included)."""
+    from scipy.optimize import linear_sum_assignment
+
+    if m.size == 0:
+        return []
+    rr, cc = linear_sum_assignment(-m)
+    return [(int(r), int(c), float(m[r, c])) for r, c in zip(rr, cc, strict=True)]
+
+
+def count_matches_at(m: np.ndarray, threshold: float, *, strict: bool = False) -> int:
+    """The most one-to-one pairs with IoU >= ``threshold`` (``> threshold`` when ``strict``) that an
+    IoU matrix allows (maximum-cardinality matching, ties broken towards higher IoU)."""
+    from scipy.optimize import linear_sum_assignment
+
+    if m.size == 0:
+        return 0
+    ok = (m > threshold) if strict else (m >= threshold - 1e-12)
+    if not ok.any():
+        return 0
+    okf = ok.astype(np.float64)
+    rr, cc = linear_sum_assignment(-(okf + 1e-6 * m))
+    return int(sum(okf[r, c] for r, c in zip(rr, cc, strict=True)))
+
+
+def hungarian_iou(pred: Sequence[Sequence[float]], true: Sequence[Sequence[float]]) -> tuple[float, list[float]]:
+    """``(sum of matched IoUs / max(#pred, #true), matched IoUs)`` under the IoU-maximising one-to-one
+    assignment: missing and extra boxes both cost.  ``(0.0, [])`` when either side is empty."""
+    if len(pred) == 0 or len(true) == 0:
+        return 0.0, []
+    matched = [iou for _, _, iou in match_max_iou(iou_matrix(pred, true))]
+    return float(sum(matched) / max(len(pred), len(true))), matched

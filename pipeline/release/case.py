@@ -11,8 +11,7 @@ from __future__ import annotations
 import time
 import traceback
 from collections import Counter
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -21,13 +20,16 @@ import orjson
 
 from pipeline.core.environment import environment_failure, is_environment_error
 from pipeline.core.ids import derived_rng, hash_patient, stable_id, unit_interval
+from pipeline.core.paths import relative_to_root, scrub_paths
 from pipeline.core.types import CaseRef, DisplaySlice
 from pipeline.ingest.convert import convert
+from pipeline.ingest.guard import load_study
 from pipeline.ingest.readers import ReadError
 from pipeline.language.tasks import SliceContext, TaskMix, generate
 from pipeline.release.images import ImageStore, encode_png
 from pipeline.release.plan import CaseJob
 from pipeline.release.store import Store
+from pipeline.versions.duplicates import image_fingerprint
 from schemas.card import SourceCard
 from schemas.config import ReleaseConfig, SourceUse
 from schemas.records import CaseSummary, ErrorRecord, ImageInfo
@@ -80,34 +82,10 @@ def task_mix(cfg: ReleaseConfig, use: SourceUse | None) -> TaskMix:
         negative_ratio=cfg.tasks.negative_ratio,
         max_regions_per_sample=cfg.tasks.max_regions_per_sample,
         system_prompt=cfg.tasks.system_prompt,
+        region_to_text_answer=cfg.tasks.region_to_text_answer,
     )
 
 
-_SECONDARY_REGIONS = {"spine", "limb", "whole_body"}
-
-
-def infer_body_region(terms: Iterable[str]) -> str | None:
-    """Body region of a slice from its structures (card ``body_region: auto``): each term votes for its
-    glossary body regions; spine/limb/whole-body only count when nothing else does; ties -> name order."""
-    from pipeline.language.glossary import load_glossary
-
-    gl = load_glossary()
-    votes: Counter[str] = Counter()
-    fallback: Counter[str] = Counter()
-    for t in terms:
-        if t not in gl:
-            continue
-        regions = gl.term(t).body_regions
-        main = [r for r in regions if r not in _SECONDARY_REGIONS]
-        for r in main:
-            votes[r] += 1.0 / len(main)
-        for r in regions:
-            fallback[r] += 1.0 / len(regions)
-    pick = votes or fallback
-    if not pick:
-        return None
-    best = max(pick.values())
-    return sorted(r for r, v in pick.items() if v == best)[0]
 
 
 def _relative(path: str | None, root: Path | None) -> str | None:
@@ -119,20 +97,19 @@ def _relative(path: str | None, root: Path | None) -> str | None:
     if not p.is_absolute():
         return p.as_posix()
     if root is not None:
-        try:
-            return p.resolve().relative_to(Path(root).resolve()).as_posix()
-        except ValueError:
-            pass
+        rel = relative_to_root(p, root)  # lexically first: a symlink is named where it lies, not by its target
+        if rel is not None:
+            return rel
     return p.name
 
 
 def _scrub(text: str, root: Path | None) -> str:
-    """Remove the data folder's absolute prefix from a message."""
-    if root is None:
-        return text
-    for prefix in {str(Path(root)), str(Path(root).resolve())}:
-        text = text.replace(prefix.rstrip("/") + "/", "").replace(prefix, ".")
-    return text
+    """A message without absolute paths: those in the data folder become relative, any other is replaced
+    (pipeline.core.paths.scrub_paths)."""
+    if root is not None:
+        for prefix in {str(Path(root)), str(Path(root).resolve())}:
+            text = text.replace(prefix.rstrip("/") + "/", "")
+    return scrub_paths(text, root)
 
 
 def case_error(ref: CaseRef, stage: str, exc: BaseException, root: Path | None = None) -> ErrorRecord:
@@ -172,8 +149,10 @@ def rows_for_slice(
 ) -> list[dict[str, Any]]:
     h, w = sl.image.shape[:2]
     present = {r.term for r in sl.regions}
-    if body_region == "auto":
-        body_region = infer_body_region(sorted(present))
+    if body_region == "auto":  # where the bulk of the labelled mass lies (issue 12 A5), not a vote of names
+        from pipeline.language.body_region import body_region_by_mass
+
+        body_region = body_region_by_mass((r.term, r.area) for r in sl.regions)
     ctx = SliceContext(
         modality=modality,
         body_region=body_region,
@@ -182,6 +161,7 @@ def rows_for_slice(
         height=h,
         regions=sl.regions,
         candidate_absent_terms=[t for t in vocabulary if t not in present],
+        exhaustive_findings=card.exhaustive_findings,
     )
     rng = derived_rng(cfg.seed, "samples", ref.source, ref.case_id, sl.axis, sl.index)
     transform_json = orjson.dumps({**transform, "position_mm": sl.position_mm}, option=orjson.OPT_SORT_KEYS).decode()
@@ -232,7 +212,7 @@ def _load_and_convert(card: SourceCard, adapter: Any, ref: CaseRef, cfg: Release
                       res: CaseResult) -> tuple[Any, Any] | None:
     root = getattr(adapter, "root", None)
     try:
-        study = adapter.load(ref)
+        study = load_study(adapter, ref)  # symlinks out of the data folder refused; messages without abs paths
     except Exception as exc:  # every failure of bad input becomes an error record
         res.errors.append(case_error(ref, "load", exc, root))
         return None
@@ -284,7 +264,11 @@ def process_case(
     vocab = adapter.vocabulary()  # terms this source can emit (absent-target negatives)
     body_region = study.transform.get("body_region") or card.body_region
     transform = {k: v for k, v in study.transform.items() if k != "body_region"}
-    for sl in conv.slices:
+    rules = _region_rules(case_validators, cfg)
+    for raw in conv.slices:
+        sl = _screen(raw, rules, study.modality, res)
+        if sl is None:
+            continue
         try:
             png = encode_png(sl.image, cfg.output.png_compress_level)
             sha, rel = store.put(png)
@@ -296,15 +280,66 @@ def process_case(
             res.errors.append(case_error(ref, "samples", exc, getattr(adapter, "root", None)))
             continue
         rows = _case_validation(rows, sl, sha, case_validators, cfg, res)
+        _count_unused(sl, rows, mix.max_regions_per_sample, res)
         if rows:
             res.slices += 1
             h, w = sl.image.shape[:2]
-            res.images.append(ImageInfo(rel=rel, width=int(w), height=int(h), axis=sl.axis, slice_index=int(sl.index)))
+            pixel_sha, phash = image_fingerprint(sl.image)  # duplicate detection (pipeline.versions.duplicates)
+            res.images.append(ImageInfo(rel=rel, width=int(w), height=int(h), axis=sl.axis, slice_index=int(sl.index),
+                                        pixel_sha256=pixel_sha, phash=phash))
             res.rows.extend(rows)
             if features:
-                res.features.extend(_region_records(rows, sl.image, sha))
+                res.features.extend(_region_records(rows, sl, sha))
     res.seconds = time.perf_counter() - t0
     return res
+
+
+def _region_rules(validators: list[Any] | None, cfg: ReleaseConfig) -> Any:
+    """The rules validator, when the policy drops what it fails (then failing regions are removed before
+    any sentence is written, instead of dropping whole rows)."""
+    from pipeline.validate.stage import validation_config
+
+    rules = next((v for v in validators or [] if hasattr(v, "check_regions")), None)
+    if rules is None or validation_config(cfg.validation).policy.action(rules.name, "fail") != "drop":
+        return None
+    return rules
+
+
+def _screen(sl: DisplaySlice, rules: Any, modality: str, res: CaseResult) -> DisplaySlice | None:
+    """The slice without its failing regions (each counted by its first failing rule), or None when the
+    whole image fails (orientation) or no region is left."""
+    if rules is None or not sl.regions:
+        return sl
+    per, image_level = rules.check_regions(sl.image, _slice_regions(sl), axis=sl.axis, modality=modality)
+    bad = [f for f in image_level if f.verdict == "fail"]
+    if bad:
+        for f in bad:
+            res.count_drop(f"slice:rules:{f.code}")
+        res.count_drop("region:slice_failed", len(sl.regions))
+        res.notes.append(f"{sl.axis} slice {sl.index} not written: " + "; ".join(f"{f.code}: {f.text}" for f in bad))
+        return None
+    keep = []
+    for region, findings in zip(sl.regions, per, strict=True):
+        fails = [f for f in findings if f.verdict == "fail"]
+        if fails:
+            res.count_drop(f"region:rules:{fails[0].code}")
+        else:
+            keep.append(region)
+    if not keep:
+        res.count_drop("slice:no_region_left")
+        return None
+    return sl if len(keep) == len(sl.regions) else replace(sl, regions=keep)
+
+
+def _count_unused(sl: DisplaySlice, rows: list[dict[str, Any]], cap: int, res: CaseResult) -> None:
+    """Regions of a written slice that no kept row mentions, by reason: ``over_cap`` (the term has more
+    boxes than tasks.max_regions_per_sample, so detection and report rows cannot hold it) or ``unused``
+    (the task mix drew no row for it)."""
+    used = {(r["term"], tuple(r["box"])) for row in rows for r in row["meta"]["regions"]}
+    per_term = Counter(r.term for r in sl.regions)
+    for r in sl.regions:
+        if (r.term, tuple(int(v) for v in r.box)) not in used:
+            res.count_drop("region:over_cap" if per_term[r.term] > cap else "region:unused")
 
 
 def _case_validation(rows: list[dict[str, Any]], sl: DisplaySlice, sha: str, validators: list[Any] | None,
@@ -314,30 +349,37 @@ def _case_validation(rows: list[dict[str, Any]], sl: DisplaySlice, sha: str, val
     from pipeline.validate.base import ValidationItem
     from pipeline.validate.stage import apply_rows_policy
 
-    items = [ValidationItem(row=r, image=sl.image, label_slices=sl.label_slices, image_sha=sha) for r in rows]
+    every = _slice_regions(sl)  # image-level rules see the whole slice, not only what the rows sampled
+    items = [
+        ValidationItem(row=r, image=sl.image, label_slices=sl.label_slices, image_sha=sha, slice_regions=every)
+        for r in rows
+    ]
     kept, dropped = apply_rows_policy(items, validators, cfg.validation)
     for reason, n in dropped.items():
         res.count_drop(f"row:{reason}", n)
     return kept
 
 
-def _region_records(rows: list[dict[str, Any]], image: Any, sha: str) -> list[dict[str, Any]]:
-    """Stats feature records of every distinct region of one slice's rows (one grey conversion)."""
+def _slice_regions(sl: DisplaySlice) -> list[dict[str, Any]]:
+    """Every region of a display slice, as meta-region dicts."""
+    return [
+        {"term": r.term, "box": [int(v) for v in r.box], "box_px": [int(v) for v in r.box_px], "area": int(r.area),
+         "label_id": int(r.label_id or 0)}
+        for r in sl.regions
+    ]  # fmt: skip
+
+
+def _region_records(rows: list[dict[str, Any]], sl: DisplaySlice, sha: str) -> list[dict[str, Any]]:
+    """Stats feature records of every region of one slice with rows (one grey conversion): the population
+    the stats validator compares rows with does not depend on which regions the rows happen to sample."""
     from pipeline.validate.base import ValidationItem
     from pipeline.validate.stats import region_features
 
-    seen: set[tuple[str, tuple[int, ...]]] = set()
-    regions = []
-    for r in rows:
-        for reg in r["meta"]["regions"]:
-            k = (reg["term"], tuple(reg["box"]))
-            if k not in seen:
-                seen.add(k)
-                regions.append(reg)
+    regions = _slice_regions(sl)
     if not regions:
         return []
     probe = {**rows[0], "meta": {**rows[0]["meta"], "regions": regions}}
-    return region_features(ValidationItem(row=probe, image=image, image_sha=sha))
+    return region_features(ValidationItem(row=probe, image=sl.image, image_sha=sha))
 
 
 # ----------------------------------------------------------------------------------------------- jobs

@@ -1,18 +1,22 @@
-"""Exports of a release to the formats trainers read: LLaVA (ShareGPT) rows and InternVL meta files.
+"""Exports of a release to the formats trainers read: LLaVA (ShareGPT) JSON lists and InternVL meta files.
 
 * :func:`to_llava` turns one release row (InternVL chat row + ``meta``) into a LLaVA / ShareGPT row
   ``{"id", "image", "conversations": [{"from": "human"|"gpt", "value"}]}``.  LLaVA's data loader
-  (``LazySupervisedDataset`` in ``llava/train/train.py``) reads a JSON list of such rows, joins ``image``
-  to ``--image_folder`` and expects the image token ``<image>`` exactly once, in the first human turn
-  (it moves it to the front followed by a newline).  Its conversation roles are ``human``/``gpt`` only,
-  so a ``system`` turn is folded into the first human turn (or dropped, ``system="drop"``).
-  :func:`pipeline.release.shards.write_release` calls :func:`to_llava` when ``output.formats`` has ``llava``.
+  (``LazySupervisedDataset`` in ``llava/train/train.py``) ``json.load``s **one JSON list** of such rows
+  (JSONL fails with ``JSONDecodeError: Extra data``), joins ``image`` to ``--image_folder`` and expects the
+  image token ``<image>`` exactly once, in the first human turn.  Its roles are ``human``/``gpt`` only, so
+  a ``system`` turn is folded into the first human turn (or dropped, ``system="drop"``).
+  :func:`write_llava_splits` writes ``data_llava/<split>.json`` (one JSON list per split, streamed row by
+  row) into a release built with ``output.formats: [..., llava]``; :func:`write_llava` exports any release.
 * :func:`internvl_meta` writes the *meta file* that InternVL's fine-tuning script takes as
   ``--meta_path``: a JSON object ``{dataset_name: {"root", "annotation", "data_augment", "repeat_time",
-  "length"[, "max_dynamic_patch"]}}``.  InternVL opens each ``annotation`` as one ``.jsonl`` file and
-  joins every row's ``image`` to ``root``; ``repeat_time`` below 1 keeps that fraction of the rows,
-  above 1 must be an integer.  So there is one entry per shard file (a (split, task, lang) group with
-  several shards gives several entries).
+  "length", "base_prompt"[, "max_dynamic_patch"]}}``.  InternVL (and MedRegA's fork) open each
+  ``annotation`` as one ``.jsonl`` file (``readlines`` + ``json.loads`` per line) and join every row's
+  ``image`` to ``root``; ``repeat_time`` below 1 keeps that fraction of the rows, above 1 must be an
+  integer.  MedRegA's ``build_datasets`` also reads ``base_prompt`` from every entry and rebuilds the first
+  turn as ``"<image>\n" + base_prompt + " " + question``; upstream InternVL ignores the key.  So there is
+  one entry per task x language (per shard file when a group has several shards), each with its own
+  ``base_prompt``: the first system prompt of that task's template bank in that language.
 
 Both are pure functions of the release folder; nothing here imports Prefect.
 """
@@ -29,11 +33,14 @@ import orjson
 
 __all__ = [
     "IMAGE_TOKEN",
+    "base_prompt",
     "internvl_meta",
     "iter_release_rows",
     "read_manifest",
     "to_llava",
+    "write_json_list",
     "write_llava",
+    "write_llava_splits",
 ]
 
 #: The image placeholder both LLaVA and InternVL expect in the first human turn.
@@ -92,7 +99,9 @@ def read_manifest(release_dir: str | Path) -> dict[str, Any]:
     """``manifest.json`` of a release folder, as a dict (clear error if it is not a release)."""
     path = Path(release_dir) / "manifest.json"
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: {release_dir} is not a release folder (build one with `medreg build`)")
+        raise FileNotFoundError(
+            f"{path} not found: {release_dir} is not a release folder (build one with `medreg build`)"
+        )
     return orjson.loads(path.read_bytes())
 
 
@@ -104,11 +113,53 @@ def _shards(manifest: dict[str, Any], splits: Iterable[str] | None) -> list[dict
 def iter_release_rows(release_dir: str | Path, splits: Iterable[str] | None = None) -> Iterator[dict[str, Any]]:
     """Every row of the release's shards (manifest order), optionally only some splits."""
     release_dir = Path(release_dir)
-    for s in _shards(read_manifest(release_dir), splits):
-        with open(release_dir / s["path"], "rb") as fh:
+    yield from _rows_of(release_dir, [s["path"] for s in _shards(read_manifest(release_dir), splits)])
+
+
+def write_json_list(path: str | Path, rows: Iterable[dict[str, Any]]) -> tuple[int, str]:
+    """Stream ``rows`` into ``path`` as one JSON list (one row per line, atomically); returns
+    ``(rows, sha256)`` of the file."""
+    import hashlib
+
+    from pipeline.core.atomic import atomic_writer
+
+    digest = hashlib.sha256()
+    n = 0
+    with atomic_writer(path) as fh:
+        for row in rows:
+            chunk = (b"[\n" if n == 0 else b",\n") + orjson.dumps(row)
+            fh.write(chunk)
+            digest.update(chunk)
+            n += 1
+        tail = b"\n]\n" if n else b"[]\n"
+        fh.write(tail)
+        digest.update(tail)
+    return n, digest.hexdigest()
+
+
+def _rows_of(root: Path, paths: Iterable[str]) -> Iterator[dict[str, Any]]:
+    for rel in paths:
+        with open(root / rel, "rb") as fh:
             for line in fh:
                 if line.strip():
                     yield orjson.loads(line)
+
+
+def write_llava_splits(
+    release_dir: str | Path, shards: Sequence[tuple[str, str]], *, system: Literal["fold", "drop"] = "fold"
+) -> dict[str, str]:
+    """``data_llava/<split>.json`` for every split of ``shards`` (``(path, split)`` pairs, in order) inside
+    ``release_dir``: one JSON list per split, streamed.  Returns ``{relative path: sha256}``."""
+    release_dir = Path(release_dir)
+    by_split: dict[str, list[str]] = {}
+    for path, split in shards:
+        by_split.setdefault(split, []).append(path)
+    out = {}
+    for split, paths in sorted(by_split.items()):
+        rel = f"data_llava/{split}.json"
+        _, sha = write_json_list(release_dir / rel, (to_llava(r, system=system) for r in _rows_of(release_dir, paths)))
+        out[rel] = sha
+    return out
 
 
 def write_llava(
@@ -120,36 +171,30 @@ def write_llava(
 ) -> tuple[Path, int]:
     """Write the release as LLaVA data and return ``(path, rows)``.
 
-    ``out`` ending in ``.json``: one JSON list (what LLaVA's ``train.py`` loads with ``json.load``);
-    ending in ``.jsonl``: one row per line; otherwise a folder mirroring ``data/<split>/*.jsonl``.
+    ``out`` ending in ``.json``: one JSON list of the chosen splits (what LLaVA's ``train.py`` loads with
+    ``json.load``); ending in ``.jsonl``: one row per line (for other readers: **not** for ``train.py``);
+    otherwise a folder with one ``<split>.json`` list per split.
     """
     from pipeline.core.atomic import write_bytes_atomic
 
     release_dir = Path(release_dir)
     out = Path(out)
-    manifest = read_manifest(release_dir)
-    shards = _shards(manifest, splits)
+    shards = _shards(read_manifest(release_dir), splits)
     if not shards:
         raise ValueError(f"{release_dir}: no shards in splits {list(splits or [])}")
-    n = 0
-    if out.suffix in (".json", ".jsonl"):
-        rows = [to_llava(r, system=system) for r in iter_release_rows(release_dir, splits)]
-        n = len(rows)
-        if out.suffix == ".json":
-            data = orjson.dumps(rows) + b"\n"
-        else:
-            data = b"".join(orjson.dumps(r) + b"\n" for r in rows)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        write_bytes_atomic(out, data)
+    rows = (to_llava(r, system=system) for r in _rows_of(release_dir, [s["path"] for s in shards]))
+    if out.suffix == ".json":
+        n, _ = write_json_list(out, rows)
         return out, n
-    for s in shards:
-        lines = (release_dir / s["path"]).read_bytes().splitlines()
-        data = b"".join(orjson.dumps(to_llava(orjson.loads(x), system=system)) + b"\n" for x in lines if x.strip())
-        n += sum(1 for x in lines if x.strip())
-        rel = Path(s["path"]).relative_to("data") if s["path"].startswith("data/") else Path(s["path"])
-        target = out / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
-        write_bytes_atomic(target, data)
+    if out.suffix == ".jsonl":
+        data = [orjson.dumps(r) + b"\n" for r in rows]
+        write_bytes_atomic(out, b"".join(data))
+        return out, len(data)
+    n = 0
+    for split in sorted({s["split"] for s in shards}):
+        paths = [s["path"] for s in shards if s["split"] == split]
+        llava_rows = (to_llava(r, system=system) for r in _rows_of(release_dir, paths))
+        n += write_json_list(out / f"{split}.json", llava_rows)[0]
     return out, n
 
 
@@ -175,7 +220,8 @@ def internvl_meta(
     data_augment: bool = False,
     max_dynamic_patch: int | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """InternVL's training meta file for a release (one entry per shard file).
+    """InternVL's / MedRegA's training meta file for a release (one entry per task x language and shard
+    file, each with that task and language's ``base_prompt``).
 
     ``root_prefix`` is where the release folder will live on the training machine (the meta file holds
     paths the trainer opens: ``root`` = ``root_prefix``, ``annotation`` = ``root_prefix/data/...``).
@@ -215,7 +261,16 @@ def internvl_meta(
             "repeat_time": _check_repeat(rt),
             "length": int(s["lines"]),
         }
+        entry["base_prompt"] = base_prompt(s["task"], s["lang"])
         if max_dynamic_patch is not None:
             entry["max_dynamic_patch"] = int(max_dynamic_patch)
         meta[name] = entry
     return meta
+
+
+def base_prompt(task: str, lang: str) -> str:
+    """The system prompt MedRegA's loader puts before every question of an entry: the first system prompt
+    of the task's template bank in that language."""
+    from pipeline.language.templates import load_templates
+
+    return load_templates().bank(task, lang).system[0][1]

@@ -20,6 +20,7 @@ from pipeline.release.publish import check_shrink, staging_dir, swap_in
 from pipeline.release.store import Store
 from pipeline.release.writer import Merger, MergeResult, image_entries
 from pipeline.validate.stage import ReleaseVerdicts
+from pipeline.versions.release import VersionInfo, annotate
 from schemas.records import CaseSummary, ErrorRecord, ImageEntry, Manifest, ShardEntry, SourceEntry
 
 
@@ -94,20 +95,15 @@ def _source_entries(plan: Plan, summaries: list[CaseSummary], errors: list[Error
 
 
 def _llava_copies(staging: Path, shards: list[ShardEntry]) -> dict[str, str]:
-    from pipeline.release.export import to_llava
+    """data_llava/<split>.json: one JSON list per split, what LLaVA's train.py json.loads (issue 8 item 4)."""
+    from pipeline.release.export import write_llava_splits
 
-    out = {}
-    for entry in shards:
-        rel = entry.path.replace("data/", "data_llava/", 1)
-        with open(staging / entry.path, "rb") as fh:
-            data = b"".join(orjson.dumps(to_llava(orjson.loads(line))) + b"\n" for line in fh)
-        write_bytes_atomic(staging / rel, data)
-        out[rel] = sha256_hex(data)
-    return out
+    return write_llava_splits(staging, [(e.path, e.split) for e in shards])
 
 
 def write_release(plan: Plan, summaries: list[CaseSummary], verdicts: ReleaseVerdicts, store: Store,
-                  out_dir: str | Path, split_overrides: dict[str, str] | None = None) -> tuple[Path, Manifest]:
+                  out_dir: str | Path, split_overrides: dict[str, str] | None = None,
+                  versions: VersionInfo | None = None) -> tuple[Path, Manifest]:
     """Merge the parts into a staging folder, write manifest/card/report, check the guards and swap the
     release into place.  Returns the release folder and its manifest."""
     from pipeline.validate.stage import validation_config
@@ -120,9 +116,10 @@ def write_release(plan: Plan, summaries: list[CaseSummary], verdicts: ReleaseVer
         n_src = max(1, sum(1 for sp in plan.sources if sp.card is not None))
         merger = Merger(store, staging, validation_config(cfg.validation), verdicts.vkey, cfg.output.rows_per_shard,
                         split_overrides, gallery_per_source=max(1, cfg.output.gallery_size // n_src)
-                        if cfg.output.gallery_size else 0)
+                        if cfg.output.gallery_size else 0,
+                        drop_images=versions.decisions.drop_images if versions is not None else None)
         merge = merger.run(summaries)
-        manifest = _finish(plan, summaries, merge, staging)
+        manifest = _finish(plan, summaries, merge, staging, versions)
         check_shrink(out_dir / name, manifest.counts["rows"], cfg.output.allow_shrink, cfg.output.max_row_loss,
                      "the release config")
         swap_in(staging, out_dir / name)
@@ -132,8 +129,10 @@ def write_release(plan: Plan, summaries: list[CaseSummary], verdicts: ReleaseVer
     return out_dir / name, manifest
 
 
-def _finish(plan: Plan, summaries: list[CaseSummary], merge: MergeResult, staging: Path) -> Manifest:
-    from pipeline.release.report import render_card, render_report
+def _finish(plan: Plan, summaries: list[CaseSummary], merge: MergeResult, staging: Path,
+            versions: VersionInfo | None = None) -> Manifest:
+    from pipeline.release.card import release_files
+    from pipeline.release.report import render_report
 
     cfg = plan.cfg
     images = [ImageEntry.model_validate(e) for e in image_entries(staging)]
@@ -149,11 +148,13 @@ def _finish(plan: Plan, summaries: list[CaseSummary], merge: MergeResult, stagin
     files["notes.txt"] = ("\n".join(notes) + "\n").encode() if notes else b""
     extra = _llava_copies(staging, merge.shards) if "llava" in cfg.output.formats else {}
     manifest = Manifest(
-        name=cfg.name, version=cfg.version, config=cfg.model_dump(mode="json"), config_sha256=cfg.config_hash(),
+        name=cfg.name, version=cfg.version, config=cfg.release_dump(), config_sha256=cfg.config_hash(),
         code_version=code_version(), sources=_source_entries(plan, summaries, errors), counts=counts,
         shards=merge.shards, images=images, errors=errors, dropped=dropped,
     )
-    files["README.md"] = render_card(manifest, plan.sources).encode("utf-8")
+    if versions is not None:  # licences, duplicates, previous release + changes (docs/versions.md)
+        annotate(versions, plan, manifest, staging, files)
+    files.update(release_files(manifest, plan.sources))  # README.md card, LICENSE.md, schema.json
     if cfg.output.report:
         report_in = ReportInputs(review=merge.review, review_total=merge.review_total)
         files["report.html"] = render_report(manifest, merge.report_rows, report_in, cfg).encode("utf-8")

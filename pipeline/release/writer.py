@@ -107,7 +107,7 @@ class ReportSampler:
     def __init__(self, per_source: int) -> None:
         self.per_source = per_source
         self.images: dict[str, list[tuple[str, str]]] = defaultdict(list)  # source -> max-heap (negated)
-        self.rows: dict[str, list[dict[str, Any]]] = {}
+        self.rows: dict[tuple[str, str], list[dict[str, Any]]] = {}  # (source, image) -> rows
         self.review_rows: dict[str, dict[str, Any]] = {}
 
     def offer_part(self, source: str, rows: list[dict[str, Any]]) -> None:
@@ -123,16 +123,16 @@ class ReportSampler:
                 heapq.heappush(heap, (key, rel))
             elif key > heap[0][0]:
                 _, evicted = heapq.heapreplace(heap, (key, rel))
-                self.rows.pop(evicted, None)
+                self.rows.pop((source, evicted), None)
             else:
                 continue
-            self.rows[rel] = rs
+            self.rows[(source, rel)] = rs
 
     def offer_review(self, row: dict[str, Any]) -> None:
         self.review_rows[row["id"]] = row
 
     def sample(self) -> list[dict[str, Any]]:
-        out = [r for rel in sorted(self.rows) for r in self.rows[rel]]
+        out = [r for k in sorted(self.rows) for r in self.rows[k]]
         seen = {r["id"] for r in out}
         out += [r for i, r in sorted(self.review_rows.items()) if i not in seen]
         return out
@@ -176,10 +176,12 @@ class Merger:
     """Streams every part into the staging folder's shards and images."""
 
     def __init__(self, store: Store, staging: Path, vc: ValidationConfig, vkey: str | None, rows_per_shard: int,
-                 split_overrides: dict[str, str] | None = None, gallery_per_source: int = 4) -> None:
+                 split_overrides: dict[str, str] | None = None, gallery_per_source: int = 4,
+                 drop_images: set[tuple[str, str, str]] | None = None) -> None:
         self.store, self.staging, self.vc, self.vkey = store, staging, vc, vkey
         self.rows_per_shard = rows_per_shard
         self.split_overrides = split_overrides or {}
+        self.drop_images = drop_images or set()  # (source, case id, image): copies left out (duplicates)
         self.sampler = ReportSampler(gallery_per_source)
         self.state = _MergeState()
         self.review_fh: Any = None
@@ -225,6 +227,9 @@ class Merger:
 
         kept: list[dict[str, Any]] = []
         for row, ver in self._rows_with_verdicts(s.key):
+            if self.drop_images and (s.source, s.case_id, row["image"]) in self.drop_images:
+                self.state.dropped["row:duplicate_image"] += 1
+                continue
             decision = row_decision(row, ver["validation"] if ver else None, self.vc)
             verdict_tally(row, self.state.vsummary, self.state.vby_source)
             if decision.action == "drop":
@@ -266,6 +271,7 @@ class Merger:
             return
         dst.parent.mkdir(parents=True, exist_ok=True)
         src = self.store.images.path(rel)
+        _readable(src)
         try:
             os.link(src, dst)
         except FileExistsError:
@@ -274,6 +280,16 @@ class Merger:
             tmp = dst.with_name(f".{dst.name}.tmp")
             shutil.copyfile(src, tmp)
             os.replace(tmp, dst)
+
+
+def _readable(path: Path) -> None:
+    """Images stored by older builds may be 0600 (mkstemp); a hard link shares the mode, so widen it to
+    0644 minus the umask before publishing."""
+    mode = path.stat().st_mode & 0o777
+    if mode & 0o044 != 0o044:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(path, mode | (0o644 & ~umask))
 
 
 def open_for_write(path: Path) -> Any:

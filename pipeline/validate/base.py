@@ -39,6 +39,9 @@ class ValidationItem:
     image: np.ndarray
     label_slices: list[np.ndarray] = field(default_factory=list)
     image_sha: str | None = None
+    # every region of the image (meta-region dicts), when the caller knows them (the case stage does):
+    # image-level checks then do not depend on which regions the sampled rows happen to mention
+    slice_regions: list[dict[str, Any]] | None = None
 
     def __post_init__(self) -> None:
         if self.image.ndim not in (2, 3):
@@ -119,11 +122,13 @@ def worst(verdicts: Sequence[str]) -> str:
 
 @dataclass
 class RegionFinding:
-    """One problem found with one region (validators collect these, then :func:`summarise`)."""
+    """One problem found with one region (validators collect these, then :func:`summarise`).
+    ``terms``: the structures the finding is about (empty: the row or the whole image)."""
 
     verdict: str
     code: str
     text: str
+    terms: tuple[str, ...] = ()
 
 
 def summarise(

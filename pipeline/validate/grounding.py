@@ -38,7 +38,6 @@ import json
 import logging
 import os
 import re
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -48,8 +47,9 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from pipeline.core.jsoncache import JsonDirCache, cache_key
 from pipeline.evaluate.answers import parse_boxes, parse_terms, strip_grounding
-from pipeline.regions.coords import box_iou, format_boxes, order_boxes
+from pipeline.regions.coords import format_boxes, hungarian_iou, order_boxes
 from pipeline.validate._glossary import TermInfo
 from pipeline.validate.base import RegionFinding, ValidationItem, summarise
 from schemas.records import ValidationResult
@@ -87,42 +87,32 @@ def data_url(image: np.ndarray) -> str:
 
 
 class AnswerCache:
-    """One JSON file per answer under ``<dir>/<key[:2]>/<key>.json`` (atomic writes)."""
+    """Judge answers in a :class:`pipeline.core.jsoncache.JsonDirCache` (one JSON file per answer)."""
 
     def __init__(self, directory: str | Path) -> None:
-        self.dir = Path(directory)
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.hits = 0
-        self.misses = 0
+        self._store = JsonDirCache(directory)
+        self.dir = self._store.dir
+
+    @property
+    def hits(self) -> int:
+        return self._store.hits
+
+    @property
+    def misses(self) -> int:
+        return self._store.misses
 
     @staticmethod
     def key(model_id: str, prompt: str, image_sha: str, params: dict[str, Any]) -> str:
-        blob = json.dumps([model_id, prompt, image_sha, params], sort_keys=True, ensure_ascii=False)
-        return hashlib.sha256(blob.encode()).hexdigest()
-
-    def _path(self, key: str) -> Path:
-        return self.dir / key[:2] / f"{key}.json"
+        return cache_key(model_id, prompt, image_sha, params)
 
     def get(self, key: str) -> str | None:
-        try:
-            text = json.loads(self._path(key).read_text(encoding="utf-8"))["answer"]
-        except (OSError, ValueError, KeyError, TypeError):
-            self.misses += 1
+        data = self._store.get(key)
+        if data is None or "answer" not in data:
             return None
-        self.hits += 1
-        return str(text)
+        return str(data["answer"])
 
     def put(self, key: str, answer: str) -> None:
-        p = self._path(key)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=p.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                json.dump({"answer": answer}, fh, ensure_ascii=False)
-            os.replace(tmp, p)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        self._store.put(key, {"answer": answer})
 
 
 class Backend(Protocol):
@@ -269,18 +259,6 @@ class TransformersBackend:
 
 
 # ---------------------------------------------------------------------- scoring
-def hungarian_iou(pred: Sequence[Sequence[float]], true: Sequence[Sequence[float]]) -> tuple[float, list[float]]:
-    """(sum of matched IoUs / max(#pred, #true), matched IoUs) with one-to-one Hungarian matching."""
-    from scipy.optimize import linear_sum_assignment
-
-    if not pred or not true:
-        return 0.0, []
-    m = np.array([[box_iou(p, t) for t in true] for p in pred], dtype=np.float64)
-    rows, cols = linear_sum_assignment(-m)
-    matched = [float(m[r, c]) for r, c in zip(rows, cols, strict=True)]
-    return float(sum(matched) / max(len(pred), len(true))), matched
-
-
 _SIDE = re.compile(r"(^|_)(left|right)(_|$)")
 
 
@@ -302,7 +280,8 @@ class GroundingJudge:
         self.config = config or GroundingConfig()
         self.terms = TermInfo(glossary)
         if backend is None:
-            backend = OpenAIBackend(self.config) if self.config.backend == "openai" else TransformersBackend(self.config)
+            openai = self.config.backend == "openai"
+            backend = OpenAIBackend(self.config) if openai else TransformersBackend(self.config)
         self.backend = backend
         self.cache = AnswerCache(self.config.cache_dir) if self.config.cache_dir else None
         self.asked = 0  # requests sent to the backend (cache misses) over this judge's life

@@ -14,6 +14,12 @@ Codes (stable; ``reason`` is ``"code: detail"`` joined by ``"; "``):
 * ``laterality_centre`` (``centre_verdict``) on axial/coronal CT/MR/PET a right-sided structure's centre
   lies right of the image centre by more than ``centre_margin`` x width (mirror: left-sided structure
   left of the centre).
+* ``anterior_posterior`` / ``superior_inferior`` (fail; flag when fewer than
+  ``orientation_fail_fraction`` of the compared pairs are inverted) known structures are out of their
+  anatomical order on the image (spine above the liver on an axial CT: shown upside down).  The facts are
+  data (``pipeline/language/data/anatomy/orientation.yaml``); the check sees every region of the image
+  (all rows of one image in the batch), see :mod:`pipeline.validate.orientation`.  ``order_checked`` (pass)
+  notes what was compared.
 * ``box_not_in_meta`` (fail) a box written in the conversation is not one of the row's region boxes.
 * ``box_missing_in_text`` (``missing_text_box_verdict``) a region box of the row appears nowhere in the conversation.
 * ``no_image_token``  (fail) the first human turn has no ``<image>`` placeholder.
@@ -29,37 +35,74 @@ from typing import Any
 import numpy as np
 
 from pipeline.evaluate.answers import parse_boxes
+from pipeline.language.anatomy import load_orientation_facts
 from pipeline.regions.coords import normalise_box
 from pipeline.validate._glossary import TermInfo
 from pipeline.validate.base import RegionFinding, ValidationItem, summarise
+from pipeline.validate.orientation import order_findings
 from schemas.records import ValidationResult
 from schemas.validation import RulesConfig
 
 _SCORE = {"pass": 1.0, "flag": 0.5, "fail": 0.0}
 
 
+def _image_key(item: ValidationItem) -> tuple[str, ...]:
+    """Rows of one written image (same pixels, same slice of the same case) share their order findings."""
+    m = item.meta
+    return (item.image_digest(), str(m.get("source", "")), str(m.get("case_id", "")), str(m.get("axis", "")),
+            str(m.get("slice_index", "")))
+
+
 class RulesValidator:
     name = "rules"
-    version = "1"
+    version = "2"
     level = "case"  # pipeline.validate.registry: runs on each case's rows, inside the case task
     needs_model = False
     config_model = RulesConfig
-    description = "cheap CPU checks on every sample: box sizes, blank boxes, box text, laterality"
+    description = "cheap CPU checks on every sample: box sizes, blank boxes, box text, laterality, orientation"
 
     def __init__(self, config: RulesConfig | None = None, *, glossary: Any | None = None) -> None:
         self.config = config or RulesConfig()
         self.terms = TermInfo(glossary)
         self.config_hash = self.config.config_hash()
+        self.order_rules = load_orientation_facts(self.config.orientation_facts) if self.config.orientation else ()
 
     def validate(self, items: list[ValidationItem]) -> list[ValidationResult]:
-        return [self._one(it) for it in items]
+        per_image = self._orientation(items)
+        return [self._one(it, per_image.get(_image_key(it), [])) for it in items]
+
+    def _orientation(self, items: list[ValidationItem]) -> dict[tuple[str, ...], list[RegionFinding]]:
+        """Order findings per image, from the regions of every row of that image in ``items``."""
+        if not self.order_rules:
+            return {}
+        groups: dict[tuple[str, ...], list[ValidationItem]] = {}
+        for it in items:
+            groups.setdefault(_image_key(it), []).append(it)
+        out: dict[tuple[str, ...], list[RegionFinding]] = {}
+        for key, group in groups.items():
+            meta = group[0].meta
+            axis = str(meta.get("axis", ""))
+            if axis == "2d":
+                axis = self.config.orientation_2d_axis
+            whole = group[0].slice_regions  # the image's every region when known, else the rows'
+            out[key] = order_findings(
+                whole if whole is not None else [reg for it in group for reg in it.regions],
+                rules=self.order_rules,
+                axis=axis,
+                modality=str(meta.get("modality", "")),
+                width=int(group[0].row.get("width", 0)),
+                height=int(group[0].row.get("height", 0)),
+                margin=self.config.orientation_margin,
+                fail_fraction=self.config.orientation_fail_fraction,
+            )
+        return out
 
     # ------------------------------------------------------------------ one row
-    def _one(self, item: ValidationItem) -> ValidationResult:
+    def _one(self, item: ValidationItem, image_findings: list[RegionFinding] | None = None) -> ValidationResult:
         cfg = self.config
         row = item.row
         meta = item.meta
-        findings: list[RegionFinding] = []
+        findings: list[RegionFinding] = list(image_findings or [])
         w, h = int(row.get("width", 0)), int(row.get("height", 0))
         ih, iw = item.image.shape[:2]
         if (ih, iw) != (h, w):
@@ -77,14 +120,9 @@ class RulesValidator:
             geo_ok = self._check_geometry(reg, term, w, h, findings)
             if not geo_ok:
                 continue
-            x0, y0, x1, y1 = (int(v) for v in reg["box_px"])
+            x0, _, x1, _ = (int(v) for v in reg["box_px"])
             if (ih, iw) == (h, w):
-                crop = grey[y0 : y1 + 1, x0 : x1 + 1]
-                std = float(crop.std()) if crop.size else 0.0
-                if std < cfg.blank_std:
-                    findings.append(
-                        RegionFinding("fail", "blank", f"{term} box {list(reg['box_px'])} pixel std {std:.2f} < {cfg.blank_std:g}")
-                    )
+                self._blank(grey, reg, term, findings)
             centres.setdefault(term, []).append((x0 + x1 + 1) / 2.0)
 
         findings.extend(self._laterality(meta, centres, w))
@@ -97,6 +135,46 @@ class RulesValidator:
         verdicts = [f.verdict for f in findings]
         v = "fail" if "fail" in verdicts else "flag" if "flag" in verdicts else "pass"
         return summarise(self, findings, _SCORE[v])
+
+    # ------------------------------------------------------------------ regions of one image
+    def check_regions(
+        self, image: np.ndarray, regions: list[dict[str, Any]], *, axis: str, modality: str
+    ) -> tuple[list[list[RegionFinding]], list[RegionFinding]]:
+        """Region-level findings for every region of one written image, before any sentence is written
+        (the builder removes a failing region and writes its rows without it), and the image-level
+        findings (orientation: the whole image is shown wrong).  Returns ``(per_region, image_level)``."""
+        h, w = image.shape[:2]
+        grey = image.astype(np.float32).mean(axis=2) if image.ndim == 3 else image.astype(np.float32)
+        per: list[list[RegionFinding]] = [[] for _ in regions]
+        centres: dict[str, list[float]] = {}
+        for i, reg in enumerate(regions):
+            term = str(reg.get("term", "?"))
+            if not self._check_geometry(reg, term, w, h, per[i]):
+                continue
+            self._blank(grey, reg, term, per[i])
+            x0, _, x1, _ = (int(v) for v in reg["box_px"])
+            centres.setdefault(term, []).append((x0 + x1 + 1) / 2.0)
+        for f in self._laterality({"axis": axis, "modality": modality}, centres, w):
+            for i, reg in enumerate(regions):
+                if reg.get("term") in f.terms:
+                    per[i].append(f)
+        image_level: list[RegionFinding] = []
+        if self.order_rules:
+            image_level = order_findings(
+                regions, rules=self.order_rules, axis=self.config.orientation_2d_axis if axis == "2d" else axis,
+                modality=modality, width=w, height=h, margin=self.config.orientation_margin,
+                fail_fraction=self.config.orientation_fail_fraction,
+            )
+        return per, image_level
+
+    def _blank(self, grey: np.ndarray, reg: dict[str, Any], term: str, out: list[RegionFinding]) -> None:
+        x0, y0, x1, y1 = (int(v) for v in reg["box_px"])
+        crop = grey[y0 : y1 + 1, x0 : x1 + 1]
+        std = float(crop.std()) if crop.size else 0.0
+        if std < self.config.blank_std:
+            box = list(reg["box_px"])
+            out.append(RegionFinding("fail", "blank", f"{term} box {box} pixel std {std:.2f} < {self.config.blank_std:g}",
+                                     (term,)))
 
     def _check_geometry(self, reg: dict[str, Any], term: str, w: int, h: int, out: list[RegionFinding]) -> bool:
         cfg = self.config
@@ -152,6 +230,7 @@ class RulesValidator:
                             "fail",
                             "laterality",
                             f"{term} centre x={cx:.0f} is right of {partner} x={px:.0f} (patient right must be image left)",
+                            (term, partner),
                         )
                     )
         if axis in cfg.laterality_centre_axes and modality in cfg.laterality_centre_modalities and w > 0:
@@ -165,6 +244,7 @@ class RulesValidator:
                             cfg.centre_verdict,
                             "laterality_centre",
                             f"{term} centre x={cx:.0f} is right of the image centre {half:.0f} (+{tol:.0f})",
+                            (term,),
                         )
                     )
                 elif side == "left" and cx < half - tol:
@@ -173,6 +253,7 @@ class RulesValidator:
                             cfg.centre_verdict,
                             "laterality_centre",
                             f"{term} centre x={cx:.0f} is left of the image centre {half:.0f} (-{tol:.0f})",
+                            (term,),
                         )
                     )
         return out

@@ -7,13 +7,14 @@ For every region it computes five features
 * ``cx``, ``cy`` box centre as a fraction of the image width / height,
 * ``intensity``  mean grey value (0..255) of the written image inside the pixel box,
 
-groups regions by ``group_by`` (default: modality, axis, term) and scores each feature with a robust
+groups regions by ``group_by`` (default: modality, axis, body region, term: a structure at neck level is not
+compared with the same structure on abdominal slices) and scores each feature with a robust
 z-score ``|x - median| / sqrt(max(1.4826 * MAD, floor)**2 + q**2)`` where ``q`` is the region's own
 pixel quantisation (a one-pixel change of each box side: ``1/w_px + 1/h_px`` in log area and log
-aspect, ``1/W`` resp. ``1/H`` for the centre), so tiny boxes are not outliers by rounding alone.  A region whose largest z exceeds ``z_flag`` is
-flagged (``z_fail``: failed) naming the feature; a group with fewer than ``min_samples`` distinct
-regions passes with reason ``too_few``.  The same region appearing in several rows (EN and ZH, several
-tasks) counts once in the fit.
+aspect, ``1/W`` resp. ``1/H`` for the centre), so tiny boxes are not outliers by rounding alone.  A region
+whose largest z exceeds ``z_flag`` is flagged (``z_fail``: failed) naming the feature; a group with fewer
+than ``min_samples`` distinct regions passes with reason ``too_few``.  The same region appearing in several
+rows (EN and ZH, several tasks) counts once in the fit.
 
 Fitting can be split from extraction for distributed runs: :func:`region_features` per item (in any
 worker), :meth:`StatsValidator.fit_features` on the concatenation, then ``validate``.
@@ -28,6 +29,7 @@ import hashlib
 import json
 import math
 from collections import defaultdict
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -43,7 +45,7 @@ SCALE_FLOOR = {"log_area": 0.05, "log_aspect": 0.05, "cx": 0.015, "cy": 0.015, "
 MAD_TO_SD = 1.4826
 
 
-def group_key(meta: dict[str, Any], term: str, group_by: list[str]) -> str:
+def group_key(meta: dict[str, Any], term: str, group_by: Sequence[str]) -> str:
     return "|".join(term if g == "term" else str(meta.get(g, "")) for g in group_by)
 
 

@@ -1,12 +1,11 @@
-"""Format readers shared by source adapters (one reader per file format, never one per dataset)."""
+"""Format readers shared by source adapters (one reader per file format, never one per dataset).
+
+Readers raise :class:`ReadError` (defined in :mod:`pipeline.core.errors`, re-exported here) for bad
+input; see its module for the message convention (no absolute paths, no file contents).
+"""
 
 from __future__ import annotations
 
+from pipeline.core.errors import ReadError
 
-class ReadError(Exception):
-    """A file could not be read or understood.  Carries the file and a hint for the user."""
-
-    def __init__(self, message: str, *, file: str | None = None, hint: str = "") -> None:
-        super().__init__(message)
-        self.file = file
-        self.hint = hint
+__all__ = ["ReadError"]

@@ -42,10 +42,22 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 
 from pipeline.ingest.geometry import CanonicalGeometry, lps_to_ras_affine, to_canonical
+from pipeline.core.paths import shown
 from pipeline.ingest.readers import ReadError
+from pipeline.ingest.readers.dicom_checks import (
+    check_decoded,
+    damaged_file_error,
+    looks_like_dicom,
+    pixel_problem,
+    raise_if_damaged,
+)
 
 SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
 RTSTRUCT_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.481.3"
+# CT, enhanced CT, MR, enhanced MR, PET, enhanced PET, NM, CR, DX, secondary capture
+_IMAGE_SOP_CLASSES = {f"1.2.840.10008.5.1.4.1.1.{s}"
+                      for s in ("2", "2.1", "4", "4.1", "128", "130", "20", "1", "1.1", "7")}
+_IMAGE_MODALITIES = {"CT", "MR", "PT", "NM", "US", "CR", "DX", "MG", "XA", "RF", "OT"}
 _NON_IMAGE_MODALITIES = {"SEG", "RTSTRUCT", "RTPLAN", "RTDOSE", "SR", "KO", "PR", "REG", "RWV", "DOC"}
 _NATIVE_LE = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"}  # implicit / explicit VR little endian
 _ORIENT_TOL = 1e-3  # direction cosines
@@ -124,11 +136,12 @@ class FileInfo:
     n_frames: int = 1
     pixel_tell: int | None = None  # file offset of the (uncompressed, deferred) pixel data value
     pixel_length: int | None = None
+    problem: str = ""  # why the pixel data cannot be complete (dicom_checks.pixel_problem); read_group refuses it
 
     @property
     def is_image(self) -> bool:
         return (
-            self.has_pixels
+            (self.has_pixels or bool(self.problem))
             and self.sop_class not in (SEG_SOP_CLASS, RTSTRUCT_SOP_CLASS)
             and self.modality not in _NON_IMAGE_MODALITIES
         )
@@ -234,6 +247,22 @@ class _Fast:
         return text
 
 
+def _set_problem(info: FileInfo, fast: _Fast, full) -> None:  # noqa: ANN001
+    """Flag an image file whose pixel data cannot be complete (missing, short, truncated, frame count)."""
+    if info.sop_class in (SEG_SOP_CLASS, RTSTRUCT_SOP_CLASS) or info.modality in _NON_IMAGE_MODALITIES:
+        return
+    rows, cols = int(fast.get("Rows", 0) or 0), int(fast.get("Columns", 0) or 0)
+    if not info.has_pixels:
+        # an image that lost its pixel data (truncated inside the header, or stripped)
+        if (rows and cols) or info.modality in _IMAGE_MODALITIES or info.sop_class in _IMAGE_SOP_CLASSES:
+            info.problem = "has no PixelData"
+        return
+    per = full.get("PerFrameFunctionalGroupsSequence") if "PerFrameFunctionalGroupsSequence" in full else None
+    info.problem = pixel_problem(full, info.path, rows=rows, cols=cols, frames=info.n_frames,
+                                 bits=info.bits_allocated, samples=info.samples_per_pixel,
+                                 per_frame=len(per) if per is not None else None) or ""
+
+
 def read_file_info(path: str | Path, *, ds=None) -> FileInfo:
     """Header facts of one file (pixel data not read).  Raises ReadError when it is not DICOM."""
     path = str(path)
@@ -246,6 +275,9 @@ def read_file_info(path: str | Path, *, ds=None) -> FileInfo:
         except (OSError, EOFError, ValueError, KeyError, TypeError) as exc:
             raise ReadError(f"cannot read DICOM {Path(path).name}: {type(exc).__name__}: {exc}", file=path,
                             hint="the file is truncated or damaged; re-download it") from exc
+    if len(ds) == 0:
+        raise ReadError(f"{shown(path)}: no data elements after the file meta header (truncated?)", file=path,
+                        hint="the file is truncated or damaged; re-download it")
     meta = getattr(ds, "file_meta", None)
     ts = str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
     full = ds
@@ -271,8 +303,9 @@ def read_file_info(path: str | Path, *, ds=None) -> FileInfo:
         photometric=str(ds.get("PhotometricInterpretation", "MONOCHROME2")),
         n_frames=n_frames,
     )
-    if not info.is_image:
-        return info
+    _set_problem(info, ds, full)
+    if not info.is_image or (info.problem and n_frames > 1):
+        return info  # a damaged multi-frame file gets no per-frame geometry (its NumberOfFrames may be a lie)
     if 0x7FE00010 in full:
         raw = full.get_item(0x7FE00010, keep_deferred=True)
         tell = getattr(raw, "value_tell", None)
@@ -320,7 +353,7 @@ def list_files(paths: str | Path | Iterable[str | Path]) -> list[Path]:
         elif p.is_file():
             out.append(p)
         else:
-            raise ReadError(f"not found: {p}", file=str(p), hint="check the card's layout paths")
+            raise ReadError(f"not found: {shown(p)}", file=str(p), hint="check the card's layout paths")
     return sorted(set(out))
 
 
@@ -351,6 +384,8 @@ def scan_files(files: Sequence[str | Path], *, strict: bool = False, workers: in
 
     results = _map(one, [str(f) for f in files], workers)
     for f, r in zip(files, results):
+        if isinstance(r, ReadError) and looks_like_dicom(f):
+            raise damaged_file_error(str(f), str(r).split(": ", 1)[-1])
         if isinstance(r, ReadError):
             skipped.append(Path(f).name)
         else:
@@ -398,7 +433,7 @@ def group_series(infos: Sequence[FileInfo]) -> dict[str, SeriesGroup]:
 def choose_series(groups: dict[str, SeriesGroup], series_uid: str | None, where: str) -> tuple[SeriesGroup, list[str]]:
     notes: list[str] = []
     if not groups:
-        raise ReadError(f"no DICOM image series found in {where}", file=where,
+        raise ReadError(f"no DICOM image series found in {shown(where)}", file=where,
                         hint="the folder holds no CT/MR/PET image files (only SEG/RTSTRUCT or non-DICOM files?)")
     if series_uid is not None:
         if series_uid not in groups:
@@ -753,6 +788,9 @@ def read_series(
         where = str(Path(os.path.commonpath([str(p) for p in paths]))) if paths else "?"
     files = list_files(paths)
     infos, skipped = scan_files(files, workers=workers)
+    for info in infos:  # a damaged image without its SeriesInstanceUID would form a "series" of its own
+        if info.problem and not info.series_uid:
+            raise_if_damaged(info.path, info.problem)
     groups = group_series(infos)
     group, notes = choose_series(groups, series_uid, where)
     return read_group(group, notes=notes + ([f"skipped {len(skipped)} non-DICOM file(s): {', '.join(skipped[:5])}"] if skipped else []), workers=workers)
@@ -761,6 +799,8 @@ def read_series(
 def read_group(group: SeriesGroup, *, notes: list[str] | None = None, workers: int | None = None) -> DicomSeries:
     """Pixels + geometry of one grouped series."""
     notes = list(notes or [])
+    for f in group.files:
+        raise_if_damaged(f.path, f.problem)
     slices = [s for f in group.files for s in f.slices]
     slices, normal, facts = sort_slices(slices)
     notes.extend(facts["notes"])
@@ -769,7 +809,8 @@ def read_group(group: SeriesGroup, *, notes: list[str] | None = None, workers: i
     first = slices[0]
     rows, cols = first.rows, first.cols
     multi = any(f.n_frames > 1 for f in group.files)
-
+    itemsize = max(max(1, f.bits_allocated // 8) for f in group.files)
+    check_decoded(len(slices) * rows * cols * itemsize, first.path, f"pixel data ({len(slices)} slices)")
     stack = _read_stack(group.files, index, (len(slices), rows, cols), workers)
     slopes = np.array([s.slope for s in slices], dtype=float)
     intercepts = np.array([s.intercept for s in slices], dtype=float)
@@ -815,7 +856,8 @@ class DicomIndex:
     series: dict[str, SeriesGroup]
     segs: list  # list[pipeline.ingest.readers.dicom_seg.SegHeader]
     rtstructs: list  # list[pipeline.ingest.readers.rtstruct.RtStructHeader]
-    skipped: list[str]  # non-DICOM / unreadable files (names)
+    skipped: list[str]  # non-DICOM files (names)
+    damaged: list[tuple[str, str]] = field(default_factory=list)  # (path, reason): DICOM files that cannot be read
 
 
 def index_dicom(paths: str | Path | Iterable[str | Path], *, workers: int | None = None) -> DicomIndex:
@@ -829,8 +871,8 @@ def index_dicom(paths: str | Path | Iterable[str | Path], *, workers: int | None
     def one(f: Path):
         try:
             ds = pydicom.dcmread(str(f), defer_size=_DEFER)
-        except (InvalidDicomError, OSError, EOFError, ValueError, KeyError, TypeError):
-            return None
+        except (InvalidDicomError, OSError, EOFError, ValueError, KeyError, TypeError) as exc:
+            return (str(f), type(exc).__name__) if looks_like_dicom(f) else None
         sop_class = str(ds.get("SOPClassUID", ""))
         modality = str(ds.get("Modality", ""))
         try:
@@ -839,23 +881,29 @@ def index_dicom(paths: str | Path | Iterable[str | Path], *, workers: int | None
             if sop_class == RTSTRUCT_SOP_CLASS or modality == "RTSTRUCT":
                 return read_rtstruct_header(str(f), ds)
             return read_file_info(str(f), ds=ds)
-        except (ReadError, ValueError, TypeError, KeyError, AttributeError):
-            return None
+        except ReadError as exc:
+            return (str(f), str(exc).split(": ", 1)[-1])
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            return (str(f), type(exc).__name__)
 
     from pipeline.ingest.readers.dicom_seg import SegHeader
     from pipeline.ingest.readers.rtstruct import RtStructHeader
 
-    infos, segs, rts, skipped = [], [], [], []
+    infos, segs, rts, skipped, damaged = [], [], [], [], []
     for f, r in zip(files, _map(one, files, workers)):
         if r is None:
             skipped.append(f.name)
+        elif isinstance(r, tuple):
+            damaged.append(r)
+        elif isinstance(r, FileInfo) and r.problem and not r.series_uid:  # cannot be put in its series
+            damaged.append((r.path, r.problem))
         elif isinstance(r, SegHeader):
             segs.append(r)
         elif isinstance(r, RtStructHeader):
             rts.append(r)
         else:
             infos.append(r)
-    return DicomIndex(group_series(infos), segs, rts, skipped)
+    return DicomIndex(group_series(infos), segs, rts, skipped, damaged)
 
 
 def write_synthetic_series(

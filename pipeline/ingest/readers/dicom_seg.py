@@ -27,8 +27,10 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 
 from pipeline.ingest.align import align_labels_to_image
+from pipeline.core.paths import shown
 from pipeline.ingest.readers import ReadError
 from pipeline.ingest.readers.dicom import SEG_SOP_CLASS, DicomSeries, _vec, short_uid
+from pipeline.ingest.readers.dicom_checks import check_decoded, pixel_problem, raise_if_damaged
 
 LABELMAP_SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.7"
 
@@ -109,10 +111,10 @@ class SegHeader:
 
 def _open(path: str | Path, *, pixels: bool):
     path = str(path)
-    try:
-        ds = pydicom.dcmread(path, stop_before_pixels=not pixels, defer_size=None if pixels else 4096)
+    try:  # large values (PixelData) deferred: their offset and length are known, nothing is read
+        ds = pydicom.dcmread(path, defer_size=None if pixels else 4096)
     except (InvalidDicomError, OSError, EOFError, ValueError, KeyError, TypeError) as exc:
-        raise ReadError(f"cannot read DICOM-SEG {Path(path).name}: {type(exc).__name__}: {exc}", file=path,
+        raise ReadError(f"cannot read DICOM-SEG {shown(path)}: {type(exc).__name__}", file=path,
                         hint="the file is truncated or not DICOM; re-download it") from exc
     sop_class = str(ds.get("SOPClassUID", ""))
     if sop_class not in (SEG_SOP_CLASS, LABELMAP_SEG_SOP_CLASS) and ds.get("Modality") != "SEG":
@@ -267,6 +269,16 @@ def _shared_geometry(ds) -> tuple[np.ndarray | None, np.ndarray | None, float | 
     return iop, ps, thick
 
 
+def _check_pixels(ds, hdr: SegHeader) -> None:  # noqa: ANN001
+    """Before any frame is built or decoded: the frame count and pixel data the header claims must be in
+    the file (a truncated SEG would decode its lost frames as empty) and under the decode limit."""
+    per = ds.get("PerFrameFunctionalGroupsSequence") if "PerFrameFunctionalGroupsSequence" in ds else None
+    bits = int(ds.get("BitsAllocated", 1 if hdr.segmentation_type == "BINARY" else 8) or 1)
+    raise_if_damaged(hdr.path, pixel_problem(ds, hdr.path, rows=hdr.rows, cols=hdr.cols, frames=hdr.n_frames,
+                                             bits=bits, per_frame=len(per) if per is not None else None))
+    check_decoded(hdr.n_frames * hdr.rows * hdr.cols, hdr.path, f"SEG frames ({hdr.n_frames})")
+
+
 def _binarise(frame: np.ndarray, hdr: SegHeader) -> np.ndarray:
     if hdr.segmentation_type == "FRACTIONAL":
         return frame >= 0.5 * hdr.max_fractional
@@ -283,6 +295,7 @@ def read_seg(path: str | Path, series: DicomSeries) -> SegVolume:
     if not hdr.segments:
         raise ReadError(f"{name}: the SEG describes no segment (empty SegmentSequence)", file=path,
                         hint="the SEG is malformed or empty; re-export it")
+    _check_pixels(ds, hdr)
     frames = _frames(ds, hdr)
     sop_index = series.sop_to_index
     frame_index = {(u, (f + 1) if f is not None else None): k
@@ -361,9 +374,11 @@ def _accumulate(path, hdr: SegHeader, frames: list[_Frame], targets: list[int | 
 
     masks: dict[int, dict[int, np.ndarray]] = {n: {} for n in hdr.segments}
     indices = [i for i, t in enumerate(targets) if t is not None]
+    done = 0
     try:
         it = iter_pixels(path, indices=indices)
         for i, px in zip(indices, it):
+            done += 1
             k = targets[i]
             fr = frames[i]
             if px.shape != shape[1:]:
@@ -384,6 +399,9 @@ def _accumulate(path, hdr: SegHeader, frames: list[_Frame], targets: list[int | 
     except Exception as exc:
         raise ReadError(f"cannot decode the frames of {Path(path).name}: {type(exc).__name__}: {exc}", file=path,
                         hint="the SEG's pixel data are damaged or use a transfer syntax without an installed decoder") from exc
+    if done != len(indices):
+        raise ReadError(f"{shown(path)}: only {done} of {len(indices)} frames could be decoded", file=path,
+                        hint="the SEG's pixel data are truncated; re-download or re-export it")
     return masks
 
 

@@ -7,18 +7,34 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from pipeline.core.limits import check_claim
+from pipeline.core.paths import shown
 from pipeline.ingest.readers import ReadError
+
+_LOSSY = {"JPEG", "MPO", "WEBP"}  # compression noise: a near-zero value is not a label
+
+
+_BANDS_BYTES = {"1": 1, "L": 1, "P": 1, "LA": 2, "RGB": 3, "YCbCr": 3, "RGBA": 4, "CMYK": 4, "I": 4, "F": 4}
 
 
 def _open(path: Path) -> Image.Image:
+    name = shown(path)
     if not path.is_file():
-        raise ReadError(f"file not found: {path}", file=str(path), hint="check the card's layout globs")
+        raise ReadError(f"file not found: {name}", file=str(path), hint="check the card's layout globs")
     try:
-        im = Image.open(path)
+        im = Image.open(path)  # reads the header only
+        w, h = im.size
+        # the size claimed by the header, checked before decoding (PNG: deflate cannot expand more than ~1032x)
+        check_claim(w * h * _BANDS_BYTES.get(im.mode, 2), file=str(path), name=name, what="pixels",
+                    available=path.stat().st_size if im.format == "PNG" else None, compressed=True)
         im.load()
         return im
+    except Image.DecompressionBombError as exc:
+        raise ReadError(f"{name}: header claims more than Pillow's limit of {2 * (Image.MAX_IMAGE_PIXELS or 0):,} "
+                        "pixels (a decompression bomb?)", file=str(path),
+                        hint="the image header is wrong or the image is not a medical image; re-export it") from exc
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise ReadError(f"cannot read image {path.name}: {exc}", file=str(path),
+        raise ReadError(f"cannot read image {name}: {type(exc).__name__}", file=str(path),
                         hint="the file is truncated or not an image; re-download it") from exc
 
 
@@ -77,4 +93,19 @@ def read_mask(path: str | Path, *, threshold: int = 127, mode: str = "binary") -
         grey = arr
     if grey.dtype != np.uint8 and np.issubdtype(grey.dtype, np.integer) and grey.max(initial=0) > 255:
         return (grey > 0).astype(np.uint8)
-    return (grey > threshold).astype(np.uint8)
+    return _binary(grey, threshold, path, im.format or "")
+
+
+def _binary(grey: np.ndarray, threshold: int, path: Path, fmt: str) -> np.ndarray:
+    """Foreground above ``threshold``.  A losslessly stored mask that is non-zero somewhere but never
+    above the threshold would silently become empty: 0/1 masks are read as 0/1 (foreground > 0), any
+    other such mask is an error saying which threshold would work (JPEG noise near 0 stays background)."""
+    fg = grey > threshold
+    top = float(grey.max(initial=0))
+    if fg.any() or top == 0 or fmt in _LOSSY:
+        return fg.astype(np.uint8)
+    if top == 1:
+        return (grey > 0).astype(np.uint8)
+    raise ReadError(f"mask {shown(path)}: every value is <= the threshold {threshold} (largest {top:g}), so it "
+                    "would be empty", file=str(path),
+                    hint=f"the mask stores small values: set the card's layout.threshold below {top:g} (e.g. 0)")

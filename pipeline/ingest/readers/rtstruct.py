@@ -26,6 +26,7 @@ import numpy as np
 import pydicom
 from pydicom.errors import InvalidDicomError
 
+from pipeline.core.paths import shown
 from pipeline.ingest.readers import ReadError
 from pipeline.ingest.readers.dicom import RTSTRUCT_SOP_CLASS, DicomSeries, short_uid
 from pipeline.ingest.readers.dicom_seg import Code, _code, _pack
@@ -131,6 +132,29 @@ def read_rtstruct_header(path: str | Path, ds=None) -> RtStructHeader:
     )
 
 
+MAX_COORD_MM = 1e5  # 100 m: no patient coordinate is further from the origin
+_HINT_CONTOUR = ("the structure set's ContourData are damaged or belong to another frame of reference; "
+                 "re-export the RTSTRUCT")
+
+
+def _check_points(pts: np.ndarray, path: str, roi: str) -> None:
+    """Refuse contour points that cannot be real: non-finite or beyond 100 m."""
+    worst = float(np.abs(pts).max())
+    if not np.isfinite(worst) or worst > MAX_COORD_MM:
+        raise ReadError(f"{shown(path)}: a contour of ROI {roi!r} has a point at {worst:.3g} mm", file=path,
+                        hint=_HINT_CONTOUR)
+
+
+def _check_in_plane(rc: np.ndarray, shape: tuple[int, int], path: str, roi: str) -> None:
+    """Refuse a contour reaching more than a whole image size outside its slice: a damaged file would
+    otherwise fill the whole image and give a full-image box."""
+    R, C = shape
+    lo, hi = rc.min(axis=0), rc.max(axis=0)
+    if lo[0] < -R or lo[1] < -C or hi[0] > 2 * R or hi[1] > 2 * C:
+        raise ReadError(f"{shown(path)}: a contour of ROI {roi!r} reaches more than an image size outside the "
+                        f"{C}x{R} slice", file=path, hint=_HINT_CONTOUR)
+
+
 def fill_even_odd(polygons: list[np.ndarray], shape: tuple[int, int]) -> np.ndarray:
     """Rasterise polygons given as (N, 2) continuous (row, col) vertices with the even-odd rule.
 
@@ -231,6 +255,8 @@ def _check_references(hdr: RtStructHeader, series: DicomSeries, name: str) -> li
 class _Placed:
     """Contours of the wanted ROIs placed on slices, with counts of what was not placed."""
 
+    path: str = ""  # the RTSTRUCT (error messages)
+    roi_names: dict[int, str] = field(default_factory=dict)
     polys: dict[int, dict[int, list[np.ndarray]]] = field(default_factory=dict)
     skipped_types: dict[str, int] = field(default_factory=dict)
     off_slice: int = 0
@@ -244,8 +270,11 @@ class _Placed:
             return
         data = contour.get("ContourData")
         if not data or len(data) < 9 or len(data) % 3:
+            key = f"{gtype} with fewer than 3 points"  # counted and noted like other non-area contours
+            self.skipped_types[key] = self.skipped_types.get(key, 0) + 1
             return
         pts = np.asarray([float(v) for v in data], dtype=float).reshape(-1, 3)
+        _check_points(pts, self.path, self.roi_names.get(n, str(n)))
         k, k_uid = _place(series, pts, contour, sop_index)
         if k is not None and k_uid is not None and k != k_uid:
             self.disagree += 1
@@ -254,7 +283,9 @@ class _Placed:
             self.off_slice += 1
             return
         self.off_plane = max(self.off_plane, float(np.max(np.abs(pts @ series.normal - series.slice_offsets[k]))))
-        self.polys.setdefault(n, {}).setdefault(k, []).append(series.to_rc(pts, k))
+        rc = series.to_rc(pts, k)
+        _check_in_plane(rc, (series.shape[1], series.shape[2]), self.path, self.roi_names.get(n, str(n)))
+        self.polys.setdefault(n, {}).setdefault(k, []).append(rc)
 
     def notes(self, name: str, series: DicomSeries) -> list[str]:
         out = [f"{name}: {cnt} {gtype or 'untyped'} contour(s) skipped (not closed areas)"
@@ -278,7 +309,7 @@ def read_rtstruct(path: str | Path, series: DicomSeries, *, rois: list[int] | No
     notes = _check_references(hdr, series, name)
     sop_index = series.sop_to_index
     K, R, C = series.shape
-    placed = _Placed()
+    placed = _Placed(path=path, roi_names={n: r.name for n, r in hdr.rois.items()})
     for it in ds.get("ROIContourSequence") or []:
         n = int(it.get("ReferencedROINumber", -1) or -1)
         if n not in hdr.rois or (rois is not None and n not in rois):
