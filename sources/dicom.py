@@ -179,12 +179,12 @@ class _DicomBase(SourceAdapter):
         idx = self._index()
         anns = idx.segs if self.role == "seg" else idx.rtstructs
         by_sop: dict[str, str] = {}
-        for uid, g in idx.series.items():
+        for series_uid, g in idx.series.items():
             for f in g.files:
-                by_sop[f.sop_uid] = uid
+                by_sop[f.sop_uid] = series_uid
         refs = []
         for h in anns:
-            uid = next((u for u in h.referenced_series_uids if u in idx.series), None)
+            uid: str | None = next((u for u in h.referenced_series_uids if u in idx.series), None)
             if uid is None:
                 uid = next((by_sop[s] for s in h.referenced_sop_uids if s in by_sop), None)
             ann = Path(h.path)

@@ -36,7 +36,7 @@ def _to_regions(found, width: int, height: int) -> list[Region]:
         out.append(
             Region(
                 term=r.term,
-                box_px=tuple(int(v) for v in r.box_px),
+                box_px=(int(r.box_px[0]), int(r.box_px[1]), int(r.box_px[2]), int(r.box_px[3])),
                 box=normalise_box(r.box_px, width, height),
                 area=int(r.area),
                 component=int(r.component),
