@@ -27,7 +27,8 @@ from pipeline.ingest.align import align_labels_to_image
 from pipeline.core.paths import shown
 from pipeline.ingest.geometry import CanonicalGeometry, to_canonical
 from pipeline.ingest.readers import ReadError
-from pipeline.ingest.readers.nifti import read_nifti
+from pipeline.ingest.packing import LayerPacker, MaskRuns
+from pipeline.ingest.readers.nifti import read_mask_runs, read_nifti
 from sources.base import SourceAdapter
 from sources.layouts import Layout3D
 from sources.terms import label_table
@@ -69,6 +70,18 @@ class NiftiLayout(Layout3D):
         return self
 
 
+def _mask_runs(f: Path, image_shape: tuple[int, ...], img_aff: np.ndarray, notes: list[str]) -> MaskRuns:
+    """One structure's mask on the image grid, as runs in Fortran order (resampled when its grid differs)."""
+    got = read_mask_runs(f, notes=notes)
+    if got is not None and got[0].shape == tuple(image_shape) and np.allclose(got[1], img_aff, atol=1e-3):
+        return got[0]
+    mask, aff = read_nifti(f, integer_labels=True, notes=notes)
+    if mask.shape != image_shape or not np.allclose(aff, img_aff, atol=1e-3):
+        mask, note = align_labels_to_image(mask, aff, image_shape, img_aff, label_file=str(f))
+        notes.append(note)
+    return MaskRuns.from_array(mask > 0, "F")
+
+
 class NiftiLabelmapAdapter(SourceAdapter):
     name = "nifti_labelmap"
     formats = ("nifti",)
@@ -106,36 +119,35 @@ class NiftiLabelmapAdapter(SourceAdapter):
         if not files:
             raise ReadError(f"mask folder {shown(folder)} holds no .nii/.nii.gz file", file=str(folder),
                             hint="point `labels` at a label map or a folder of per-structure masks")
-        layers: list[tuple[np.ndarray, dict[int, str]]] = []
         # keep the dataset's own ids where the card's label map knows the term (meta.regions.label_id)
         id_of = {t: int(k) for k, t in label_table(self.card).items() if k.isdigit()}
         next_id = max(id_of.values(), default=0) + 1
+        # layers in the files' (Fortran) order: no transposing copy while packing or in the box pass; uint8
+        # when every id that can be given fits (TotalSegmentator: half the memory, twice the box-pass speed)
+        dtype = np.uint8 if next_id + len(files) <= 256 else np.uint16
+        packer = LayerPacker(image_shape, order="F", dtype=dtype)
+        names: list[dict[int, str]] = []
+        used: set[int] = set()
         for f in files:
             label = f.name[: -len(".nii.gz")] if f.name.endswith(".nii.gz") else f.name[: -len(".nii")]
             term = self.term_for(label)
             if term is None:
                 notes.append(f"mask {f.name} has no term in card {self.card.name}; skipped")
                 continue
-            mask, aff = read_nifti(f, integer_labels=True, notes=notes)
-            if mask.shape != image_shape or not np.allclose(aff, img_aff, atol=1e-3):
-                mask, note = align_labels_to_image(mask, aff, image_shape, img_aff, label_file=str(f))
-                notes.append(note)
-            fg = mask > 0
-            if not fg.any():
+            runs = _mask_runs(f, image_shape, img_aff, notes)
+            if not runs:
                 continue
-            target = next((layer for layer in layers if not layer[0][fg].any()), None)  # first it does not overlap
-            if target is None:
-                target = (np.zeros(image_shape, np.uint16), {})
-                layers.append(target)
-            arr, names = target
             lid = id_of.get(term)
-            if lid is None or any(lid in n for _, n in layers):
+            if lid is None or lid in used:
                 lid, next_id = next_id, next_id + 1
-            arr[fg] = lid
-            names[lid] = term
-        if len(layers) > 1:
-            notes.append(f"overlapping masks in {folder.name}: stored as {len(layers)} label layers")
-        return layers
+            layer = packer.add(lid, runs)
+            if layer == len(names):
+                names.append({})
+            names[layer][lid] = term
+            used.add(lid)
+        if len(names) > 1:
+            notes.append(f"overlapping masks in {folder.name}: stored as {len(names)} label layers")
+        return list(zip(packer.layers, names, strict=True))
 
     def load(self, ref: CaseRef) -> Study:
         notes: list[str] = []
