@@ -163,9 +163,36 @@ def diff(
 
 
 @app.command()
-def sources() -> None:
+def validators() -> None:
+    """List the registered validators (built-ins and medreg.validators entry points)."""
+    from pipeline.validate.registry import registered
+
+    t = Table(title="validators")
+    for col in ("validator", "level", "model/GPU", "config", "from", "description"):
+        t.add_column(col)
+    for name, info in registered().items():
+        t.add_row(*(Text(x) for x in (name, info.level, "yes" if info.needs_model else "no",
+                                      info.config_model.__name__, info.origin, info.description)))
+    console.print(t)
+
+
+@app.command()
+def sources(
+    layout: Annotated[str | None, typer.Option("--layout", help="print the layout keys of this adapter")] = None,
+) -> None:
     """List adapters (format families) and shipped source cards with modality and licence."""
     from sources.base import adapters, builtin_cards, load_card
+
+    if layout is not None:
+        from sources.layouts import layout_markdown
+
+        table = adapters()
+        if layout not in table:
+            err.print(f"[red]error:[/red] no adapter {layout!r}; registered: {', '.join(sorted(table))}")
+            raise typer.Exit(2)
+        text = layout_markdown(layout, table[layout].layout_model)
+        console.print(text, markup=False, highlight=False, soft_wrap=True)
+        return
 
     t = Table(title="adapters")
     for col in ("adapter", "formats", "description"):
@@ -186,17 +213,25 @@ def sources() -> None:
 
 
 @app.command()
-def inspect(path: Path = typer.Argument(..., help="a file or folder to describe")) -> None:
+def inspect(
+    path: Path = typer.Argument(..., help="a file or folder to describe"),
+    card: Annotated[str | None, typer.Option("--card", help="also check this card (shipped name or YAML path)")] = None,
+) -> None:
     """Tell what a file or folder is (format, geometry, labels) so you can write a card for it."""
-    try:
-        from pipeline.ingest.inspect import format_inspection, inspect_path
-    except ImportError:  # pragma: no cover
-        err.print("inspect is not available in this build")
-        raise typer.Exit(2) from None
+    from pipeline.ingest.inspect import format_inspection, inspect_path
+
     if not path.exists():
         err.print(f"[red]error:[/red] {path} does not exist")
         raise typer.Exit(2)
     console.print(format_inspection(inspect_path(path)), markup=False, highlight=False)
+    if card is not None:
+        from sources.base import card_problems
+
+        problems = card_problems(card)
+        for problem in problems:
+            console.print(f"card problem: {problem}", markup=False, highlight=False, soft_wrap=True)
+        if not problems:
+            console.print(f"card {card}: loads; every label maps to a known term", markup=False, soft_wrap=True)
 
 
 @app.command()

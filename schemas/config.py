@@ -168,6 +168,9 @@ class ReleaseConfig(BaseModel):
     previous: str | None = None
     licences: LicenceFilter = Field(default_factory=LicenceFilter)
     duplicates: DuplicateConfig = Field(default_factory=DuplicateConfig)
+    # extra glossary files (same format as pipeline/language/data/glossary/*.yaml), relative to this file
+    glossary: list[str] = Field(default_factory=list)
+    config_path: str | None = Field(default=None, exclude=True)  # the YAML it was read from (load_config)
 
     @model_validator(mode="after")
     def _check_validation(self) -> ReleaseConfig:
@@ -181,6 +184,11 @@ class ReleaseConfig(BaseModel):
         """The config as the release records it: everything but ``runner`` (how a build runs - serial,
         local processes or a cluster - never changes what it builds)."""
         return self.model_dump(mode="json", exclude={"runner"})
+
+    def glossary_paths(self) -> list[Path]:
+        """The ``glossary`` files as paths: relative ones are relative to the config file (else the cwd)."""
+        base = Path(self.config_path).parent if self.config_path else Path(".")
+        return [p if p.is_absolute() else base / p for p in (Path(g).expanduser() for g in self.glossary)]
 
     def canonical_json(self) -> bytes:
         """Stable serialisation (sorted keys) used for the config hash and the manifest."""
@@ -197,7 +205,9 @@ def load_config(path: str | Path) -> ReleaseConfig:
         raise FileNotFoundError(f"release config {path} not found; see examples/demo.yaml for a template")
     data = load_yaml(path, what="release config", name=str(path))
     try:
-        return ReleaseConfig.model_validate(data)
+        cfg = ReleaseConfig.model_validate(data)
+        cfg.config_path = str(path)
+        return cfg
     except ValidationError as exc:
         lines = [f"{path}: invalid release config:"] + [f"  {line}" for line in validation_lines(exc)]
         raise ValueError("\n".join(lines)) from None

@@ -9,15 +9,19 @@ from pipeline.ingest.guard import discover_cases
 from pipeline.ingest.readers import ReadError
 from pipeline.release.plan import FingerprintCache, Plan, SourcePlan, make_jobs
 from pipeline.release.store import Store
+from pipeline.validate.registry import check_config
 from pipeline.versions.licences import exclusion_reason
 from schemas.config import LicenceFilter, ReleaseConfig, SourceUse
+from schemas.language import TermSpec
 from schemas.records import ErrorRecord, ExcludedSource
 from sources.base import get_adapter, load_card
+from sources.terms import load_release_terms
 
 
-def _source(use: SourceUse, samples_root: Path | None, licences: LicenceFilter) -> SourcePlan | ExcludedSource:
+def _source(use: SourceUse, samples_root: Path | None, licences: LicenceFilter,
+            release_terms: dict[str, TermSpec]) -> SourcePlan | ExcludedSource:
     try:
-        card = load_card(use.card)
+        card = load_card(use.card, release_terms=release_terms)
     except Exception as exc:  # a broken card is this source's error, reported by the driver
         name = Path(use.card).name  # a path: its file name only (no build-machine folders)
         return SourcePlan(use, name, error=_error(name, exc))
@@ -55,8 +59,11 @@ def _error(name: str, exc: BaseException) -> ErrorRecord:
 def make_plan(cfg: ReleaseConfig, samples_root: Path | None, out_dir: str | Path | None = None) -> Plan:
     """Sources, cases and part keys of a release config.  Input-file hashes are memoised in the store of
     ``out_dir`` (a rerun re-reads only files whose size, mtime or inode changed).  Sources whose licence the
-    config's ``licences`` filter refuses are not discovered; they are listed in ``Plan.excluded``."""
-    planned = [_source(use, samples_root, cfg.licences) for use in cfg.sources]
+    config's ``licences`` filter refuses are not discovered; they are listed in ``Plan.excluded``.  Unknown
+    validators and broken glossary files (the config's ``glossary:``) stop the plan before any case."""
+    check_config(cfg.validation)
+    release_terms = load_release_terms(cfg)
+    planned = [_source(use, samples_root, cfg.licences, release_terms) for use in cfg.sources]
     sources = [p for p in planned if isinstance(p, SourcePlan)]
     excluded = [p for p in planned if isinstance(p, ExcludedSource)]
     cache = FingerprintCache(Store.for_output(out_dir).fingerprints if out_dir is not None else None)

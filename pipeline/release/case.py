@@ -86,9 +86,6 @@ def task_mix(cfg: ReleaseConfig, use: SourceUse | None) -> TaskMix:
     )
 
 
-def card_vocabulary(card: SourceCard) -> list[str]:
-    """Terms this source can emit (for absent-target negatives)."""
-    return sorted(set(card.label_table().values()))
 
 
 def _relative(path: str | None, root: Path | None) -> str | None:
@@ -266,7 +263,7 @@ def process_case(
         return res
     study, conv = loaded
     mix = task_mix(cfg, use)
-    vocab = card_vocabulary(card)
+    vocab = adapter.vocabulary()  # terms this source can emit (absent-target negatives)
     body_region = study.transform.get("body_region") or card.body_region
     transform = {k: v for k, v in study.transform.items() if k != "body_region"}
     rules = _region_rules(case_validators, cfg)

@@ -56,6 +56,10 @@ def _image_key(item: ValidationItem) -> tuple[str, ...]:
 class RulesValidator:
     name = "rules"
     version = "2"
+    level = "case"  # pipeline.validate.registry: runs on each case's rows, inside the case task
+    needs_model = False
+    config_model = RulesConfig
+    description = "cheap CPU checks on every sample: box sizes, blank boxes, box text, laterality, orientation"
 
     def __init__(self, config: RulesConfig | None = None, *, glossary: Any | None = None) -> None:
         self.config = config or RulesConfig()
