@@ -52,9 +52,17 @@ def build(
         err.print(f"[red]error:[/red] {escape(str(exc))}")
         raise typer.Exit(1) from None
     _print_summary(release)
-    for e in errors:
-        err.print(f"[yellow]case error:[/yellow] {escape(e)}")
+    print_case_errors(errors)
     console.print(f"release: {release}", markup=False, highlight=False)
+
+
+def print_case_errors(errors: list[str]) -> None:
+    """One line per case error; the text is data, never Rich markup (a path like ``cases[/x].jpg`` would be
+    read as a closing tag and crash the console)."""
+    from rich.markup import escape
+
+    for e in errors:
+        err.print(f"[yellow]case error:[/yellow] {escape(e)}", highlight=False)
 
 
 class _ProgressBar:

@@ -173,3 +173,31 @@ def test_kill_9_of_a_prefect_build_stops_its_temporary_server(tmp_path, samples)
     while time.time() < deadline and Path(f"/proc/{server}").exists():
         time.sleep(0.2)
     assert not Path(f"/proc/{server}").exists(), "the temporary Prefect server outlived its build"
+
+
+def test_case_errors_with_markup_characters_print_as_text(capsys):
+    """Issue 9 item 10: a case error naming ``[/path]`` crashed the console with a Rich MarkupError."""
+    from flows import cli
+
+    cli.print_case_errors(["kvasir-seg/c1 (load) [cases[/x].jpg]: unreadable [/bold] -> fix it"])
+    err = capsys.readouterr().err
+    assert "[cases[/x].jpg]" in err and "[/bold]" in err
+
+
+def test_changing_one_card_rebuilds_only_that_sources_cases(tmp_path, samples):
+    from flows.run import run_build
+
+    card = tmp_path / "kvasir.yaml"
+    card.write_text((REPO / "sources" / "cards" / "kvasir-seg.yaml").read_text())
+    cfg = {"name": "k", "version": "1", "seed": 1, "samples_root": str(samples),
+           "sources": [{"card": str(card)}, {"card": "totalseg-mr"}], "slicing": {"max_slices_per_case": 2},
+           "runner": {"kind": "serial"}}
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    first = run_build(path, tmp_path / "out")
+    assert (first.built, first.cached) == (6, 0)
+    card.write_text(card.read_text().replace("title: Kvasir-SEG", "title: Kvasir-SEG (renamed)"))
+    second = run_build(path, tmp_path / "out")
+    assert (second.built, second.cached) == (5, 1)  # the five Kvasir cases; the MR case is reused
+    third = run_build(path, tmp_path / "out")
+    assert (third.built, third.cached) == (0, 6)
