@@ -59,6 +59,10 @@ class TaskConfig(BaseModel):
     # region -> text answer for one region: name (the display name alone, as MedRegA's references) or
     # sentence (a sentence naming it, under its own system prompt: needs system_prompt inline or turn)
     region_to_text_answer: Literal["name", "sentence"] = "name"
+    # grounded reports of report-grounded sources (slices carrying report sentences): report = the lines are the
+    # report's own sentences (meta.text_source "report"); template = the template sentences as for any source;
+    # both = one of each (to compare the two, e.g. with `medreg eval`)
+    grounded_text: Literal["report", "template", "both"] = "report"
 
     @model_validator(mode="after")
     def _answer_style_needs_its_prompt(self) -> TaskConfig:
