@@ -24,6 +24,9 @@ class SourceUse(BaseModel):
     box_policy: BoxPolicy | None = None  # override the card's box policy
     tasks: dict[str, float] | None = None  # override the release task mix for this source
     langs: list[Literal["en", "zh"]] | None = None
+    # report-grounded sources: the accepted-translations file to use instead of the card's report.translations
+    # (relative to the release config's folder is not assumed: give it relative to where the build runs, or absolute)
+    translations: str | None = None
 
 
 class SlicingConfig(BaseModel):

@@ -20,6 +20,12 @@ def _source(use: SourceUse, samples_root: Path | None) -> SourcePlan:
     except Exception as exc:  # a broken card is this source's error, reported by the driver
         name = Path(use.card).name  # a path: its file name only (no build-machine folders)
         return SourcePlan(use, name, error=_error(name, exc))
+    if use.translations is not None:  # the release config points the source at other accepted translations
+        if card.report is None:
+            return SourcePlan(use, card.name, error=_error(card.name, ValueError(
+                f"`translations` is set for source {card.name}, whose card has no `report:` section")))
+        path = str(Path(use.translations).expanduser().resolve())
+        card = card.model_copy(update={"report": card.report.model_copy(update={"translations": path})})
     sp = SourcePlan(use, card.name, card=card)
     try:
         root = Path(use.root).expanduser() if use.root else card.resolve_root(samples_root)
