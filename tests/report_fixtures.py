@@ -62,16 +62,16 @@ def _imagenome(root: Path) -> None:
 
 
 def _ct_volume(seed: int, shape: tuple[int, int, int] = (96, 96, 20)) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """A chest CT in RAS voxel order (x: patient right -> left, y: posterior -> anterior, z: up) and its masks."""
+    """A chest CT in RAS+ voxel order (x: towards the patient's right, y: anterior, z: up) and its masks."""
     rng = np.random.default_rng(seed)
     nx, ny, nz = shape
     x, y, z = np.mgrid[0:nx, 0:ny, 0:nz].astype(np.float32)
     vol = np.full(shape, -1000.0, np.float32)
     body = ((x - nx / 2) / (0.45 * nx)) ** 2 + ((y - ny / 2) / (0.4 * ny)) ** 2 < 1
     vol[body] = 40
-    right = (((x - 0.3 * nx) / (0.14 * nx)) ** 2 + ((y - 0.5 * ny) / (0.25 * ny)) ** 2 < 1) & (z >= 2)
-    left = (((x - 0.7 * nx) / (0.14 * nx)) ** 2 + ((y - 0.5 * ny) / (0.25 * ny)) ** 2 < 1) & (z >= 2)
-    heart = (((x - 0.55 * nx) / (0.1 * nx)) ** 2 + ((y - 0.62 * ny) / (0.1 * ny)) ** 2 < 1) & (z < 12)
+    right = (((x - 0.7 * nx) / (0.14 * nx)) ** 2 + ((y - 0.5 * ny) / (0.25 * ny)) ** 2 < 1) & (z >= 2)
+    left = (((x - 0.3 * nx) / (0.14 * nx)) ** 2 + ((y - 0.5 * ny) / (0.25 * ny)) ** 2 < 1) & (z >= 2)
+    heart = (((x - 0.45 * nx) / (0.1 * nx)) ** 2 + ((y - 0.62 * ny) / (0.1 * ny)) ** 2 < 1) & (z < 12)
     trachea = (((x - 0.5 * nx) / 4) ** 2 + ((y - 0.55 * ny) / 4) ** 2 < 1) & (z >= 12)
     vol[right | left] = -850
     vol[heart] = 45
@@ -107,15 +107,15 @@ def _generic(root: Path) -> None:
     yy, xx = np.mgrid[0:256, 0:256]
     heart[((xx - 140) / 38) ** 2 + ((yy - 160) / 33) ** 2 < 1] = 255
     _save(heart, root / "masks" / "case_b_heart.png")
-    # an abdominal CT (RAS): liver on the patient's right (low x), spleen on the left
+    # an abdominal CT (RAS+: x grows towards the patient's right): liver on the right (high x), spleen on the left
     rng = np.random.default_rng(33)
     shape = (80, 80, 12)
     x, y, _z = np.mgrid[0:shape[0], 0:shape[1], 0:shape[2]].astype(np.float32)
     vol = np.full(shape, -1000.0, np.float32)
     vol[((x - 40) / 36) ** 2 + ((y - 40) / 30) ** 2 < 1] = 20
     labels = np.zeros(shape, np.uint8)
-    labels[((x - 24) / 14) ** 2 + ((y - 44) / 16) ** 2 < 1] = 1
-    labels[((x - 60) / 8) ** 2 + ((y - 34) / 8) ** 2 < 1] = 2
+    labels[((x - 56) / 14) ** 2 + ((y - 44) / 16) ** 2 < 1] = 1
+    labels[((x - 20) / 8) ** 2 + ((y - 34) / 8) ** 2 < 1] = 2
     vol[labels == 1] = 60
     vol[labels == 2] = 45
     vol += rng.normal(0, 12, shape)
