@@ -25,7 +25,7 @@ class SourceUse(BaseModel):
     tasks: dict[str, float] | None = None  # override the release task mix for this source
     langs: list[Literal["en", "zh"]] | None = None
     # report-grounded sources: the accepted-translations file to use instead of the card's report.translations
-    # (relative to the release config's folder is not assumed: give it relative to where the build runs, or absolute)
+    # (relative to where the build runs, or absolute)
     translations: str | None = None
 
 

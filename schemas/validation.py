@@ -52,7 +52,8 @@ class RulesConfig(_Cfg):
     centre_verdict: Literal["flag", "fail"] = "flag"
     text_laterality_axes: list[str] = Field(
         default_factory=lambda: ["2d", "axial", "coronal"],
-        description="axes on which a report sentence's side word is checked against its boxes (patient right = image left)",
+        description="axes on which a report sentence's side word is checked against its boxes (patient right is "
+        "image left)",
     )
     text_laterality_modalities: list[str] = Field(default_factory=lambda: ["XR", "CT", "MR", "PET"])
     text_laterality_margin: float = Field(

@@ -37,7 +37,7 @@ from typing import Any
 import orjson
 
 from pipeline.core.paths import shown
-from pipeline.core.types import CaseRef, PixelBoxAnnotation, Study
+from pipeline.core.types import CaseRef, PixelBoxAnnotation, RegionSentence, Study
 from pipeline.ingest.readers import ReadError
 from pipeline.language.report_text import clean_sentence
 from sources.reports import ReportAdapter
@@ -101,7 +101,8 @@ class ImaGenomeAdapter(ReportAdapter):
         try:
             doc = orjson.loads(path.read_bytes())
         except orjson.JSONDecodeError as exc:
-            raise ReadError(f"{path.name}: not JSON ({exc})", file=str(path), hint="re-download the scene graph") from None
+            raise ReadError(f"{path.name}: not JSON ({exc})", file=str(path),
+                            hint="re-download the scene graph") from None
         if not isinstance(doc, dict) or not isinstance(doc.get("objects"), list):
             raise ReadError(f"{path.name}: no `objects` list", file=str(path),
                             hint="this adapter reads Chest ImaGenome's scene_graph JSON as published")
@@ -140,7 +141,7 @@ class ImaGenomeAdapter(ReportAdapter):
         h, w = image.shape[:2]
         notes: list[str] = []
         boxes, terms = self._boxes(doc, sg.name, w, h, notes)
-        report = []
+        report: list[RegionSentence] = []
         for name, phrase, negated in self._phrases(doc):
             if name in terms:
                 sent = self.sentence(terms[name], phrase, f"{sg.name} {name}", notes, negated=negated)

@@ -28,7 +28,7 @@ import re
 from pathlib import Path
 
 from pipeline.core.paths import shown
-from pipeline.core.types import CaseRef, PixelBoxAnnotation, Study
+from pipeline.core.types import CaseRef, PixelBoxAnnotation, RegionSentence, Study
 from pipeline.ingest.readers import ReadError
 from pipeline.language.report_text import clean_sentence
 from sources.reports import ReportAdapter
@@ -86,7 +86,8 @@ class MsCxrAdapter(ReportAdapter):
         image = read_image(path)
         h, w = image.shape[:2]
         notes: list[str] = []
-        boxes, report = [], []
+        boxes: list[PixelBoxAnnotation] = []
+        report: list[RegionSentence] = []
         for r in ref.extra["rows"]:
             where = f"{table} line {r['line']}"
             try:
@@ -110,7 +111,8 @@ class MsCxrAdapter(ReportAdapter):
             boxes.append(PixelBoxAnnotation(term, (max(0.0, x0), max(0.0, y0), x1, y1)))
             if all(s.text != sent.text or s.term != term for s in report):
                 report.append(sent)
-        if (w, h) != (round(float(ref.extra["rows"][0]["image_width"])), round(float(ref.extra["rows"][0]["image_height"]))):
+        first = ref.extra["rows"][0]
+        if (w, h) != (round(float(first["image_width"])), round(float(first["image_height"]))):
             notes.append(f"image {path.name} is {w}x{h}; MS-CXR boxes are given for the original size: scaled")
         if not boxes:
             raise ReadError(f"{table}: no box of image {path.name} has a category with a term in card {self.card.name}",

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.core.paths import shown
-from pipeline.core.types import CaseRef, LabelLayer, Study
+from pipeline.core.types import CaseRef, LabelLayer, RegionSentence, Study
 from pipeline.ingest.readers import ReadError
 from pipeline.language.report_text import clean_sentence
 from sources.reports import ReportAdapter
@@ -131,7 +131,8 @@ class RadGenomeAdapter(ReportAdapter):
         notes: list[str] = []
         image, aff = read_nifti(ref.paths["image"], notes=notes)
         vol, geom = to_canonical(image, aff)
-        layers, report = [], []
+        layers: list[LabelLayer] = []
+        report: list[RegionSentence] = []
         for node, (term, mask_file, rows) in self._grounded(ref, notes).items():
             mask, maff = read_nifti(mask_file, integer_labels=True, notes=notes)
             if mask.shape != image.shape or not np.allclose(maff, aff, atol=1e-3):

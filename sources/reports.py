@@ -161,8 +161,9 @@ class ReportTableAdapter(ReportAdapter):
             err = "needs a box (x_min, y_min, x_max, y_max) or a mask"
         elif r["lang"] not in (None, "", "en", "zh"):
             err = f"unknown language {r['lang']!r} (en or zh)"
-        if err is None and None not in box:
-            x0, y0, a, b = box  # type: ignore[misc]  # all numbers here
+        nums = [v for v in box if v is not None]
+        if err is None and len(nums) == 4:
+            x0, y0, a, b = nums
             if self.card.layout.get("box_format", "xyxy") == "xywh":
                 a, b = x0 + a - 1, y0 + b - 1
             if a < x0 or b < y0 or x0 < 0 or y0 < 0:

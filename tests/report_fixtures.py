@@ -94,7 +94,7 @@ def _radgenome(root: Path) -> None:
         adir.mkdir(parents=True, exist_ok=True)
         rdir.mkdir(parents=True, exist_ok=True)
         for name, m in masks.items():
-            if name != "heart":  # the heart has no anatomy mask: the region mask stands in (as the dataset's loader does)
+            if name != "heart":  # no anatomy mask for the heart: its region mask stands in (the dataset loader does so)
                 nib.save(nib.Nifti1Image(m, affine), adir / f"{name}.nii.gz")
         nib.save(nib.Nifti1Image(masks["right lung"] | masks["left lung"], affine), rdir / "lung.nii.gz")
         nib.save(nib.Nifti1Image(masks["heart"], affine), rdir / "heart.nii.gz")

@@ -133,7 +133,8 @@ def check_reply(reply: str, prot: Protected, glossary: Any, target_lang: str) ->
         own = [t["target"]] if len(t["target"]) >= 2 else []  # the display name beside its placeholder: repeated
         for name in (t["source_text"], *own, *_other_names(glossary, t["term"], target_lang)):
             if name and name.lower() in bare.lower():
-                return None, f"the term {t['source_text']!r} was re-translated or repeated outside {t['placeholder']}: {name!r}"
+                return None, (f"the term {t['source_text']!r} was re-translated or repeated outside "
+                              f"{t['placeholder']}: {name!r}")
     if target_lang == "zh" and not has_cjk(bare + "".join(t["target"] for t in prot.terms)):
         return None, "the reply is not Chinese"
     if target_lang == "en" and has_cjk(bare):

@@ -53,8 +53,9 @@ def text_laterality_findings(meta: dict[str, Any], answer: str, terms: Any, *, m
             wrong = cx < centre - tol if side == "left" else cx > centre + tol  # patient left = image right
             if wrong:
                 half = "left" if cx < centre else "right"
+                patient = "right" if half == "left" else "left"
                 out.append(RegionFinding(
                     "fail", "text_laterality",
-                    f"{m.group(1)} box [{', '.join(b)}] lies on the image {half} (patient {'right' if half == 'left' else 'left'}) "
+                    f"{m.group(1)} box [{', '.join(b)}] lies on the image {half} (patient {patient}) "
                     f"but the sentence says {side}: {m.group(3)[:60]!r}"))
     return out
