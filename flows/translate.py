@@ -18,30 +18,34 @@ translate_app = typer.Typer(
     no_args_is_help=True, help="Translate report sentences (glossary terms fixed) into a review file; accept by hand.")
 
 
-def source_sentences(card_ref: str, root: Path | None = None,
-                     samples_root: Path | None = None) -> tuple[Any, list[str]]:
-    """The report adapter of a card and the distinct sentences of its cases, in the reports' language."""
+def source_sentences(card_ref: str, root: Path | None = None, samples_root: Path | None = None,
+                     translations: Path | None = None) -> tuple[Any, list[tuple[str, str]]]:
+    """The report adapter of a card (``translations``: another accepted-translations file than the card's) and
+    the distinct (language, sentence) of its cases."""
     from sources.base import get_adapter, load_card
     from sources.reports import ReportAdapter
 
     card = load_card(card_ref)
     if card.report is None:
         raise ValueError(f"card {card.name} has no `report:` section: not a report-grounded source")
+    if translations is not None:
+        card = card.model_copy(update={"report": card.report.model_copy(
+            update={"translations": str(Path(translations).resolve()) if Path(translations).is_file() else None})})
     adapter = get_adapter(card, root if root is not None else card.resolve_root(samples_root))
     if not isinstance(adapter, ReportAdapter):
         raise ValueError(f"adapter {card.adapter} of card {card.name} does not read report sentences")
-    lang = adapter.report_lang
-    texts = [t for ref in adapter.discover() for got, t in adapter.report_sentences(ref) if got == lang]
-    return adapter, list(dict.fromkeys(texts))
+    return adapter, list(dict.fromkeys(s for ref in adapter.discover() for s in adapter.report_sentences(ref)))
 
 
 def translate_source(card_ref: str, cfg: TranslateConfig, *, root: Path | None = None,
-                     review_path: Path | None = None, client: Any = None) -> TranslateResult:
-    """Translate the sentences of a source not yet in its accepted-translations file; write the review file."""
+                     review_path: Path | None = None, client: Any = None,
+                     translations: Path | None = None) -> TranslateResult:
+    """Translate the sentences of a source not yet in its accepted-translations file (the card's, or
+    ``translations``); write the review file."""
     from pipeline.language.glossary import load_glossary
 
-    adapter, texts = source_sentences(card_ref, root)
-    return run_translate(texts, adapter.report_lang, cfg, load_glossary(), source_name=adapter.card.name,
+    adapter, texts = source_sentences(card_ref, root, translations=translations)
+    return run_translate(texts, cfg, load_glossary(), source_name=adapter.card.name,
                          review_path=review_path, client=client, accepted=adapter.accepted())
 
 
@@ -51,13 +55,16 @@ def translate_run_cmd(
     config: Annotated[Path, typer.Option("--config", "-c", help="translation config YAML (llm, cache_dir, ...)")],
     root: Annotated[Path | None, typer.Option("--root", help="the source's data folder (default: card root)")] = None,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="review file (default: config review_file)")] = None,
+    translations: Annotated[Path | None, typer.Option(
+        "--translations", help="accepted-translations file whose sentences are skipped (default: the card's)")] = None,
 ) -> None:
     """Translate the source's report sentences through an OpenAI-compatible LLM into a review file."""
     from pipeline.evaluate.expand import ExpandError
     from pipeline.evaluate.translate import load_translate_config
 
     try:
-        res = translate_source(card, load_translate_config(config), root=root, review_path=out)
+        res = translate_source(card, load_translate_config(config), root=root, review_path=out,
+                               translations=translations)
     except (ExpandError, ValueError, FileNotFoundError) as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None

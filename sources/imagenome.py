@@ -125,7 +125,8 @@ class ImaGenomeAdapter(ReportAdapter):
 
     def report_sentences(self, ref: CaseRef) -> list[tuple[str, str]]:
         doc = self._read(Path(ref.paths["scene_graph"]))
-        texts = (clean_sentence(p, self.report_lang) for name, p, _n in self._phrases(doc) if self._wanted(name))
+        texts = (clean_sentence(p, self.report_lang) for name, p, _n in self._phrases(doc)
+                 if self._wanted(name) and self.term_for(name))
         return [(self.report_lang, t) for t in dict.fromkeys(texts) if t]
 
     def load(self, ref: CaseRef) -> Study:

@@ -106,8 +106,16 @@ def protect(text: str, glossary: Any, source_lang: str, target_lang: str) -> Pro
 
 
 def _other_names(glossary: Any, tid: str, lang: str) -> list[str]:
+    """The term's synonyms in ``lang`` that may not stand beside its placeholder (Chinese: two characters or
+    more, so that 心 of the heart does not refuse 心包积液)."""
     t = glossary.terms[tid]
-    return [n for n in t.synonyms.get(lang, ()) if n]
+    return [n for n in t.synonyms.get(lang, ()) if n and (lang != "zh" or len(n) >= 2)]
+
+
+def _mentions(text: str, name: str, lang: str) -> bool:
+    if lang == "zh" and has_cjk(name):
+        return name in text
+    return re.search(r"(?<![A-Za-z])" + re.escape(name) + r"(?![A-Za-z])", text, re.IGNORECASE) is not None
 
 
 def check_reply(reply: str, prot: Protected, glossary: Any, target_lang: str) -> tuple[str | None, str]:
@@ -130,13 +138,13 @@ def check_reply(reply: str, prot: Protected, glossary: Any, target_lang: str) ->
         return None, f"unknown placeholder(s) {[PLACEHOLDER.format(n) for n in extra]} in the reply"
     bare = _PH.sub("", text)
     for t in prot.terms:
-        own = [t["target"]] if len(t["target"]) >= 2 else []  # the display name beside its placeholder: repeated
-        for name in (t["source_text"], *own, *_other_names(glossary, t["term"], target_lang)):
-            if name and name.lower() in bare.lower():
+        for name in (t["source_text"], *_other_names(glossary, t["term"], target_lang)):
+            if name and _mentions(bare, name, target_lang):
                 return None, (f"the term {t['source_text']!r} was re-translated or repeated outside "
                               f"{t['placeholder']}: {name!r}")
-    if target_lang == "zh" and not has_cjk(bare + "".join(t["target"] for t in prot.terms)):
-        return None, "the reply is not Chinese"
+    if target_lang == "zh" and (any(not w.isupper() for w in re.findall(r"[A-Za-z]{4,}", bare))
+                                or not has_cjk(bare + "".join(t["target"] for t in prot.terms))):
+        return None, "the reply is not Chinese (English words left untranslated)"
     if target_lang == "en" and has_cjk(bare):
         return None, "the reply still holds Chinese text"
     for t in prot.terms:
@@ -186,9 +194,12 @@ def entry_id(source_lang: str, target_lang: str, source: str) -> str:
     return hashlib.sha256(f"{source_lang}>{target_lang}:{source}".encode()).hexdigest()[:16]
 
 
+def _other(lang: str) -> str:
+    return "zh" if lang == "en" else "en"
+
+
 def run_translate(
-    sentences: list[str],
-    source_lang: str,
+    sentences: list[tuple[str, str]],
     cfg: TranslateConfig,
     glossary: Any,
     *,
@@ -197,16 +208,15 @@ def run_translate(
     client: LLMClient | None = None,
     accepted: dict[tuple[str, str, str], str] | None = None,
 ) -> TranslateResult:
-    """Translate every distinct sentence (already accepted ones are skipped) and write the review file."""
-    target_lang = cfg.target_lang or ("zh" if source_lang == "en" else "en")
-    if target_lang == source_lang:
-        raise ExpandError(f"target language {target_lang!r} is the reports' own language")
+    """Translate every distinct ``(language, sentence)`` into the other language (``cfg.target_lang`` when set;
+    sentences already in that language or already accepted are skipped) and write the review file."""
     client = client or LLMClient(cfg.llm, cfg.path(cfg.cache_dir))
     done = accepted or {}
     entries: list[dict[str, Any]] = []
     rejected: list[dict[str, Any]] = []
-    for source in sorted(dict.fromkeys(s for s in sentences if s)):
-        if (source_lang, target_lang, source) in done:
+    for source_lang, source in sorted(dict.fromkeys((lang, s) for lang, s in sentences if s)):
+        target_lang = cfg.target_lang or _other(source_lang)
+        if target_lang == source_lang or (source_lang, target_lang, source) in done:
             continue
         prot = protect(source, glossary, source_lang, target_lang)
         reply = client.chat(_messages(prot, source_lang, target_lang))

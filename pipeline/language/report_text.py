@@ -125,14 +125,18 @@ def sides(text: str, lang: str) -> set[str]:
 
 
 def _names_of(glossary: Glossary, lang: str) -> dict[str, str]:
-    """name (display, synonym, plural) -> term id, for the names of ``lang`` (longest first when matched)."""
+    """name -> term id of the names that safely denote one term in running text: display names (and their
+    English plural) and the longer synonyms -- English synonyms of several words, Chinese of three characters or
+    more.  A one-word synonym is often a part of another phrase ("effusion" in "pericardial effusion")."""
     out: dict[str, str] = {}
+    short = 3 if lang == "en" else 2
     for tid, t in glossary.terms.items():
-        names = [t.names.get(lang, ""), *t.synonyms.get(lang, [])]
+        names = [t.names.get(lang, "")]
         if lang == "en" and t.plural_en:
             names.append(t.plural_en)
+        names += [s for s in t.synonyms.get(lang, ()) if (" " in s if lang == "en" else len(s) >= 3)]
         for n in names:
-            if n and len(n) > 2 and n.lower() not in ("body",):
+            if n and len(n) >= short and n.lower() not in ("body",):
                 out.setdefault(n.lower(), tid)
     return out
 
