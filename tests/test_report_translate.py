@@ -41,6 +41,7 @@ ZH = {
     "The ⟦T1⟧ is clear.": "⟦T1⟧清晰。",
     "The ⟦T1⟧ is mildly enlarged.": "⟦T1⟧轻度增大。",
     "No focal ⟦T1⟧.": "未见局灶性⟦T1⟧。",
+    "No ⟦T1⟧ is observed.": "未见⟦T1⟧。",
 }
 EN = {
     "⟦T1⟧见一⟦T2⟧，直径约8mm。": "A ⟦T2⟧ about 8 mm across is seen in the ⟦T1⟧.",
