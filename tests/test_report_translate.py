@@ -95,7 +95,8 @@ def test_terms_become_placeholders_and_come_back_as_display_names():
     assert protect("There is no pericardial effusion.", g, "en", "zh").terms == []
     text, why = check_reply("⟦T2⟧未见局灶性⟦T1⟧。", p, g, "zh")
     assert (text, why) == ("左肺未见局灶性实变。", "")
-    assert check_reply("左侧肺未见局灶性⟦T1⟧。", p, g, "zh")[1].startswith("placeholder ⟦T2⟧ (left lung -> 左肺) missing")
+    missing = check_reply("左侧肺未见局灶性⟦T1⟧。", p, g, "zh")[1]
+    assert missing.startswith("placeholder ⟦T2⟧ (left lung -> 左肺) missing")
     assert "re-translated" in check_reply("⟦T2⟧（左侧肺）未见局灶性⟦T1⟧。", p, g, "zh")[1]
     assert "repeated" in check_reply("⟦T2⟧⟦T2⟧未见⟦T1⟧。", p, g, "zh")[1]
     assert "not Chinese" in check_reply("Nothing ⟦T1⟧ ⟦T2⟧.", p, g, "zh")[1]
@@ -143,7 +144,8 @@ def test_a_model_that_translates_terms_itself_is_rejected(server, tmp_path):
     doc = yaml.safe_load(review.read_text(encoding="utf-8"))
     rejected = {r["source"]: r["reason"] for r in doc["rejected"]}
     assert res.rejected == 1 and set(rejected) == {"Right lung is clear without pneumothorax."}
-    assert rejected["Right lung is clear without pneumothorax."].startswith("placeholder ⟦T1⟧ (Right lung -> 右肺) missing")
+    reason = rejected["Right lung is clear without pneumothorax."]
+    assert reason.startswith("placeholder ⟦T1⟧ (Right lung -> 右肺) missing")
     assert all("右侧肺" not in e["translation"] for e in doc["entries"])
 
 

@@ -47,7 +47,7 @@ def test_mscxr_csv_boxes_phrases_and_splits(data):
     ad = _adapter("ms-cxr", data / "ms-cxr")
     refs = ad.discover()
     assert [r.case_id for r in refs] == MSCXR_IDS
-    assert [r.official_split for r in refs] == ["train", "validation", "test"]  # the v1.1.0 split column, val -> validation
+    assert [r.official_split for r in refs] == ["train", "validation", "test"]  # v1.1.0's split column (val)
     assert [r.patient_id for r in refs] == ["10000001", "10000002", "10000003"]  # files/p10/p<8 digits>/...
     s = ad.load(refs[0])
     assert s.image.shape == (1, 382, 318)  # a 1/8 copy of the 2544 x 3056 original
@@ -86,7 +86,8 @@ def test_imagenome_scene_graph_boxes_phrases_and_negation(data):
     assert boxes["lung_right"] == (40, 60, 149, 299)  # original_x1..y2, the far corner exclusive
     assert boxes["abdomen"] == (40, 320, 279, 383)
     report = {r.term: r for r in s.report}
-    assert report["lung_right"].negated and report["lung_right"].text["en"] == "Right lung is clear without pneumothorax."
+    assert report["lung_right"].negated
+    assert report["lung_right"].text["en"] == "Right lung is clear without pneumothorax."
     assert not report["lung_zone_lower_left"].negated  # anatomicalfinding|yes|lung opacity
     assert [r.term for r in s.report].count("cardiac_silhouette") == 1  # the repeated phrase once
     assert "chest wall" not in " ".join(r.text["en"] for r in s.report)  # no box for 'left chest wall'
@@ -248,3 +249,29 @@ def test_negated_findings_are_never_targets(release):
 
 def test_language_lint_passes_on_report_rows(release):
     assert lint_release(release) == []
+
+
+def _report_row(lang: str, answer: str, source: str = "report", term: str = "lung_right") -> dict:
+    q = "Describe the findings in this image." if lang == "en" else "请描述这张图像中的所见。"
+    turns = [{"from": "human", "value": "<image>\n" + q}, {"from": "gpt", "value": answer}]
+    return {"id": "r1", "conversations": turns,
+            "meta": {"task": "grounded_report", "subtask": "open", "lang": lang, "text_source": source,
+                     "regions": [{"term": term, "box": [100, 200, 400, 700]}]}}
+
+
+def test_lint_reads_report_sentences_as_written_and_checks_their_language():
+    from pipeline.language.lint import lint_rows
+
+    box = "<box>[[100, 200, 400, 700]]</box>"
+    head_en, head_zh = "<ref>right lung</ref>" + box, "<ref>右肺</ref>" + box
+    # a reporter's "a 1.5 cm nodules" and digits in Chinese are the report's own text: not our grammar to correct
+    assert lint_rows([_report_row("en", head_en + ": There is a 1.5 cm nodules.")]) == []
+    assert lint_rows([_report_row("zh", head_zh + "：见3个结节，最大约1.5 cm。")]) == []
+    # ... while the same Chinese text written by a template would be flagged
+    template = lint_rows([_report_row("zh", head_zh + "：见3个结节，最大约1.5 cm。", source="template")])
+    assert {h.rule for h in template} >= {"zh-numeral"}
+    untranslated = lint_rows([_report_row("zh", head_zh + "：Small right pleural effusion.")])
+    assert [h.rule for h in untranslated] == ["report-text"] and "untranslated" in untranslated[0].detail
+    assert [h.rule for h in lint_rows([_report_row("en", head_en + ": 右肺清晰。")])] == ["report-text"]
+    wrong_head = lint_rows([_report_row("en", "<ref>right lungs</ref><box>[[100, 200, 400, 700]]</box>: Clear.")])
+    assert {"ref", "contradiction"} <= {h.rule for h in wrong_head}
