@@ -275,3 +275,45 @@ def test_lint_reads_report_sentences_as_written_and_checks_their_language():
     assert [h.rule for h in lint_rows([_report_row("en", head_en + ": 右肺清晰。")])] == ["report-text"]
     wrong_head = lint_rows([_report_row("en", "<ref>right lungs</ref><box>[[100, 200, 400, 700]]</box>: Clear.")])
     assert {"ref", "contradiction"} <= {h.rule for h in wrong_head}
+
+
+def test_eval_scores_report_and_template_grounded_rows_with_bleu_rouge_meteor(data, tmp_path):
+    """`medreg eval` on a release holding both kinds of grounded rows (tasks.grounded_text: both): boxes as
+    text->region, text by BLEU-1..4 / ROUGE-L / METEOR per language, report and template rows side by side."""
+    from pipeline.evaluate.report_metrics import DEBIAN_WORDNET, load_wordnet
+    from pipeline.evaluate.run import evaluate
+    from pipeline.release.export import iter_release_rows
+
+    config = ReleaseConfig.model_validate({
+        "name": "both", "version": "1", "seed": 5, "runner": {"kind": "serial"},
+        "sources": [{"card": "ms-cxr", "root": str(data / "ms-cxr")},
+                    {"card": str(data / "generic" / GENERIC_CARD), "root": str(data / "generic")}],
+        "tasks": {"mix": {"grounded_report": 2}, "grounded_text": "both"},
+    })
+    rel = build(config, tmp_path / "out", samples_root=data)
+    rows = list(iter_release_rows(rel))
+    assert {r["meta"]["text_source"] for r in rows} == {"report", "template"}
+    # template rows answered perfectly; report rows with their first line's sentence cut to its first word
+    answers = {}
+    for r in rows:
+        ref = r["conversations"][-1]["value"]
+        if r["meta"]["text_source"] == "report":
+            head, sep, sentence = ref.split("\n")[0].partition("</box>")
+            ref = "\n".join([head + sep + sentence[:3], *ref.split("\n")[1:]])
+        answers[r["id"]] = ref
+    for protocol in ("default", "medrega"):
+        rep = evaluate(rel, answers, protocol=protocol)
+        groups = rep.groups
+        assert {"grounded_report.report/en", "grounded_report.template/en", "grounded_report.report/zh"} <= set(groups)
+        for key in ("grounded_report.template/en", "grounded_report.template/zh"):
+            assert groups[key]["BLEU-4"] == 1.0 and groups[key]["ROUGE-L"] == 1.0, key
+        report = groups["grounded_report.report/en"]
+        assert 0.0 < report["BLEU-1"] < 1.0 and report["BLEU-4"] < report["BLEU-1"] and report["ROUGE-L"] < 1.0
+        assert 0.0 < report["METEOR"] < groups["grounded_report.template/en"]["METEOR"]
+        # boxes are scored as text->region: the cut sentences keep every box
+        box = "box_f1" if protocol == "medrega" else "mean_iou"
+        assert (report[box]["f1"] if isinstance(report[box], dict) else report[box]) == 1.0
+    assert report["METEOR_wordnet"] == load_wordnet()[1]
+    if (DEBIAN_WORDNET / "data.noun").is_file():  # Debian's wordnet-base (installed by `make test` where apt works)
+        wn, where = load_wordnet()
+        assert where != "none" and [s.name() for s in wn.synsets("opacity")][:1] == ["opacity.n.01"]
