@@ -2,7 +2,8 @@
 
     python -m benchmarks.run_all [--quick]
 
-B6 (model judges on GPU) runs through benchmarks/gpu_check.sh on a GPU machine.
+B6 (model judges on GPU) runs through benchmarks/gpu_check.sh on a GPU machine. B10 and B11 generate a
+full-size CT case of the scale corpus (benchmarks/corpus.py) in a temporary folder (~1 min, ~250 MB).
 """
 
 from __future__ import annotations
@@ -10,7 +11,10 @@ from __future__ import annotations
 import subprocess
 import sys
 
-BENCHES = ["benchmarks.b1_boxes", "benchmarks.b2_end_to_end", "benchmarks.b7_dicom_series", "benchmarks.b8_samples"]
+BENCHES = [
+    "benchmarks.b1_boxes", "benchmarks.b2_end_to_end", "benchmarks.b7_dicom_series", "benchmarks.b8_samples",
+    "benchmarks.b9_diff", "benchmarks.b10_costs", "benchmarks.b11_ct_case",
+]
 
 
 def main() -> int:

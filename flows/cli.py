@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
@@ -106,6 +106,8 @@ def _print_summary(release: Path) -> None:
     by_src = c.get("by_source", {})
     for s in m["sources"]:
         t.add_row(s["name"], s["licence"], str(s["cases"]), str(s["errors"]), str(by_src.get(s["name"], 0)))
+    for e in (m.get("licences") or {}).get("excluded", []):  # left out by the config's licence filter
+        t.add_row(Text(e["name"]), Text(e["licence"]), Text("excluded: " + e["reason"]), "", "")
     console.print(t)
     t2 = Table(title="rows by split / task / language")
     for col in ("split", "task", "lang", "rows"):
@@ -134,9 +136,65 @@ def verify(release: Path = typer.Argument(..., help="a release folder (holding m
 
 
 @app.command()
-def sources() -> None:
+def diff(
+    old: Annotated[Path, typer.Argument(help="the older release folder (holding manifest.json)")],
+    new: Annotated[Path, typer.Argument(help="the newer release folder")],
+    json_out: Annotated[bool, typer.Option("--json", help="print the diff as JSON (for tools), not tables")] = False,
+    full: Annotated[bool, typer.Option("--full", help="also the table by source x task x lang x split")] = False,
+    examples: Annotated[int, typer.Option("--examples", help="ids / images listed per kind of change")] = 10,
+) -> None:
+    """What changed between two releases: rows added/removed/changed by source, task, language and split,
+    images, regions per term, config keys, sources and licences, validation verdicts, patients' splits."""
+    from pipeline.versions.diff import diff_releases
+
+    try:
+        d = diff_releases(old, new, examples=examples)
+    except (ValueError, FileNotFoundError) as exc:
+        from rich.markup import escape
+
+        err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
+        raise typer.Exit(2) from None
+    if json_out:
+        import orjson
+
+        sys.stdout.write(orjson.dumps(d, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS).decode() + "\n")
+        return
+    from flows.diff_view import print_diff
+
+    print_diff(d, console, full=full)
+
+
+@app.command()
+def validators() -> None:
+    """List the registered validators (built-ins and medreg.validators entry points)."""
+    from pipeline.validate.registry import registered
+
+    t = Table(title="validators")
+    for col in ("validator", "level", "model/GPU", "config", "from", "description"):
+        t.add_column(col)
+    for name, info in registered().items():
+        t.add_row(*(Text(x) for x in (name, info.level, "yes" if info.needs_model else "no",
+                                      info.config_model.__name__, info.origin, info.description)))
+    console.print(t)
+
+
+@app.command()
+def sources(
+    layout: Annotated[str | None, typer.Option("--layout", help="print the layout keys of this adapter")] = None,
+) -> None:
     """List adapters (format families) and shipped source cards with modality and licence."""
     from sources.base import adapters, builtin_cards, load_card
+
+    if layout is not None:
+        from sources.layouts import layout_markdown
+
+        table = adapters()
+        if layout not in table:
+            err.print(f"[red]error:[/red] no adapter {layout!r}; registered: {', '.join(sorted(table))}")
+            raise typer.Exit(2)
+        text = layout_markdown(layout, table[layout].layout_model)
+        console.print(text, markup=False, highlight=False, soft_wrap=True)
+        return
 
     t = Table(title="adapters")
     for col in ("adapter", "formats", "description"):
@@ -157,17 +215,25 @@ def sources() -> None:
 
 
 @app.command()
-def inspect(path: Path = typer.Argument(..., help="a file or folder to describe")) -> None:
+def inspect(
+    path: Path = typer.Argument(..., help="a file or folder to describe"),
+    card: Annotated[str | None, typer.Option("--card", help="also check this card (shipped name or YAML path)")] = None,
+) -> None:
     """Tell what a file or folder is (format, geometry, labels) so you can write a card for it."""
-    try:
-        from pipeline.ingest.inspect import format_inspection, inspect_path
-    except ImportError:  # pragma: no cover
-        err.print("inspect is not available in this build")
-        raise typer.Exit(2) from None
+    from pipeline.ingest.inspect import format_inspection, inspect_path
+
     if not path.exists():
         err.print(f"[red]error:[/red] {path} does not exist")
         raise typer.Exit(2)
     console.print(format_inspection(inspect_path(path)), markup=False, highlight=False)
+    if card is not None:
+        from sources.base import card_problems
+
+        problems = card_problems(card)
+        for problem in problems:
+            console.print(f"card problem: {problem}", markup=False, highlight=False, soft_wrap=True)
+        if not problems:
+            console.print(f"card {card}: loads; every label maps to a known term", markup=False, soft_wrap=True)
 
 
 @app.command()

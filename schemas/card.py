@@ -2,8 +2,13 @@
 
 A card is a YAML file (``sources/cards/*.yaml`` for the shipped ones, any path for a user's own).
 It names the adapter (a format family) that reads the files, and gives licence, modality, body region,
-intensity preset, the label id -> canonical term map, the box policy, the split rules and the
-adapter's layout options (paths / globs).  See docs/adding-a-source.md.
+intensity preset, the label id -> canonical term map, the terms the dataset needs beyond the shipped
+glossary (``terms``, validated like a glossary file), the box policy, the split rules and the adapter's
+layout options (paths / globs).  See docs/adding-a-source.md.
+
+This module is the card's *shape* only.  What needs the glossary or the adapters (the label table, that
+every label maps to a known term, the adapter's typed ``layout``) is checked by ``sources.base.load_card``
+(``sources/terms.py``, ``sources/layouts.py``).
 """
 
 from __future__ import annotations
@@ -15,6 +20,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from schemas.language import TERM_ID_RE
 from schemas.yamlio import load_yaml, validation_lines
+
+from schemas.language import TermSpec
 
 
 class BoxPolicy(BaseModel):
@@ -127,6 +134,8 @@ class SourceCard(BaseModel):
     display: DisplaySpec = Field(default_factory=DisplaySpec)
     label_map: str | None = None  # a named shipped label map (e.g. totalseg_total)
     labels: dict[str, str] = Field(default_factory=dict)  # dataset label (id or name) -> term
+    # terms this dataset needs that the shipped glossary lacks: term id -> glossary entry (schemas.language)
+    terms: dict[str, TermSpec] = Field(default_factory=dict)
     ignore_labels: list[str] = Field(default_factory=list)  # dataset labels deliberately not emitted
     resolve_labels_with_glossary: bool = False  # unknown label names resolved through glossary aliases
     # lesion/finding terms this source annotates exhaustively (every instance in every image): only these
@@ -179,18 +188,6 @@ class SourceCard(BaseModel):
                              + "\n  ".join(validation_lines(exc))) from None
         card.card_path = str(path)
         return card
-
-    def label_table(self) -> dict[str, str]:
-        """The full dataset-label -> term table (named label map first, explicit labels override)."""
-        table: dict[str, str] = {}
-        if self.label_map:
-            from pipeline.language.glossary import load_label_map  # data lives beside the glossary
-
-            table.update({str(k): v for k, v in load_label_map(self.label_map).items()})
-        table.update(self.labels)
-        for lab in self.ignore_labels:
-            table.pop(str(lab), None)
-        return table
 
     def resolve_root(self, samples_root: Path | None) -> Path:
         p = Path(self.root).expanduser()

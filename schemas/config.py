@@ -130,6 +130,32 @@ class RunnerConfig(BaseModel):
         return self
 
 
+class LicenceFilter(BaseModel):
+    """Which sources a release may hold, by their card's licence (pipeline.versions.licences).  Patterns are
+    shell globs matched case-insensitively against the licence id (the licence text up to the first space
+    or parenthesis, e.g. ``CC0-1.0``) and against the whole licence text.  ``deny`` wins over ``allow``;
+    an empty ``allow`` allows everything not denied.  Excluded sources are listed in the manifest and card."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    allow: list[str] = Field(default_factory=list)
+    deny: list[str] = Field(default_factory=list)
+
+
+class DuplicateConfig(BaseModel):
+    """Images of different patients that are the same picture (docs/versions.md).  ``same_split``: keep every
+    copy, all in one split; ``keep_one``: keep one copy (its rows), drop the others' rows, and still put the
+    patients in one split; ``report``: only list them."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    policy: Literal["same_split", "keep_one", "report"] = "same_split"
+    near_threshold: int = Field(
+        4, ge=-1, le=16,
+        description="near duplicates: perceptual hashes (imagehash.phash, 64 bits) at most this many bits apart; "
+        "-1 = exact duplicates only")
+
+
 class ReleaseConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -144,6 +170,14 @@ class ReleaseConfig(BaseModel):
     output: OutputConfig = Field(default_factory=OutputConfig)
     runner: RunnerConfig = Field(default_factory=RunnerConfig)
     validation: dict[str, Any] = Field(default_factory=dict)  # schemas.validation.ValidationConfig
+    # the release this one follows: a release folder, absolute or relative to the build's output folder
+    # (where releases live as OUT/<name>-<version>); see docs/versions.md
+    previous: str | None = None
+    licences: LicenceFilter = Field(default_factory=LicenceFilter)
+    duplicates: DuplicateConfig = Field(default_factory=DuplicateConfig)
+    # extra glossary files (same format as pipeline/language/data/glossary/*.yaml), relative to this file
+    glossary: list[str] = Field(default_factory=list)
+    config_path: str | None = Field(default=None, exclude=True)  # the YAML it was read from (load_config)
 
     @model_validator(mode="after")
     def _check_validation(self) -> ReleaseConfig:
@@ -157,6 +191,11 @@ class ReleaseConfig(BaseModel):
         """The config as the release records it: everything but ``runner`` (how a build runs - serial,
         local processes or a cluster - never changes what it builds)."""
         return self.model_dump(mode="json", exclude={"runner"})
+
+    def glossary_paths(self) -> list[Path]:
+        """The ``glossary`` files as paths: relative ones are relative to the config file (else the cwd)."""
+        base = Path(self.config_path).parent if self.config_path else Path(".")
+        return [p if p.is_absolute() else base / p for p in (Path(g).expanduser() for g in self.glossary)]
 
     def canonical_json(self) -> bytes:
         """Stable serialisation (sorted keys) used for the config hash and the manifest."""
@@ -173,7 +212,9 @@ def load_config(path: str | Path) -> ReleaseConfig:
         raise FileNotFoundError(f"release config {path} not found; see examples/demo.yaml for a template")
     data = load_yaml(path, what="release config", name=str(path))
     try:
-        return ReleaseConfig.model_validate(data)
+        cfg = ReleaseConfig.model_validate(data)
+        cfg.config_path = str(path)
+        return cfg
     except ValidationError as exc:
         lines = [f"{path}: invalid release config:"] + [f"  {line}" for line in validation_lines(exc)]
         raise ValueError("\n".join(lines)) from None

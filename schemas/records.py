@@ -131,6 +131,10 @@ class ImageInfo(BaseModel):
     height: int
     axis: str
     slice_index: int
+    # duplicate detection (pipeline.versions.duplicates): sha256 of the display pixels (grey when the channels
+    # are equal; not the PNG bytes) and the 64-bit perceptual hash (imagehash.phash) as 16 hex digits
+    pixel_sha256: str = ""
+    phash: str = ""
 
 
 class CaseSummary(BaseModel):
@@ -180,6 +184,70 @@ class SourceEntry(BaseModel):
     modality: str
     cases: int
     errors: int
+    card_sha256: str = ""  # sha256 of the card's canonical JSON (``medreg diff`` names changed cards)
+
+
+class ExcludedSource(BaseModel):
+    """A source of the release config left out at plan time by ``licences: {allow, deny}``."""
+
+    name: str
+    licence: str
+    reason: str
+
+
+class LicenceSummary(BaseModel):
+    """The release's licence position (pipeline.versions.licences): the most restrictive source decides."""
+
+    overall: str  # the most restrictive licence(s) of the included sources, " + "-joined on a tie
+    category: str  # its class: public-domain, permissive, attribution, share-alike, non-commercial, ...
+    decided_by: list[str] = Field(default_factory=list)  # the sources holding that licence
+    allow: list[str] = Field(default_factory=list)
+    deny: list[str] = Field(default_factory=list)
+    excluded: list[ExcludedSource] = Field(default_factory=list)
+
+
+class DuplicateMember(BaseModel):
+    source: str
+    case_id: str
+    patient_id: str
+    image: str
+    axis: str
+    slice_index: int
+    split: str  # the split its rows are written to
+    moved_from: str = ""  # the split it would have had without the duplicate rule ("" = not moved)
+    kept: bool = True  # false: its rows were dropped (policy keep_one)
+
+
+class DuplicateGroup(BaseModel):
+    """Images of different patients that are the same picture: ``exact`` (equal display pixels) or ``near``
+    (perceptual hashes within the threshold; ``distance`` is the largest Hamming distance of a linking pair)."""
+
+    kind: Literal["exact", "near"]
+    distance: int
+    members: list[DuplicateMember]
+
+
+class DuplicateSummary(BaseModel):
+    policy: str
+    near_threshold: int
+    groups: int = 0
+    exact_groups: int = 0
+    near_groups: int = 0
+    images: int = 0  # images in some group
+    patients_moved: int = 0  # patients whose split the rule changed
+    rows_dropped: int = 0  # rows dropped by keep_one (also in dropped["row:duplicate_image"])
+    conflicts: list[str] = Field(default_factory=list)  # groups whose copies stay in different splits, and why
+    examples: list[DuplicateGroup] = Field(default_factory=list)  # the first groups (duplicates.jsonl has all)
+
+
+class PreviousRelease(BaseModel):
+    """The release this one follows (``previous:`` in the config) and what changed since (``medreg diff``)."""
+
+    name: str
+    version: str
+    manifest_sha256: str
+    patients_pinned: int = 0  # patients kept in their previous split although their own split differs now
+    changes: dict[str, Any] = Field(default_factory=dict)  # compact diff (pipeline.versions.diff.summarise)
 
 
 class Manifest(BaseModel):
@@ -197,3 +265,6 @@ class Manifest(BaseModel):
     dropped: dict[str, int] = Field(default_factory=dict)  # reason -> count
     # sha256 of manifest.json as written with this field empty (pipeline.release.verify checks it)
     manifest_sha256: str = ""
+    licences: LicenceSummary | None = None
+    duplicates: DuplicateSummary | None = None
+    previous: PreviousRelease | None = None

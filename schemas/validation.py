@@ -3,11 +3,13 @@ policy) and the per-row decision it produces.  docs/validation.md explains every
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
+import re
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 Action = Literal["keep", "flag", "drop"]
 VerdictName = Literal["pass", "flag", "fail"]
@@ -182,17 +184,48 @@ class PolicyConfig(_Cfg):
 
 
 class ValidationConfig(_Cfg):
-    """The validation stage of a release config."""
+    """The validation stage of a release config.
 
-    validators: list[Literal["rules", "stats", "clip", "grounding"]] = Field(
-        default_factory=lambda: ["rules", "stats"]
-    )
+    ``validators`` names registered validators (pipeline.validate.registry: the built-ins rules, stats, clip,
+    grounding and any installed through the ``medreg.validators`` entry point group).  The built-ins'
+    sections are typed fields here; a plugin's section is an extra key named like the validator
+    (``my_check: {...}``), validated by the plugin's own config model when the build starts.
+    """
+
+    model_config = ConfigDict(extra="allow")
+
+    validators: list[str] = Field(default_factory=lambda: ["rules", "stats"])
     rules: RulesConfig = Field(default_factory=RulesConfig)
     stats: StatsConfig = Field(default_factory=StatsConfig)
     clip: ClipConfig = Field(default_factory=ClipConfig)
     grounding: GroundingConfig = Field(default_factory=GroundingConfig)
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
     cache_dir: str | None = Field(None, description="verdict cache directory (None: no cache)")
+
+    @field_validator("validators")
+    @classmethod
+    def _names(cls, v: list[str]) -> list[str]:
+        for name in v:
+            if not re.fullmatch(r"[a-z][a-z0-9_]*", name):
+                raise ValueError(f"validator name {name!r} must be snake_case")
+        dupes = sorted({n for n in v if v.count(n) > 1})
+        if dupes:
+            raise ValueError(f"validators listed twice: {dupes}")
+        return v
+
+    @model_validator(mode="after")
+    def _plugin_sections(self) -> ValidationConfig:
+        known = [*type(self).model_fields, *self.validators]
+        for key, value in (self.model_extra or {}).items():
+            if key not in self.validators:
+                guess = difflib.get_close_matches(key, known, n=1)
+                raise ValueError(
+                    f"validation.{key} is neither a built-in section nor a validator named in validation.validators"
+                    + (f" (did you mean {guess[0]!r}?)" if guess else "")
+                )
+            if not isinstance(value, dict):
+                raise ValueError(f"validation.{key} must be a mapping (the {key} validator's settings)")
+        return self
 
 
 class Decision(BaseModel):

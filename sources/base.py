@@ -12,29 +12,61 @@ from __future__ import annotations
 
 import re
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
+
+import numpy as np
 
 from pipeline.core.errors import ReadError
 from pipeline.core.paths import shown
-from pipeline.core.types import CaseRef, Study
+from pipeline.core.types import CaseRef, PixelBoxAnnotation, Study
 from schemas.card import SourceCard
+from schemas.language import TermSpec
+from sources.layouts import LayoutBase, parse_layout
+from sources.terms import (
+    card_where,
+    install_card_terms,
+    label_problems,
+    label_table,
+    prepare_card_terms,
+    resolve_label,
+)
 
 CARDS_DIR = Path(__file__).resolve().parent / "cards"
 
 
 class SourceAdapter(ABC):
-    """Reads one format family.  Subclasses set ``name``, ``formats`` and implement two methods."""
+    """Reads one format family.  Subclasses set ``name``, ``formats``, ``layout_model`` (a pydantic model
+    of the card's ``layout``, subclassing :class:`sources.layouts.LayoutBase`) and implement two methods."""
 
     name: ClassVar[str]
     formats: ClassVar[tuple[str, ...]] = ()
     description: ClassVar[str] = ""
+    layout_model: ClassVar[type[LayoutBase]] = LayoutBase
 
     def __init__(self, card: SourceCard, root: Path) -> None:
         self.card = card
         self.root = Path(root)
+        self.layout: Any = self.parse_layout(card)
+        install_card_terms(card)  # a case task in another process gets the card, not the release
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Unpickled in a worker process (the case job carries the adapter): the card's terms join that
+        process's glossary too."""
+        self.__dict__.update(state)
+        install_card_terms(self.card)
+
+    @classmethod
+    def parse_layout(cls, card: SourceCard) -> Any:
+        """The card's ``layout`` as this adapter's typed model (ValueError naming the card and the key)."""
+        return parse_layout(cls.layout_model, card.layout, card_where(card), cls.name)
+
+    def vocabulary(self) -> list[str]:
+        """Terms this source can emit (for absent-target negatives), sorted."""
+        return sorted(set(label_table(self.card).values()))
 
     @abstractmethod
     def discover(self) -> list[CaseRef]:
@@ -57,7 +89,7 @@ class SourceAdapter(ABC):
 
     def patient_of(self, case_id: str, path: str = "") -> str:
         """Patient id from ``layout.patient_regex`` (first group, tested on the case id then path)."""
-        pattern = self.card.layout.get("patient_regex")
+        pattern = self.layout.patient_regex
         if pattern:
             for text in (case_id, path):
                 m = re.search(pattern, text)
@@ -66,39 +98,35 @@ class SourceAdapter(ABC):
         return case_id
 
     def case_attrs(self, case_id: str) -> dict[str, str]:
-        """Per-case modality/body region from ``layout.case_rules`` ([{regex, modality, body_region}]),
-        first match wins; defaults from the card."""
+        """Per-case modality/body region/display fix from ``layout.case_rules`` (first match wins);
+        defaults from the card."""
         attrs = {"modality": self.card.modality, "body_region": self.card.body_region or "", "display": "none"}
-        for rule in self.card.layout.get("case_rules", []):
-            if re.search(rule["regex"], case_id):
-                attrs.update({k: v for k, v in rule.items() if k in ("modality", "body_region", "display")})
+        for rule in self.layout.case_rules:
+            if re.search(rule.regex, case_id):
+                attrs.update({k: v for k, v in rule.model_dump().items() if k != "regex" and v is not None})
                 break
-        if attrs["display"] not in DISPLAY_OPS:
-            raise ValueError(f"card {self.card.name}: case_rules display must be one of {sorted(DISPLAY_OPS)}")
         return attrs
 
-    def study_2d(self, ref: CaseRef, image, layers: list, notes: list[str], boxes: list | None = None,  # noqa: ANN001
-                 **transform: str) -> Study:
+    def study_2d(self, ref: CaseRef, image: np.ndarray, layers: list, notes: list[str],
+                 boxes: list[PixelBoxAnnotation] | None = None, **transform: Any) -> Study:
         """A 2-D study from an image and its mask layers (or detection boxes), with the card's per-case
-        modality, body region and display fix (``case_rules``) applied to image and masks alike."""
-        import numpy as np
-
-        from pipeline.core.types import Study
-
+        modality, body region and display fix (``case_rules``) applied to image, masks and boxes alike."""
         attrs = self.case_attrs(ref.case_id)
+        boxes = list(boxes or [])
         if attrs["display"] != "none":
+            h, w = image.shape[:2]
             image = np.ascontiguousarray(apply_display(image, attrs["display"]))
             for layer in layers:
                 layer.array = np.ascontiguousarray(apply_display(layer.array[0], attrs["display"]))[None]
-            if boxes:
-                raise ValueError(f"card {self.card.name}: display fixes are not supported for detection boxes")
+            boxes = [PixelBoxAnnotation(b.term, display_box(b.box, attrs["display"], w, h), b.slice_index)
+                     for b in boxes]
         return Study(
             ref=ref,
             modality=attrs["modality"],
             image=image[None],
             is_3d=False,
             layers=layers,
-            boxes=list(boxes or []),
+            boxes=boxes,
             rescaled=False,
             notes=notes,
             transform={"body_region": attrs["body_region"], "display": attrs["display"], **transform},
@@ -109,26 +137,16 @@ class SourceAdapter(ABC):
 
     def term_for(self, label: str) -> str | None:
         """Map a dataset label (id or name) to a canonical term, or None when it is not emitted."""
-        table = _label_table(self.card)
-        if label in table:
-            return table[label]
-        if label in self.card.ignore_labels:
-            return None
-        if self.card.resolve_labels_with_glossary:
-            from pipeline.language.glossary import load_glossary
+        return resolve_label(self.card, label)
 
-            gl = load_glossary()
-            for text in (label, label.replace("+", " "), label.replace("+", " ").replace("_", " ")):
-                term = gl.resolve(text)
-                if term is not None:
-                    return term
-        return None
+    @classmethod
+    def layout_labels(cls, layout: Any) -> list[str]:
+        """Dataset labels the layout itself names (e.g. ``label`` of binary masks): each must map to a term
+        when the card loads."""
+        return []
 
 
-DISPLAY_OPS = {"none", "rot180", "flip_lr", "flip_ud"}
-
-
-def apply_display(arr, op: str):  # noqa: ANN001, ANN201 - numpy array in, view out
+def apply_display(arr: np.ndarray, op: str) -> np.ndarray:
     """Fix a 2-D export stored off the radiological convention; ``arr`` is ``(H, W)`` or ``(H, W, 3)``."""
     if op == "rot180":
         return arr[::-1, ::-1]
@@ -139,7 +157,18 @@ def apply_display(arr, op: str):  # noqa: ANN001, ANN201 - numpy array in, view 
     return arr
 
 
-def check_mask_shape(mask, image, mask_path: str, image_path: str) -> None:  # noqa: ANN001
+def display_box(box: tuple[float, float, float, float], op: str, width: int, height: int
+                ) -> tuple[float, float, float, float]:
+    """An inclusive pixel box ``(x0, y0, x1, y1)`` under :func:`apply_display` of a ``width x height`` image."""
+    x0, y0, x1, y1 = box
+    if op in ("rot180", "flip_lr"):
+        x0, x1 = width - 1 - x1, width - 1 - x0
+    if op in ("rot180", "flip_ud"):
+        y0, y1 = height - 1 - y1, height - 1 - y0
+    return (x0, y0, x1, y1)
+
+
+def check_mask_shape(mask: np.ndarray, image: np.ndarray, mask_path: str, image_path: str) -> None:
     """Raise a ReadError naming both files when a mask does not have its image's size."""
     if mask.shape[:2] != image.shape[:2]:
         raise ReadError(
@@ -162,18 +191,6 @@ def check_not_all_empty(layers: list, image_path: str, notes: list[str]) -> None
             file=empty[0].origin or image_path,
             hint="the masks hold no foreground: check the files (all black?) and the card's layout.threshold",
         )
-
-
-def _label_table(card: SourceCard) -> dict[str, str]:
-    key = id(card)
-    cached = _TABLES.get(key)
-    if cached is None or cached[0] is not card:
-        cached = (card, card.label_table())
-        _TABLES[key] = cached
-    return cached[1]
-
-
-_TABLES: dict[int, tuple[SourceCard, dict[str, str]]] = {}
 
 
 # registry ----------------------------------------------------------------------------------------
@@ -226,27 +243,66 @@ def adapters() -> dict[str, type[SourceAdapter]]:
 
 
 def get_adapter(card: SourceCard, root: Path) -> SourceAdapter:
-    table = adapters()
-    if card.adapter not in table:
-        raise KeyError(
-            f"source card {card.name!r} names adapter {card.adapter!r}, which is not registered; "
-            f"known adapters: {', '.join(sorted(table))} (run `medreg sources`)"
-        )
-    return table[card.adapter](card, root)
+    return adapter_class(card)(card, root)
 
 
 def builtin_cards() -> dict[str, Path]:
     return {p.stem: p for p in sorted(CARDS_DIR.glob("*.yaml"))}
 
 
-def load_card(ref: str) -> SourceCard:
-    """A shipped card by name, or a card YAML by path."""
+def load_card(ref: str, *, release_terms: Mapping[str, TermSpec] | None = None) -> SourceCard:
+    """A shipped card by name, or a card YAML by path, checked: its adapter is registered, its ``layout``
+    fits the adapter's model, its ``terms`` fit the glossary and every label maps to a term that exists
+    (``release_terms``: the terms of the release config's glossary files).  Errors name the card file."""
     cards = builtin_cards()
-    if ref in cards:
-        return SourceCard.from_yaml(cards[ref])
-    path = Path(ref).expanduser()
-    if path.is_file():
-        return SourceCard.from_yaml(path)
-    raise FileNotFoundError(
-        f"source card {ref!r} is neither a shipped card ({', '.join(cards)}) nor a YAML file path"
-    )
+    path = cards[ref] if ref in cards else Path(ref).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"source card {ref!r} is neither a shipped card ({', '.join(cards)}) nor a YAML file path"
+        )
+    return check_card(SourceCard.from_yaml(path), release_terms)
+
+
+def check_card(card: SourceCard, release_terms: Mapping[str, TermSpec] | None = None) -> SourceCard:
+    """What :func:`load_card` checks, for a card made in code; returns the card to use (with the release
+    terms it needs copied in)."""
+    cls = adapter_class(card)
+    layout = cls.parse_layout(card)
+    card = prepare_card_terms(card, release_terms)
+    unmapped = [label for label in cls.layout_labels(layout) if resolve_label(card, label) is None]
+    if unmapped:
+        raise ValueError(f"{card_where(card)}: layout names label(s) {unmapped} that map to no term; add them to "
+                         "`labels` (label: term), or set resolve_labels_with_glossary when they are glossary names")
+    return card
+
+
+def card_problems(ref: str, release_terms: Mapping[str, TermSpec] | None = None) -> list[str]:
+    """What is wrong with a card, as sentences (``medreg inspect --card``): what :func:`load_card` would
+    raise, with every label whose term does not exist listed on its own."""
+    try:
+        card = load_card(ref, release_terms=release_terms)
+    except (ValueError, KeyError, FileNotFoundError) as exc:
+        text = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+        problems = [str(text)]
+        try:  # name the unknown terms even when something else failed first
+            card = SourceCard.from_yaml(builtin_cards().get(ref, Path(ref).expanduser()))
+            problems += [f"{card_where(card)}: {p}" for p in label_problems(card, release_terms)
+                         if p not in str(text)]
+        except (ValueError, OSError):
+            pass
+        return problems
+    return [f"{card_where(card)}: {p}" for p in label_problems(card, release_terms)]
+
+
+def adapter_class(card: SourceCard) -> type[SourceAdapter]:
+    table = adapters()
+    if card.adapter not in table:
+        import difflib
+
+        guess = difflib.get_close_matches(card.adapter, list(table), n=1)
+        raise KeyError(
+            f"{card_where(card)} names adapter {card.adapter!r}, which is not registered"
+            + (f" (did you mean {guess[0]!r}?)" if guess else "")
+            + f"; known adapters: {', '.join(sorted(table))} (run `medreg sources`)"
+        )
+    return table[card.adapter]

@@ -1,12 +1,13 @@
 """2-D images with detection boxes: ChestX-ray14 box CSV (``cxr14_csv``) and COCO JSON (``coco_json``).
 
 One case per image; its CaseRef carries the image path and, in ``extra``, the image's own rows
-(label, x, y, w, h, where) and row errors, so the case's cache key changes exactly when its rows do.  The Study is the image ``(1, H, W)`` (grey) or ``(1, H, W, 3)`` with
+(label, x, y, w, h, where) and row errors, so the case's cache key changes exactly when its rows do.
+The Study is the image ``(1, H, W)`` (grey) or ``(1, H, W, 3)`` with
 ``boxes=[PixelBoxAnnotation(term, (x_min, y_min, x_max, y_max))]`` (inclusive pixel indices, floats;
 see pipeline/ingest/readers/detection.py for the ``x, y, w, h`` convention) and no label layers.
 
-Layout options (card ``layout``)
---------------------------------
+Layout options (card ``layout``: :class:`Cxr14Layout`, :class:`CocoLayout`)
+--------------------------------------------------------------------------
 ``cxr14_csv``
   * ``csv``: the box CSV, relative to the root (``BBox_List_2017.csv``).
   * ``images``: folder of the images, relative to the root (or absolute).  Files are found by name,
@@ -28,7 +29,7 @@ Layout options (card ``layout``)
     split).
   * ``images``: image folder (``file_name`` is relative to it), default ``images``; or
     ``{split: folder}``.
-  * ``patient_regex``; ``case_rules`` (per-case modality/body region).
+  * ``patient_regex``; ``case_rules`` (per-case modality/body region/display fix; boxes follow the fix).
 
 A row/annotation with an invalid box (e.g. negative width) fails its own case with a ReadError naming
 the file and line; the other cases load.  A missing image fails its case with a hint.
@@ -39,15 +40,48 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
+from pydantic import Field
 
 from pipeline.core.paths import shown
+from pipeline.core.types import CaseRef, PixelBoxAnnotation, Study
 from pipeline.ingest.readers import ReadError
 from pipeline.ingest.readers.detection import BoxRecord, read_coco_json, read_cxr14_csv
 from pipeline.ingest.readers.image2d import read_image
-from pipeline.core.types import CaseRef, PixelBoxAnnotation, Study
 from sources.base import SourceAdapter
+from sources.layouts import LayoutBase
+
+
+class Cxr14Layout(LayoutBase):
+    """2-D images + a ChestX-ray14-style box CSV (image, label, x, y, w, h by position)."""
+
+    csv: str = Field("BBox_List_2017.csv", description="the box CSV, relative to the root")
+    images: str = Field("images", description="folder of the images (found by name, flat or nested)")
+    image_size: tuple[int, int] | None = Field(
+        None, description="[W, H] of the frame the boxes are given in; other image sizes get scaled boxes"
+    )
+    split_lists: dict[str, str] = Field(
+        default_factory=dict, description="{split: file} lists of image names, used when present"
+    )
+    encoding: str | None = Field(
+        None, description="the CSV's text encoding (default: a byte-order mark, else UTF-8); an undecodable line "
+        "fails only its image's case"
+    )
+    missing_images: Literal["error", "skip"] = Field(
+        "error", description="error: a missing image fails its case; skip: the images present are the cases "
+        "(a partial download; every case notes what was left out)"
+    )
+
+
+class CocoLayout(LayoutBase):
+    """2-D images + a COCO detection JSON."""
+
+    annotations: str | dict[str, str] = Field(description="a COCO JSON, or {split: json} (the key is the split)")
+    images: str | dict[str, str] = Field(
+        "images", description="image folder (`file_name` is relative to it), or {split: folder}"
+    )
 
 _IMAGE_EXT = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".dcm")
 
@@ -148,25 +182,26 @@ class Cxr14CsvAdapter(_BoxAdapter):
     name = "cxr14_csv"
     formats = ("csv",)
     description = "2-D images + ChestX-ray14-style box CSV (image, label, x, y, w, h by position)"
+    layout_model = Cxr14Layout
 
     def _split_map(self) -> dict[str, str]:
         out: dict[str, str] = {}
-        for split, rel in (self.card.layout.get("split_lists") or {}).items():
+        for split, rel in self.layout.split_lists.items():
             p = self._path(rel, rel)
             if p.is_file():
-                text = p.read_bytes().decode(self.card.layout.get("encoding") or "utf-8-sig", errors="replace")
+                text = p.read_bytes().decode(self.layout.encoding or "utf-8-sig", errors="replace")
                 for line in text.split():
                     out.setdefault(line.strip(), split)
         return out
 
     def discover(self) -> list[CaseRef]:
-        lay = self.card.layout
-        csv_path = self._path(lay.get("csv"), "BBox_List_2017.csv")
-        recs = read_cxr14_csv(csv_path, encoding=lay.get("encoding"))
-        folder = self._path(lay.get("images"), "images")
+        lay = self.layout
+        csv_path = self._path(lay.csv, "BBox_List_2017.csv")
+        recs = read_cxr14_csv(csv_path, encoding=lay.encoding)
+        folder = self._path(lay.images, "images")
         index = self._image_index(folder)
         splits = self._split_map()
-        size = tuple(lay["image_size"]) if lay.get("image_size") else None
+        size = tuple(lay.image_size) if lay.image_size else None
         by_image: dict[str, list[BoxRecord]] = {}
         for r in recs:
             by_image.setdefault(r.image, []).append(r)
@@ -189,10 +224,7 @@ class Cxr14CsvAdapter(_BoxAdapter):
         Returns None when every image is a case (``error``, the default: a missing image fails its case),
         else the note every case carries, which counts the images and boxes left out.  Raises when no
         image is present at all (nothing to build: the images were not downloaded)."""
-        mode = str(self.card.layout.get("missing_images", "error"))
-        if mode not in ("error", "skip"):
-            raise ValueError(f"card {self.card.name}: layout.missing_images must be 'error' or 'skip', got {mode!r}")
-        if mode == "error":
+        if self.layout.missing_images == "error":
             return None
         absent = [n for n in by_image if Path(n).name not in index]
         if len(absent) == len(by_image):
@@ -212,19 +244,18 @@ class CocoJsonAdapter(_BoxAdapter):
     name = "coco_json"
     formats = ("json", "coco")
     description = "2-D images + COCO detection JSON (bbox = x, y, w, h)"
+    layout_model = CocoLayout
 
     def discover(self) -> list[CaseRef]:
-        lay = self.card.layout
-        anns = lay.get("annotations")
-        if anns is None:
-            raise ValueError(f"card {self.card.name}: coco_json needs layout.annotations (a JSON path or {{split: path}})")
+        anns = self.layout.annotations
         items = list(anns.items()) if isinstance(anns, dict) else [(None, anns)]
-        images_spec = lay.get("images", "images")
+        images_spec = self.layout.images
         refs: dict[str, CaseRef] = {}
         for split, rel in items:
             path = self._path(rel, rel)
             data = read_coco_json(path)
-            folder = self._path(images_spec.get(split, "images") if isinstance(images_spec, dict) else images_spec, "images")
+            sub = images_spec.get(split, "images") if isinstance(images_spec, dict) else images_spec
+            folder = self._path(sub, "images")
             by_image: dict[str, list[BoxRecord]] = {}
             for r in data.boxes:
                 by_image.setdefault(r.image, []).append(r)

@@ -10,8 +10,9 @@ A CaseRef holds the annotation file in ``paths`` and the series' files in ``extr
 the files of the referenced series, so a folder shared by many series is never hashed per case), with
 ``extra["series_dir"]`` for display.
 
-Layout options (card ``layout``)
---------------------------------
+Layout options (card ``layout``: :class:`DicomSegLayout`, :class:`DicomRtstructLayout`,
+:class:`DicomNiftiLabelsLayout`)
+--------------------------------------------------------------------------------------------
 * ``cases``: explicit list of ``{id, series, seg | rtstruct | labels}`` — ``series`` is a folder (or a
   file glob) relative to the root; the annotation is a file relative to the root.  Optional ``patient``.
 * otherwise **scan mode** (``dicom_seg`` / ``dicom_rtstruct``): every file under the root (or under
@@ -21,6 +22,7 @@ Layout options (card ``layout``)
   ``/`` replaced by ``__``.
 * ``patient_regex``: first group of the case id/path = patient id.  Without it the series'
   PatientID is used (hashed before any output), else the case id.
+* ``case_rules``: per-case ``modality`` (when the series has none) / ``body_region``.
 
 Labels
 ------
@@ -38,7 +40,9 @@ import re
 from pathlib import Path
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from pipeline.core.types import CaseRef, LabelLayer, Study
 from pipeline.ingest.align import align_labels_to_image
 from pipeline.core.paths import shown
 from pipeline.ingest.readers import ReadError
@@ -48,8 +52,9 @@ from pipeline.ingest.readers.dicom_seg import read_seg
 from pipeline.ingest.readers.nifti import read_nifti
 from pipeline.ingest.readers.pet import read_pet_facts, to_suv
 from pipeline.ingest.readers.rtstruct import read_rtstruct
-from pipeline.core.types import CaseRef, LabelLayer, Study
 from sources.base import SourceAdapter
+from sources.layouts import Layout3D
+from sources.terms import card_terms_known, label_table
 
 # SNOMED CT / SNOMED-RT codes of common segmented structures -> canonical term.  Card ``labels``
 # override and extend this table.
@@ -71,6 +76,51 @@ DEFAULT_CODES: dict[str, str] = {
 _MODALITY = {"PT": "PET", "MR": "MR", "CT": "CT", "NM": "NM", "US": "US"}
 
 
+class _Case(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    series: str = Field(description="folder (or file glob) of the image series, relative to the root")
+    patient: str | None = None
+
+    @field_validator("id", "patient", mode="before")
+    @classmethod
+    def _text(cls, v: object) -> object:
+        return str(v) if isinstance(v, int) else v
+
+
+class SegCase(_Case):
+    seg: str
+
+
+class RtstructCase(_Case):
+    rtstruct: str
+
+
+class LabelsCase(_Case):
+    labels: str
+
+
+class DicomSegLayout(Layout3D):
+    """CT/MR DICOM series + DICOM-SEG: scan mode (every SEG under `scan` is a case) or explicit `cases`."""
+
+    cases: list[SegCase] | None = Field(None, description="explicit cases [{id, series, seg, patient}]")
+    scan: str = Field(".", description="scan mode: folder under the root indexed header-only")
+
+
+class DicomRtstructLayout(Layout3D):
+    """CT/MR DICOM series + RT Structure Set: scan mode or explicit `cases`."""
+
+    cases: list[RtstructCase] | None = Field(None, description="explicit cases [{id, series, rtstruct, patient}]")
+    scan: str = Field(".", description="scan mode: folder under the root indexed header-only")
+
+
+class DicomNiftiLabelsLayout(Layout3D):
+    """CT/MR DICOM series + NIfTI integer label map (explicit `cases` only)."""
+
+    cases: list[LabelsCase] = Field(description="explicit cases [{id, series, labels, patient}]")
+
+
 def _safe_id(rel: str) -> str:
     stem = re.sub(r"\.(dcm|dicom|ima)$", "", rel, flags=re.I)
     return re.sub(r"[^A-Za-z0-9._-]+", "_", stem.replace("/", "__")).strip("_") or "case"
@@ -83,11 +133,8 @@ class _DicomBase(SourceAdapter):
 
     # discovery ---------------------------------------------------------------------------------
     def discover(self) -> list[CaseRef]:
-        lay = self.card.layout
-        if "cases" in lay:
-            refs = [self._explicit(c) for c in lay["cases"]]
-        else:
-            refs = self._scan()
+        cases = self.layout.cases
+        refs = [self._explicit(c) for c in cases] if cases is not None else self._scan()
         return sorted(refs, key=lambda r: r.case_id)
 
     def _series_files(self, spec: str) -> list[Path]:
@@ -96,24 +143,22 @@ class _DicomBase(SourceAdapter):
             return list_files(p)
         return [q for q in self.glob(spec)]
 
-    def _explicit(self, c: dict) -> CaseRef:
-        cid = str(c["id"])
-        if self.role not in c or "series" not in c:
-            raise ValueError(f"card {self.card.name}: each layout.cases entry needs `id`, `series` and `{self.role}`")
-        ann = self.root / c[self.role]
-        files = self._series_files(str(c["series"]))
-        patient = str(c.get("patient") or self._patient(cid, ann, files))
+    def _explicit(self, c: _Case) -> CaseRef:
+        cid = c.id
+        ann = self.root / getattr(c, self.role)
+        files = self._series_files(c.series)
+        patient = c.patient or self._patient(cid, ann, files)
         return CaseRef(
             source=self.card.name,
             case_id=cid,
             patient_id=patient,
             paths={self.role: str(ann)},
             official_split=self.official_split(ann.as_posix(), cid),
-            extra={"files": [str(f) for f in files], "series_dir": str(self.root / c["series"])},
+            extra={"files": [str(f) for f in files], "series_dir": str(self.root / c.series)},
         )
 
     def _patient(self, cid: str, ann: Path, files: list[Path], dicom_pid: str | None = None) -> str:
-        if self.card.layout.get("patient_regex"):
+        if self.layout.patient_regex:
             return self.patient_of(cid, ann.as_posix())
         if dicom_pid is None and files:
             from pipeline.ingest.readers.dicom import read_file_info
@@ -125,7 +170,7 @@ class _DicomBase(SourceAdapter):
         return dicom_pid or cid
 
     def _index(self) -> DicomIndex:
-        scan = self.root / str(self.card.layout.get("scan", "."))
+        scan = self.root / self.layout.scan
         if not scan.exists():
             raise ValueError(f"card {self.card.name}: scan folder {shown(scan)} does not exist (layout.scan / root)")
         return index_dicom(scan)
@@ -134,12 +179,12 @@ class _DicomBase(SourceAdapter):
         idx = self._index()
         anns = idx.segs if self.role == "seg" else idx.rtstructs
         by_sop: dict[str, str] = {}
-        for uid, g in idx.series.items():
+        for series_uid, g in idx.series.items():
             for f in g.files:
-                by_sop[f.sop_uid] = uid
+                by_sop[f.sop_uid] = series_uid
         refs = []
         for h in anns:
-            uid = next((u for u in h.referenced_series_uids if u in idx.series), None)
+            uid: str | None = next((u for u in h.referenced_series_uids if u in idx.series), None)
             if uid is None:
                 uid = next((by_sop[s] for s in h.referenced_sop_uids if s in by_sop), None)
             ann = Path(h.path)
@@ -199,13 +244,6 @@ class _DicomBase(SourceAdapter):
         series.notes.extend(notes)
         series.value_facts.update(info)
 
-    def _term(self, label: str) -> str | None:
-        try:
-            return self.term_for(label)
-        except ImportError:  # glossary module not available: card labels only
-            table = self.card.label_table()
-            return table.get(label)
-
     def _study(self, ref: CaseRef, series: DicomSeries, layers: list[LabelLayer], notes: list[str]) -> Study:
         vol, geom = series.to_canonical()
         attrs = self.case_attrs(ref.case_id)
@@ -240,7 +278,7 @@ class _DicomBase(SourceAdapter):
     def _layers(self, series: DicomSeries, packed: list[np.ndarray], packed_ids: list[list[int]],
                 names: dict[int, str], origin: str) -> list[LabelLayer]:
         out = []
-        for arr, ids in zip(packed, packed_ids):
+        for arr, ids in zip(packed, packed_ids, strict=True):
             keep = {i: names[i] for i in ids if i in names}
             if not keep:
                 continue
@@ -263,9 +301,10 @@ class DicomSegAdapter(_DicomBase):
     formats = ("dicom", "dicom-seg")
     description = "CT/MR DICOM series + DICOM-SEG (binary/fractional/labelmap; frames mapped by UID or position)"
     role = "seg"
+    layout_model = DicomSegLayout
 
     def segment_term(self, seg) -> str | None:
-        table = {**DEFAULT_CODES, **self.card.label_table()}
+        table = {**DEFAULT_CODES, **label_table(self.card)}
         term = None
         for key in seg.code_keys():
             if key in table:
@@ -273,12 +312,13 @@ class DicomSegAdapter(_DicomBase):
                 break
         if term is not None:
             lat = seg.laterality
-            if lat and not re.search(r"(^|_)(left|right)(_|$)", term):
-                term = f"{term}_{lat}"
+            sided = f"{term}_{lat}"
+            if lat and not re.search(r"(^|_)(left|right)(_|$)", term) and sided in card_terms_known(self.card):
+                term = sided  # without a sided term the side is noted by load()
             return term
         for text in (seg.label, seg.property_type.meaning if seg.property_type else ""):
             if text:
-                term = self._term(text)
+                term = self.term_for(text)
                 if term is not None:
                     return term
         return None
@@ -290,6 +330,9 @@ class DicomSegAdapter(_DicomBase):
         names: dict[int, str] = {}
         for n, seg in sorted(vol.header.segments.items()):
             term = self.segment_term(seg)
+            if term is not None and seg.laterality and not re.search(r"(^|_)(left|right)(_|$)", term):
+                notes.append(f"segment {n} ({seg.label!r}) is {seg.laterality}, but term {term!r} has no "
+                             f"{term}_{seg.laterality}; emitted as {term!r}")
             if term is None:
                 code = seg.property_type.key if seg.property_type else "no code"
                 notes.append(f"segment {n} ({seg.label!r}, {code}) has no term in card {self.card.name}; skipped")
@@ -314,12 +357,13 @@ class DicomRtstructAdapter(_DicomBase):
     formats = ("dicom", "rtstruct")
     description = "CT/MR DICOM series + RT Structure Set (closed planar contours, even-odd fill)"
     role = "rtstruct"
+    layout_model = DicomRtstructLayout
 
     def roi_term(self, roi) -> str | None:
-        term = self._term(roi.name)
+        term = self.term_for(roi.name)
         if term is None and roi.code is not None:
-            table = {**DEFAULT_CODES, **self.card.label_table()}
-            term = table.get(roi.code.key) or self._term(roi.code.meaning)
+            table = {**DEFAULT_CODES, **label_table(self.card)}
+            term = table.get(roi.code.key) or self.term_for(roi.code.meaning)
         return term
 
     def load(self, ref: CaseRef) -> Study:
@@ -354,11 +398,7 @@ class DicomNiftiLabelsAdapter(_DicomBase):
     formats = ("dicom", "nifti")
     description = "CT/MR DICOM series + NIfTI integer label map (aligned in physical space)"
     role = "labels"
-
-    def discover(self) -> list[CaseRef]:
-        if "cases" not in self.card.layout:
-            raise ValueError(f"card {self.card.name}: dicom_nifti_labels needs layout.cases [{{id, series, labels}}]")
-        return super().discover()
+    layout_model = DicomNiftiLabelsLayout
 
     def load(self, ref: CaseRef) -> Study:
         series = self._read_series(ref)
@@ -367,14 +407,15 @@ class DicomNiftiLabelsAdapter(_DicomBase):
         arr, note = align_labels_to_image(labels, lab_aff, series.shape, series.affine_ras,
                                           label_file=ref.paths["labels"], image_file=series.files[0])
         m = np.linalg.inv(lab_aff) @ series.affine_ras
-        exact = np.allclose(m[:3, :3], np.round(m[:3, :3]), atol=1e-4) and np.allclose(m[:3, 3], np.round(m[:3, 3]), atol=1e-3)
+        exact = (np.allclose(m[:3, :3], np.round(m[:3, :3]), atol=1e-4)
+                 and np.allclose(m[:3, 3], np.round(m[:3, 3]), atol=1e-3))
         notes = header_notes + [f"label map {Path(ref.paths['labels']).name} reoriented onto the series grid (exact "
                                 "voxel match)" if exact else note]
         names: dict[int, str] = {}
         for v in np.unique(arr).tolist():
             if v == 0:
                 continue
-            term = self._term(str(v))
+            term = self.term_for(str(v))
             if term is None:
                 notes.append(f"label id {v} in {Path(ref.paths['labels']).name} has no term in card {self.card.name}")
             else:

@@ -32,7 +32,7 @@ from __future__ import annotations
 import csv
 import io
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 
@@ -40,6 +40,9 @@ from pipeline.core.paths import shown
 from pipeline.core.types import CaseRef, PixelBoxAnnotation, RegionSentence, Study
 from pipeline.ingest.readers import ReadError
 from pipeline.language.report_text import clean_sentence
+from pydantic import Field
+
+from sources.layouts import LayoutBase
 from sources.reports import ReportAdapter
 
 MEDREGA_12 = (
@@ -56,13 +59,24 @@ def _phrase_negated(attrs: list[str]) -> bool:
     return bool(found) and all(f[1] == "no" for f in found)
 
 
+class ImaGenomeLayout(LayoutBase):
+    """Chest ImaGenome scene graphs on MIMIC-CXR-JPG images."""
+
+    scene_graphs: str = Field("silver_dataset/scene_graph", description="folder of <dicom_id>_SceneGraph.json")
+    splits: str = Field("silver_dataset/splits", description="train.csv / valid.csv / test.csv (dicom_id), if present")
+    images: str = Field("mimic-cxr-jpg", description="the MIMIC-CXR-JPG folder holding files/")
+    regions: Literal["all", "medrega12"] = Field(
+        "all", description="all: the dataset's 29 box names; medrega12: MedRegA's 12 chest X-ray regions")
+
+
 class ImaGenomeAdapter(ReportAdapter):
     name = "imagenome_scene_graph"
     formats = ("json",)
     description = "Chest ImaGenome scene graphs (<dicom_id>_SceneGraph.json): anatomical boxes + report phrases"
+    layout_model = ImaGenomeLayout
 
     def _splits(self) -> dict[str, str]:
-        folder = self.root / self.card.layout.get("splits", "silver_dataset/splits")
+        folder = self.root / self.layout.splits
         out: dict[str, str] = {}
         for name, split in _SPLIT_FILES.items():
             f = folder / name
@@ -74,16 +88,13 @@ class ImaGenomeAdapter(ReportAdapter):
         return out
 
     def discover(self) -> list[CaseRef]:
-        lay = self.card.layout
-        folder = self.root / lay.get("scene_graphs", "silver_dataset/scene_graph")
+        folder = self.root / self.layout.scene_graphs
         files = sorted(folder.glob("*" + _SUFFIX)) if folder.is_dir() else []
         if not files:
             raise ReadError(f"no *{_SUFFIX} under {shown(folder)}", file=str(folder),
                             hint="point layout.scene_graphs at chest-imagenome's silver_dataset/scene_graph")
-        if lay.get("regions", "all") not in ("all", "medrega12"):
-            raise ValueError(f"card {self.card.name}: layout.regions must be all or medrega12")
         splits = self._splits()
-        images = self.root / lay.get("images", "mimic-cxr-jpg")
+        images = self.root / self.layout.images
         refs = []
         for f in files:
             head = self._read(f)
@@ -109,7 +120,7 @@ class ImaGenomeAdapter(ReportAdapter):
         return doc
 
     def _wanted(self, bbox_name: str) -> bool:
-        return self.card.layout.get("regions", "all") == "all" or bbox_name in MEDREGA_12
+        return self.layout.regions == "all" or bbox_name in MEDREGA_12
 
     def _phrases(self, doc: dict[str, Any]) -> list[tuple[str, str, bool]]:
         """(bbox_name, phrase, negated) of every described region, in file order."""

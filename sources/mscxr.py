@@ -31,6 +31,9 @@ from pipeline.core.paths import shown
 from pipeline.core.types import CaseRef, PixelBoxAnnotation, RegionSentence, Study
 from pipeline.ingest.readers import ReadError
 from pipeline.language.report_text import clean_sentence
+from pydantic import Field
+
+from sources.layouts import LayoutBase
 from sources.reports import ReportAdapter
 
 COLUMNS = ("dicom_id", "category_name", "label_text", "path", "x", "y", "w", "h", "image_width", "image_height")
@@ -38,14 +41,21 @@ _SPLIT = {"train": "train", "val": "validation", "test": "test"}
 _PATIENT = re.compile(r"/p(\d{8})/")
 
 
+class MsCxrLayout(LayoutBase):
+    """MS-CXR's MS_CXR_Local_Alignment_v1.x.csv on MIMIC-CXR-JPG images."""
+
+    csv: str = Field("MS_CXR_Local_Alignment_v1.1.0.csv", description="the MS-CXR CSV, relative to the root")
+    images: str = Field("mimic-cxr-jpg", description="the MIMIC-CXR-JPG folder holding files/ (the CSV's path)")
+
+
 class MsCxrAdapter(ReportAdapter):
     name = "mscxr_csv"
     formats = ("csv",)
     description = "MS-CXR phrase grounding CSV (MS_CXR_Local_Alignment_v1.x.csv) on MIMIC-CXR-JPG images"
+    layout_model = MsCxrLayout
 
     def discover(self) -> list[CaseRef]:
-        lay = self.card.layout
-        table = self.root / lay.get("csv", "MS_CXR_Local_Alignment_v1.1.0.csv")
+        table = self.root / self.layout.csv
         if not table.is_file():
             raise ReadError(f"MS-CXR table {shown(table)} not found", file=str(table),
                             hint="download MS_CXR_Local_Alignment_v1.1.0.csv from PhysioNet (ms-cxr) into the root")
@@ -55,7 +65,7 @@ class MsCxrAdapter(ReportAdapter):
         if missing:
             raise ReadError(f"{table.name}: columns {missing} missing (header {reader.fieldnames})", file=str(table),
                             hint="this adapter reads the MS-CXR local alignment CSV as published (v1.0.0 / v1.1.0)")
-        images = self.root / lay.get("images", "mimic-cxr-jpg")
+        images = self.root / self.layout.images
         by_image: dict[str, list[dict[str, str]]] = {}
         for i, row in enumerate(reader, start=2):
             by_image.setdefault(row["dicom_id"], []).append({**{k: row.get(k) or "" for k in (*COLUMNS, "split")},

@@ -9,17 +9,25 @@ from pipeline.ingest.guard import discover_cases
 from pipeline.ingest.readers import ReadError
 from pipeline.release.plan import FingerprintCache, Plan, SourcePlan, make_jobs
 from pipeline.release.store import Store
-from schemas.config import ReleaseConfig, SourceUse
-from schemas.records import ErrorRecord
+from pipeline.validate.registry import check_config
+from pipeline.versions.licences import exclusion_reason
+from schemas.config import LicenceFilter, ReleaseConfig, SourceUse
+from schemas.language import TermSpec
+from schemas.records import ErrorRecord, ExcludedSource
 from sources.base import get_adapter, load_card
+from sources.terms import load_release_terms
 
 
-def _source(use: SourceUse, samples_root: Path | None) -> SourcePlan:
+def _source(use: SourceUse, samples_root: Path | None, licences: LicenceFilter,
+            release_terms: dict[str, TermSpec]) -> SourcePlan | ExcludedSource:
     try:
-        card = load_card(use.card)
+        card = load_card(use.card, release_terms=release_terms)
     except Exception as exc:  # a broken card is this source's error, reported by the driver
         name = Path(use.card).name  # a path: its file name only (no build-machine folders)
         return SourcePlan(use, name, error=_error(name, exc))
+    reason = exclusion_reason(card.licence, licences)
+    if reason is not None:  # left out before discovery, and listed in the manifest and card
+        return ExcludedSource(name=card.name, licence=card.licence, reason=reason)
     if use.translations is not None:  # the release config points the source at other accepted translations
         if card.report is None:
             return SourcePlan(use, card.name, error=_error(card.name, ValueError(
@@ -56,11 +64,17 @@ def _error(name: str, exc: BaseException) -> ErrorRecord:
 
 def make_plan(cfg: ReleaseConfig, samples_root: Path | None, out_dir: str | Path | None = None) -> Plan:
     """Sources, cases and part keys of a release config.  Input-file hashes are memoised in the store of
-    ``out_dir`` (a rerun re-reads only files whose size, mtime or inode changed)."""
-    sources = [_source(use, samples_root) for use in cfg.sources]
+    ``out_dir`` (a rerun re-reads only files whose size, mtime or inode changed).  Sources whose licence the
+    config's ``licences`` filter refuses are not discovered; they are listed in ``Plan.excluded``.  Unknown
+    validators and broken glossary files (the config's ``glossary:``) stop the plan before any case."""
+    check_config(cfg.validation)
+    release_terms = load_release_terms(cfg)
+    planned = [_source(use, samples_root, cfg.licences, release_terms) for use in cfg.sources]
+    sources = [p for p in planned if isinstance(p, SourcePlan)]
+    excluded = [p for p in planned if isinstance(p, ExcludedSource)]
     cache = FingerprintCache(Store.for_output(out_dir).fingerprints if out_dir is not None else None)
     try:
         jobs = make_jobs(cfg, sources, cache)
     finally:
         cache.close()
-    return Plan(cfg=cfg, sources=sources, jobs=jobs, samples_root=samples_root)
+    return Plan(cfg=cfg, sources=sources, jobs=jobs, samples_root=samples_root, excluded=excluded)

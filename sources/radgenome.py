@@ -27,7 +27,7 @@ import csv
 import io
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -35,6 +35,9 @@ from pipeline.core.paths import shown
 from pipeline.core.types import CaseRef, LabelLayer, RegionSentence, Study
 from pipeline.ingest.readers import ReadError
 from pipeline.language.report_text import clean_sentence
+from pydantic import Field
+
+from sources.layouts import Layout3D
 from sources.reports import ReportAdapter
 
 COLUMNS = ("Volumename", "Anatomy", "Sentence")
@@ -46,13 +49,25 @@ def _stem(volume: str) -> str:
     return re.sub(r"\.nii(\.gz)?$", "", volume)
 
 
+class RadGenomeLayout(Layout3D):
+    """RadGenome-ChestCT: region report CSV, CT-RATE volumes, anatomy and region masks."""
+
+    report_csv: str = Field("dataset/radgenome_files/validation_region_report.csv",
+                            description="the <split>_region_report.csv (Volumename, Anatomy, Sentence)")
+    volumes: str = Field("dataset/valid_preprocessed", description="<patient>/<patient><scan>/<Volumename> below it")
+    anatomy_masks: str = Field("valid_anatomy_mask", description="seg_<volume stem>/<anatomy>.nii.gz below it")
+    region_masks: str = Field("valid_region_mask", description="seg_<volume stem>/<region>.nii.gz (fallback)")
+    split: Literal["train", "validation", "test"] | None = Field(None, description="the official split of the volumes")
+
+
 class RadGenomeAdapter(ReportAdapter):
     name = "radgenome_ct"
     formats = ("nifti", "csv")
     description = "RadGenome-ChestCT: CT-RATE volumes + region report CSV (Volumename, Anatomy, Sentence) + masks"
+    layout_model = RadGenomeLayout
 
     def _dir(self, key: str, default: str) -> Path:
-        return self.root / self.card.layout.get(key, default)
+        return self.root / str(getattr(self.layout, key, None) or default)
 
     def volume_path(self, volume: str) -> Path:
         m = _VOLUME.match(volume)
@@ -86,7 +101,7 @@ class RadGenomeAdapter(ReportAdapter):
         for i, row in enumerate(reader, start=2):
             by_volume.setdefault(row["Volumename"].strip(), []).append(
                 {"anatomy": (row.get("Anatomy") or "").strip(), "sentence": row.get("Sentence") or "", "line": str(i)})
-        split = self.card.layout.get("split")
+        split = self.layout.split
         refs = []
         for volume, rows in by_volume.items():
             m = _VOLUME.match(volume)

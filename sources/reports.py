@@ -36,7 +36,7 @@ import csv
 import io
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -44,7 +44,10 @@ from pipeline.core.paths import shown
 from pipeline.core.types import CaseRef, LabelLayer, PixelBoxAnnotation, RegionSentence, Study
 from pipeline.ingest.readers import ReadError
 from pipeline.language.report_text import clean_sentence, negates
+from pydantic import Field
+
 from sources.base import SourceAdapter
+from sources.layouts import LayoutBase
 
 _NIFTI = (".nii", ".nii.gz")
 _COLUMNS = ("image", "label", "sentence", "x_min", "y_min", "x_max", "y_max", "mask", "mask_value", "lang",
@@ -137,17 +140,30 @@ def _number(value: Any) -> float | None:
         return None
 
 
+class ReportTableLayout(LayoutBase):
+    """A CSV or JSONL of (image or volume, region label, box or mask, sentence) in English or Chinese."""
+
+    table: str = Field("reports.csv", description="the CSV (header row) or JSONL file, relative to the root")
+    images: str = Field(".", description="the folder image and mask paths are relative to (relative to the root)")
+    columns: dict[str, str] = Field(
+        default_factory=dict, description="column names when they differ: {image, label, sentence, x_min, y_min, "
+        "x_max, y_max, mask, mask_value, lang, patient_id, split: name}")
+    box_format: Literal["xyxy", "xywh"] = Field(
+        "xyxy", description="xyxy: inclusive pixel corners; xywh: top-left corner, width and height in pixels")
+
+
 class ReportTableAdapter(ReportAdapter):
     name = "report_table"
     formats = ("csv", "jsonl")
     description = "generic report table: image or volume, region label, box or mask, sentence (en or zh)"
+    layout_model = ReportTableLayout
 
     def _col(self, key: str) -> str:
-        return str(self.card.layout.get("columns", {}).get(key, key))
+        return str(self.layout.columns.get(key, key))
 
     def _path(self, value: str) -> Path:
         p = Path(value).expanduser()
-        base = self.root / self.card.layout.get("images", ".")
+        base = self.root / self.layout.images
         return p if p.is_absolute() else base / p
 
     def _row(self, line: int, raw: dict[str, Any]) -> dict[str, Any]:
@@ -164,7 +180,7 @@ class ReportTableAdapter(ReportAdapter):
         nums = [v for v in box if v is not None]
         if err is None and len(nums) == 4:
             x0, y0, a, b = nums
-            if self.card.layout.get("box_format", "xyxy") == "xywh":
+            if self.layout.box_format == "xywh":
                 a, b = x0 + a - 1, y0 + b - 1
             if a < x0 or b < y0 or x0 < 0 or y0 < 0:
                 err = f"box {box} is empty or negative"
@@ -173,7 +189,7 @@ class ReportTableAdapter(ReportAdapter):
         return {k: (str(v) if isinstance(v, int | float) and k not in ("line", "box") else v) for k, v in r.items()}
 
     def discover(self) -> list[CaseRef]:
-        table = self.root / self.card.layout.get("table", "reports.csv")
+        table = self.root / self.layout.table
         if not table.is_file():
             raise ReadError(f"report table {shown(table)} not found", file=str(table),
                             hint="set the card's layout.table (a CSV with a header, or JSONL)")

@@ -1,8 +1,8 @@
 """SA-Med2D-20M release layout: slice PNGs, one PNG per structure instance, JSON indexes.
 
-Layout options: ``index_files`` ({split: json file}; a train file maps image -> [masks], a test file maps
-mask -> image), ``path_prefix`` (stripped from JSON paths, default ``data_demo/``), ``patient_regex``,
-``case_rules``.  Mask files are ``<image-stem>_<structure>_<NNN>.png`` where ``NNN`` is the instance
+Layout options (:class:`SamMed2DLayout`): ``index_files`` ({split: json file}; a train file maps image ->
+[masks], a test file maps mask -> image), ``path_prefix`` (stripped from JSON paths, default ``data_demo/``),
+``patient_regex``, ``case_rules``.  Mask files are ``<image-stem>_<structure>_<NNN>.png`` where ``NNN`` is the instance
 index and the structure name may contain underscores: it is split from the right.
 """
 
@@ -13,11 +13,13 @@ import re
 from collections import defaultdict
 from pathlib import Path
 
+from pydantic import Field
 
+from pipeline.core.types import CaseRef, LabelLayer, Study
 from pipeline.ingest.readers import ReadError
 from pipeline.ingest.readers.image2d import read_image, read_mask
-from pipeline.core.types import CaseRef, LabelLayer, Study
 from sources.base import SourceAdapter, check_mask_shape, check_not_all_empty
+from sources.layouts import LayoutBase
 
 _INSTANCE = re.compile(r"^(?P<structure>.+)_(?P<instance>\d{3,})$")
 
@@ -33,19 +35,28 @@ def structure_of(mask_name: str, image_stem: str) -> tuple[str, int]:
     return m.group("structure"), int(m.group("instance"))
 
 
+class SamMed2DLayout(LayoutBase):
+    """SA-Med2D-20M: slice PNGs, one PNG per structure instance, JSON indexes."""
+
+    index_files: dict[str, str] = Field(
+        default_factory=lambda: {"train": "image2label_train.json", "test": "label2image_test.json"},
+        description="{split: json}: a train file maps image -> [masks], a test file maps mask -> image",
+    )
+    path_prefix: str = Field("data_demo/", description="stripped from the paths in the JSON files")
+
+
 class SamMed2DAdapter(SourceAdapter):
     name = "sam_med2d"
     formats = ("png",)
     description = "SA-Med2D-20M layout: slice PNG + one PNG per structure instance + JSON index"
+    layout_model = SamMed2DLayout
 
     def _strip(self, p: str) -> Path:
-        prefix = self.card.layout.get("path_prefix", "data_demo/")
+        prefix = self.layout.path_prefix
         return self.root / (p[len(prefix) :] if prefix and p.startswith(prefix) else p)
 
     def discover(self) -> list[CaseRef]:
-        index_files: dict[str, str] = self.card.layout.get(
-            "index_files", {"train": "image2label_train.json", "test": "label2image_test.json"}
-        )
+        index_files: dict[str, str] = self.layout.index_files
         masks_of: dict[Path, list[Path]] = defaultdict(list)
         split_of: dict[Path, str] = {}
         for split, fname in index_files.items():

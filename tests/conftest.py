@@ -61,3 +61,12 @@ def write_rows_release():
         return rel
 
     return write
+
+
+@pytest.fixture(autouse=True)
+def _user_terms_do_not_leak():
+    """Cards with `terms:` add them to the process glossary; each test starts from the shipped glossary."""
+    yield
+    from pipeline.language.user_terms import reset_user_terms
+
+    reset_user_terms()

@@ -28,6 +28,7 @@ from pipeline.ingest.readers.nifti import read_nifti
 from schemas.config import load_config
 from schemas.yamlio import load_yaml
 from sources.base import load_card
+from sources.terms import label_table
 
 
 def _alias_bomb(key: str, levels: int = 9) -> str:
@@ -72,7 +73,7 @@ def make_bombs(samples: Path, work: Path) -> dict[str, object]:
         png = b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", zlib.compress(b"\0" * 64))
         (work / name).write_bytes(png + _png_chunk(b"IEND", b""))
     return {
-        "card-labels": lambda: load_card(str(work / "bomb-labels.yaml")).label_table(),
+        "card-labels": lambda: label_table(load_card(str(work / "bomb-labels.yaml"))),
         "card-layout": lambda: load_card(str(work / "bomb-layout.yaml")),
         "config": lambda: load_config(work / "bomb-config.yaml"),
         "glossary": lambda: load_yaml(work / "bomb-glossary.yaml", what="glossary file"),

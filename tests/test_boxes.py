@@ -384,3 +384,31 @@ def test_property_regions_2d_vs_scipy(a: np.ndarray, connectivity: int, min_pixe
                 expect.append((lab, box, area))
     expect.sort(key=lambda t: (t[1][1], t[1][0], t[1][3], t[1][2], t[0]))
     assert [(r.label_id, r.box_px, r.area) for r in got] == expect
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.sampled_from([np.uint16, np.int16, np.int32, np.int64]),
+       st.tuples(st.integers(1, 2), st.integers(1, 24), st.integers(1, 24)),
+       st.lists(st.integers(1, 32767), min_size=1, max_size=5), st.integers(0, 2**32 - 1))  # fmt: skip
+def test_property_small_arrays_scratch_sized_to_labels(dtype, shape, ids, seed) -> None:
+    """Slices and component images get a kernel scratch sized to their largest label, not 65,536 slots:
+    the boxes must not change (ids near the top of the dtype included)."""
+    rng = np.random.default_rng(seed)
+    vol = rng.choice(np.array([0, *ids], dtype=np.int64), size=shape, p=None).astype(dtype)
+    got, want = slice_label_boxes(vol), slice_label_boxes(vol, use_numba=False)
+    for f in ("slice", "label", "rmin", "rmax", "cmin", "cmax", "count"):
+        np.testing.assert_array_equal(getattr(got, f), getattr(want, f))
+    names = {i: f"t{i}" for i in ids}
+    a = vol[0]
+    comp = regions_2d(a, names, policy="component", min_pixels=2)
+    brute = []
+    from scipy import ndimage
+
+    for lab in sorted(set(ids)):
+        cc, _ = ndimage.label(a == lab)
+        for i, sl in enumerate(ndimage.find_objects(cc), start=1):
+            area = int((cc[sl] == i).sum())
+            if area >= 2:
+                brute.append((lab, (sl[1].start, sl[0].start, sl[1].stop - 1, sl[0].stop - 1), area))
+    brute.sort(key=lambda t: (t[1][1], t[1][0], t[1][3], t[1][2], t[0]))
+    assert [(r.label_id, r.box_px, r.area) for r in comp] == brute

@@ -171,7 +171,7 @@ def test_missing_images_skip_with_no_image_at_all_fails_discovery(tmp_path):
     with pytest.raises(ReadError, match="none of the 880 images named in BBox_List_2017.csv") as ei:
         ad.discover()
     assert "images_" in ei.value.hint
-    with pytest.raises(ValueError, match="missing_images must be"):
+    with pytest.raises(ValueError, match="layout.missing_images: Input should be 'error' or 'skip'"):
         _adapter(tmp_path, layout={"missing_images": "maybe"}).discover()
 
 

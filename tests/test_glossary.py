@@ -463,12 +463,13 @@ def test_exhaustive_findings_are_findings_the_card_annotates(g: Glossary) -> Non
     """Card ``exhaustive_findings`` (issue 12 A6): validated on the card; every shipped one names lesion or
     finding terms among the card's own labels."""
     from schemas.card import SourceCard
+    from sources.terms import label_table
 
     flagged = 0
     for path in _card_files():
         card = SourceCard.from_yaml(path)
         if isinstance(card.exhaustive_findings, list):
-            vocab = set(card.label_table().values())
+            vocab = set(label_table(card).values())
             for t in card.exhaustive_findings:
                 assert t in vocab and g.term(t).kind == "finding", (path.name, t)
                 flagged += 1

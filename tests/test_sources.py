@@ -9,6 +9,7 @@ from pipeline.ingest.convert import convert
 from pipeline.ingest.readers import ReadError
 from schemas.config import SlicingConfig
 from sources.base import adapters, get_adapter, load_card
+from sources.terms import label_table
 
 
 def _adapter(name, samples):
@@ -61,7 +62,7 @@ def test_totalseg_mr_uses_its_own_label_map(samples):
     names = st.layers[0].names
     assert names[11] == "lung_right" and names[5] == "liver"  # 11 is lung_lower_lobe_left in CT
     ct_card = load_card("totalseg-ct")
-    assert ct_card.label_table()["11"] == "lung_lower_lobe_left"
+    assert label_table(ct_card)["11"] == "lung_lower_lobe_left"
     res = _convert(card, st)
     mid = [s for s in res.slices if {"liver", "spleen"} <= {r.term for r in s.regions}]
     assert mid

@@ -127,8 +127,8 @@ def upscale_factor(shape: tuple[int, int], upscale_to_px: int | None) -> int:
     return max(1, int(upscale_to_px) // int(max(shape)))
 
 
-def _index_map(n_in: int, n_out: int) -> np.ndarray:
-    """Nearest source index for each output pixel centre (pixel-centre aligned)."""
+def nearest_index(n_in: int, n_out: int) -> np.ndarray:
+    """Nearest source index for each output pixel centre (pixel-centre aligned; non-decreasing)."""
     return np.minimum(((np.arange(n_out) + 0.5) * n_in / n_out).astype(np.int64), n_in - 1)
 
 
@@ -136,8 +136,8 @@ def resample_nearest(img: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """Nearest-neighbour resize of a 2-D (or 2-D + channels) array; exact for labels."""
     if img.shape[:2] == tuple(shape):
         return img
-    ri = _index_map(img.shape[0], shape[0])
-    ci = _index_map(img.shape[1], shape[1])
+    ri = nearest_index(img.shape[0], shape[0])
+    ci = nearest_index(img.shape[1], shape[1])
     return img[ri][:, ci]
 
 

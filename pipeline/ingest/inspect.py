@@ -5,7 +5,9 @@ or image, label ids), DICOM folders/files (image series with modality, slices, s
 gaps; SEG segments with labels and codes; RTSTRUCT ROIs; which series each annotation refers to), 2-D
 images and masks (size, mode, distinct values), detection tables (ChestX-ray14-style CSV: columns,
 labels, counts) and JSON (COCO: images, categories, counts; other JSON: structure).
-``format_inspection(d) -> str`` renders the dict for a terminal (``medreg inspect``).
+``format_inspection(d) -> str`` (:mod:`pipeline.ingest.inspect_text`) renders the dict for a terminal
+(``medreg inspect``).  DICOM files are recognised by content, whatever their names; a folder whose binary
+masks all look like a field of view is named (:mod:`pipeline.ingest.inspect_masks`).
 
 Privacy: only geometry, intensity, label and structure facts are reported.  Patient names, ids,
 birth dates, study dates, UIDs, accession numbers, institution names and NIfTI ``descrip`` text are
@@ -23,7 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.ingest.readers.pet import format_pet_summary, pet_summary
+from pipeline.ingest.inspect_masks import field_of_view_facts, roi_like_folders
+from pipeline.ingest.readers.pet import pet_summary
 
 _NIFTI = (".nii", ".nii.gz")
 _IMAGES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif")
@@ -67,7 +70,7 @@ def inspect_nifti(path: Path) -> dict[str, Any]:
         ids, counts = np.unique(np.asarray(arr).astype(np.int64, copy=False), return_counts=True)
     if ids is not None and len(ids) <= 1000:
         out["looks_like"] = "label map"
-        nz = [(int(i), int(c)) for i, c in zip(ids, counts) if i != 0]
+        nz = [(int(i), int(c)) for i, c in zip(ids, counts, strict=True) if i != 0]
         out["label_ids"] = [i for i, _ in nz]
         out["label_voxels"] = {str(i): c for i, c in nz[:_MAX_LISTED]}
         base = path.name[:-3] if path.name.endswith(".gz") else path.name
@@ -209,12 +212,36 @@ def inspect_dicom(path: Path) -> dict[str, Any]:
 
 
 def _is_dicom_file(p: Path) -> bool:
+    """DICOM by content: the ``DICM`` preamble, else (files without one) a header pydicom can read that
+    names a SOP class."""
     try:
         with open(p, "rb") as fh:
             head = fh.read(132)
-        return head[128:132] == b"DICM"
     except OSError:
         return False
+    if head[128:132] == b"DICM":
+        return True
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(str(p), force=True, stop_before_pixels=True, specific_tags=["SOPClassUID"])
+        return bool(ds.get("SOPClassUID"))
+    except Exception:  # not DICOM: any parse failure
+        return False
+
+
+_DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
+_OTHER_KNOWN = (*_NIFTI, *_IMAGES, ".csv", ".tsv", ".json", ".txt", ".md", ".yaml", ".yml", ".xml", ".html",
+                ".py", ".zip", ".gz", ".nrrd", ".mha", ".mhd")
+
+
+def is_dicom(p: Path) -> bool:
+    """A DICOM file, whatever its name: a DICOM extension, or (any other name that is not a known
+    non-DICOM type, e.g. ``CT.1.3.12.2...16573`` or no extension at all) DICOM content."""
+    suf = _suffix(p)
+    if suf in _DICOM_SUFFIXES:
+        return True
+    return suf not in _OTHER_KNOWN and _is_dicom_file(p)
 
 
 # --- 2-D images ----------------------------------------------------------------------------------------
@@ -228,7 +255,8 @@ def inspect_image(path: Path) -> dict[str, Any]:
     out: dict[str, Any] = {"kind": "image", "path": str(path), "size_wh": list(size), "mode": mode}
     if arr.ndim == 3:
         chans = arr[..., :3]
-        out["channels_equal"] = bool(np.array_equal(chans[..., 0], chans[..., 1]) and np.array_equal(chans[..., 0], chans[..., 2]))
+        out["channels_equal"] = bool(np.array_equal(chans[..., 0], chans[..., 1])
+                                     and np.array_equal(chans[..., 0], chans[..., 2]))
         if arr.shape[2] == 4:
             out["alpha_constant"] = bool(arr[..., 3].min() == arr[..., 3].max())
         grey = chans[..., 0] if out["channels_equal"] else None
@@ -238,13 +266,15 @@ def inspect_image(path: Path) -> dict[str, Any]:
         vals, cnt = np.unique(grey, return_counts=True)
         out["distinct_values"] = int(vals.size)
         if vals.size <= _MAX_LISTED:
-            out["values"] = {str(v): int(c) for v, c in zip(vals.tolist(), cnt.tolist())}
+            out["values"] = {str(v): int(c) for v, c in zip(vals.tolist(), cnt.tolist(), strict=True)}
         if grey.dtype == np.uint8:
             extreme = np.count_nonzero((grey <= 15) | (grey >= 240)) / grey.size
             if vals.size <= 2:
                 out["looks_like"] = "binary mask"
+                out.update(field_of_view_facts(grey > 127 if vals.max() > 1 else grey > 0))
             elif vals.size <= 64 and extreme > 0.995:
                 out["looks_like"] = "near-binary mask (compression noise: threshold at 127)"
+                out.update(field_of_view_facts(grey > 127))
             elif vals.size <= 64:
                 out["looks_like"] = "label-value mask (or palette image)"
             else:
@@ -377,7 +407,7 @@ def _inspect_file(path: Path) -> dict[str, Any]:
             return inspect_csv(path)
         if suf == ".json":
             return inspect_json(path)
-        if suf in (".dcm", ".dicom", ".ima") or _is_dicom_file(path):
+        if is_dicom(path):
             return inspect_dicom(path)
     except Exception as exc:  # inspection must describe broken files, not crash on them
         return {"kind": "unreadable", "path": str(path), "error": f"{type(exc).__name__}: {exc}"}
@@ -385,10 +415,13 @@ def _inspect_file(path: Path) -> dict[str, Any]:
 
 
 def _inspect_folder(path: Path) -> dict[str, Any]:
-    files = sorted(p for p in path.rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts))
-    by_ext = Counter(_suffix(p) or "(none)" for p in files)
-    out: dict[str, Any] = {"kind": "folder", "path": str(path), "files": len(files), "by_extension": dict(by_ext.most_common())}
-    dicom_like = [p for p in files if _suffix(p) in (".dcm", ".dicom", ".ima") or (_suffix(p) == "" and _is_dicom_file(p))]
+    files = sorted(p for p in path.rglob("*")
+                   if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts))
+    dicom_like = {p for p in files if is_dicom(p)}
+    by_ext = Counter("DICOM (by content)" if p in dicom_like and _suffix(p) not in _DICOM_SUFFIXES
+                     else _suffix(p) or "(none)" for p in files)
+    out: dict[str, Any] = {"kind": "folder", "path": str(path), "files": len(files),
+                           "by_extension": dict(by_ext.most_common())}
     if dicom_like:
         try:
             out["dicom"] = inspect_dicom(path)
@@ -397,7 +430,8 @@ def _inspect_folder(path: Path) -> dict[str, Any]:
     details: dict[str, list] = {"nifti": [], "images": [], "tables": []}
     for p in files:
         suf = _suffix(p)
-        key = "nifti" if suf in _NIFTI else "images" if suf in _IMAGES else "tables" if suf in (".csv", ".tsv", ".json") else None
+        key = ("nifti" if suf in _NIFTI else "images" if suf in _IMAGES
+               else "tables" if suf in (".csv", ".tsv", ".json") else None)
         if key and len(details[key]) < _MAX_FILES_DETAILED:
             d = _inspect_file(p)
             d["path"] = _rel(p, path)
@@ -405,6 +439,9 @@ def _inspect_folder(path: Path) -> dict[str, Any]:
     for key, items in details.items():
         if items:
             out[key] = items
+    roi = roi_like_folders(out.get("images", []))
+    if roi:
+        out["roi_like_folders"] = roi
     n_images = sum(by_ext.get(e, 0) for e in _IMAGES)
     if n_images > _MAX_FILES_DETAILED:
         out["images_note"] = f"{n_images} images; the first {_MAX_FILES_DETAILED} are described"
@@ -427,93 +464,8 @@ def _suggest(out: dict[str, Any]) -> str | None:
     return None
 
 
-# --- text rendering ------------------------------------------------------------------------------------
-
-def _fmt_dict(d: dict, limit: int = 12) -> str:
-    items = list(d.items())
-    text = ", ".join(f"{k}: {v}" for k, v in items[:limit])
-    return text + (f", ... ({len(items) - limit} more)" if len(items) > limit else "")
-
-
 def format_inspection(d: dict[str, Any], indent: int = 0) -> str:
-    """Human-readable rendering of :func:`inspect_path`'s result."""
-    pad = "  " * indent
-    lines: list[str] = []
-    kind = d.get("kind")
-    head = f"{pad}{d.get('path', '')}"
-    if kind == "folder":
-        lines.append(f"{head}: folder, {d['files']} files ({_fmt_dict(d['by_extension'])})")
-        if "dicom" in d:
-            lines.append(format_inspection({**d["dicom"], "path": "DICOM"}, indent + 1))
-        for key in ("nifti", "images", "tables"):
-            for item in d.get(key, []):
-                lines.append(format_inspection(item, indent + 1))
-        if d.get("images_note"):
-            lines.append(f"{pad}  {d['images_note']}")
-        if d.get("suggested_adapter"):
-            lines.append(f"{pad}suggested adapter: {d['suggested_adapter']}  (see docs/adding-a-source.md)")
-        return "\n".join(lines)
-    if kind == "nifti":
-        lines.append(f"{head}: NIfTI {d['shape']} {d['dtype']}, orientation {d['orientation']}, spacing {d['spacing_mm']} mm, "
-                     f"sform {d['sform_code']} / qform {d['qform_code']}")
-        if d.get("looks_like") == "label map":
-            ids = d["label_ids"]
-            lines.append(f"{pad}  label map with {len(ids)} ids: {ids[:_MAX_LISTED]}{' ...' if len(ids) > _MAX_LISTED else ''}")
-            if d.get("sidecar_names"):
-                lines.append(f"{pad}  label names probably in {d['sidecar_names']}")
-        else:
-            lines.append(f"{pad}  image, values {d.get('range')}" + (f" ({d['hint']})" if d.get("hint") else ""))
-        return "\n".join(lines)
-    if kind == "dicom":
-        lines.append(f"{head}: {len(d['series'])} image series, {len(d['segmentations'])} SEG, {len(d['structure_sets'])} RTSTRUCT"
-                     + (f", {d['non_dicom_files']} non-DICOM files" if d.get("non_dicom_files") else ""))
-        lines.extend(f"{pad}  damaged: {x}" for x in d.get("damaged_dicom_files", []))
-        for s in d["series"]:
-            desc = (f"{pad}  series {s['series']}: {s['modality']} {s['slices']} slices of {s['rows_cols']}, "
-                    f"e.g. {s['example_file']}")
-            if "problem" in s:
-                lines.append(desc + f"\n{pad}    problem: {s['problem']} ({s.get('hint', '')})")
-                continue
-            lines.append(desc + f", {s['orientation']}, spacing {s['spacing_mm']} mm (slice, row, col), "
-                         f"axes {s['axis_codes']}, stored {s['bits']}, rescale {s['rescale']}")
-            if s.get("pet"):
-                lines.append(f"{pad}    {format_pet_summary(s['pet'])}")
-            for n in s.get("notes", []):
-                lines.append(f"{pad}    note: {n}")
-        for g in d["segmentations"]:
-            lines.append(f"{pad}  SEG {g['file']}: {g['type']}, {g['frames']} frames, refers to series {g['refers_to_series']}")
-            for s in g["segments"]:
-                lat = f", {s['laterality']}" if s.get("laterality") else ""
-                lines.append(f"{pad}    segment {s['number']}: {s['label']!r} {s['code']} ({s['meaning']}{lat})")
-        for r in d["structure_sets"]:
-            lines.append(f"{pad}  RTSTRUCT {r['file']}: refers to series {r['refers_to_series']}")
-            for roi in r["rois"]:
-                lines.append(f"{pad}    ROI {roi['number']}: {roi['name']!r} {roi['type'] or ''} "
-                             f"{roi['contours']} contours {'/'.join(roi['geometry'])}" + (f" {roi['code']}" if roi.get("code") else ""))
-        if d.get("suggested_adapter") and indent == 0:
-            lines.append(f"{pad}suggested adapter: {d['suggested_adapter']}")
-        return "\n".join(lines)
-    if kind == "image":
-        extra = f", {d['distinct_values']} distinct values" if "distinct_values" in d else f", {d.get('distinct_colours')} colours"
-        vals = f" {d['values']}" if d.get("values") and len(d["values"]) <= 8 else ""
-        lines.append(f"{head}: image {d['size_wh'][0]}x{d['size_wh'][1]} {d['mode']}{extra}{vals} -> {d.get('looks_like')}")
-        return "\n".join(lines)
-    if kind == "csv":
-        lines.append(f"{head}: CSV, {d['rows']} rows, {d.get('columns')} columns; header {d.get('header')}")
-        if d.get("header_quirk"):
-            lines.append(f"{pad}  note: {d['header_quirk']}")
-        if d.get("looks_like"):
-            lines.append(f"{pad}  {d['looks_like']}: {d['boxes']} boxes on {d['images']} images (max {d['max_boxes_per_image']} "
-                         f"per image); labels {_fmt_dict(d['labels'])}; max right/bottom edge {d['max_right_bottom']}")
-        return "\n".join(lines)
-    if kind == "json":
-        if d.get("looks_like") == "COCO":
-            lines.append(f"{head}: COCO JSON, {d['images']} images, {d['annotations']} annotations "
-                         f"({d['with_bbox']} with bbox); per category {_fmt_dict(d['per_category'])}")
-        else:
-            lines.append(f"{head}: JSON {d['top_level']} with {d.get('entries')} entries"
-                         + (f"; entry keys {d['entry_keys']}" if d.get("entry_keys") else "")
-                         + (f"; box labels {_fmt_dict(d['box_labels'])}" if d.get("box_labels") else ""))
-        return "\n".join(lines)
-    lines.append(f"{head}: {kind}" + (f" ({d['error']})" if d.get("error") else ""))
-    return "\n".join(lines)
+    """Human-readable rendering of :func:`inspect_path`'s result (see :mod:`pipeline.ingest.inspect_text`)."""
+    from pipeline.ingest.inspect_text import format_inspection as fmt
+
+    return fmt(d, indent)

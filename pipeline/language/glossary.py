@@ -9,6 +9,10 @@ and dataset aliases.  Matching ignores case, punctuation, underscores, ``+`` and
 (``SpinalCord`` == ``spinal cord`` == ``spinal_cord``) and, for multi-word English names, word order
 (``kidney, right`` == ``right kidney``).  Two different terms may never share a matching key: that is a
 load-time error, so a label resolves to at most one term.
+
+User terms (a card's ``terms:``, the glossary files a release config names) join the shipped glossary of
+this process through :func:`pipeline.language.user_terms.add_terms`; :func:`load_glossary` then returns the
+merged glossary, validated by the same rules, and a clash names both places.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ __all__ = [
     "Glossary",
     "Term",
     "english_plural",
+    "shipped_term_file",
     "list_label_maps",
     "load_glossary",
     "load_label_map",
@@ -154,6 +159,7 @@ class Glossary:
 
     def __init__(self, spec: GlossarySpec, origin: str = "") -> None:
         self.origin = origin
+        self.spec = spec
         self.terms: dict[str, Term] = {tid: Term.from_spec(tid, t) for tid, t in spec.terms.items()}
         self.languages: tuple[str, ...] = tuple(
             sorted(set.intersection(*(set(t.names) for t in self.terms.values())))
@@ -350,7 +356,8 @@ def _read_yaml(path: Path) -> object:
 
 def _load_spec(directory: Path) -> GlossarySpec:
     merged: dict[str, TermSpec] = {}
-    where: dict[str, str] = {}
+    where = _WHERE.setdefault(str(directory), {})
+    where.clear()
     files = sorted(directory.glob("*.yaml"))
     if not files:
         raise FileNotFoundError(f"no glossary files (*.yaml) in {directory}")
@@ -368,14 +375,29 @@ def _load_spec(directory: Path) -> GlossarySpec:
     return GlossarySpec(terms=merged)
 
 
+_WHERE: dict[str, dict[str, str]] = {}  # glossary directory -> term id -> file name
+
+
 @lru_cache(maxsize=4)
 def _load_glossary_cached(directory: str) -> Glossary:
     return Glossary(_load_spec(Path(directory)), origin=directory)
 
 
 def load_glossary(directory: str | Path | None = None) -> Glossary:
-    """The validated glossary (cached per directory; the shipped one by default)."""
-    return _load_glossary_cached(str(Path(directory) if directory else GLOSSARY_DIR))
+    """The validated glossary (cached per directory).  By default the shipped one, merged with the user
+    terms added in this process (:func:`pipeline.language.user_terms.add_terms`)."""
+    from pipeline.language import user_terms  # the merge lives there; it imports this module
+
+    if directory is None or str(directory) == user_terms.merged_origin():
+        return user_terms.user_glossary()
+    return _load_glossary_cached(str(Path(directory)))
+
+
+def shipped_term_file(tid: str) -> str | None:
+    """``pipeline/language/data/glossary/<file>.yaml`` of a shipped term, or None."""
+    _load_glossary_cached(str(GLOSSARY_DIR))
+    name = _WHERE.get(str(GLOSSARY_DIR), {}).get(tid)
+    return f"pipeline/language/data/glossary/{name}" if name else None
 
 
 def list_label_maps(data_dir: str | Path | None = None) -> list[str]:

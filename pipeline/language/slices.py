@@ -123,7 +123,8 @@ class SliceView:
         known = language.glossary.terms
         if not by_term.keys() <= known.keys():
             unknown = sorted(t for t in by_term if t not in known)
-            raise KeyError(f"regions use terms that are not in the glossary: {unknown}")
+            raise KeyError(f"regions use terms that are not in the glossary: {unknown} (a card defines its own "
+                           "terms under `terms:`; sources.base.load_card checks that every label maps to one)")
         self.language = language
         self.regions = regs
         self.by_term = by_term

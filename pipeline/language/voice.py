@@ -19,7 +19,7 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipeline.language.glossary import DATA_DIR, Glossary, Term, _load_glossary_cached, load_glossary
+from pipeline.language.glossary import DATA_DIR, Glossary, Term, load_glossary
 from pipeline.language.templates import (
     TASKS,
     Fill,
@@ -281,8 +281,9 @@ def _wrap(glossary: Glossary, templates: TemplateSet, vocab: Vocab) -> Language:
 
 
 def _shipped() -> Language:
-    g, t, v = _SHIPPED_DIRS  # the loaders' per-folder caches, called with their keys (no Path work per slice)
-    return _wrap(_load_glossary_cached(g), _load_templates_cached(t), _load_vocab_cached(v))
+    _g, t, v = _SHIPPED_DIRS  # the loaders' per-folder caches, called with their keys (no Path work per slice)
+    # the glossary of this process: the shipped one plus the user terms of cards and glossary files
+    return _wrap(load_glossary(), _load_templates_cached(t), _load_vocab_cached(v))
 
 
 def _load_language(data_dir: str) -> Language:

@@ -18,6 +18,9 @@ left-to-right (:func:`pipeline.regions.coords.order_boxes`).
 
 from __future__ import annotations
 
+from collections import Counter
+
+import builtins
 from dataclasses import dataclass
 from typing import Literal
 
@@ -26,14 +29,7 @@ import numpy as np
 from pipeline.regions.coords import normalise_box
 from pipeline.core.types import Region
 
-try:  # numba is a hard dependency of the project; the fallback only keeps the module importable.
-    import numba
-    from numba import njit, prange
-
-    HAVE_NUMBA = True
-except ImportError:  # pragma: no cover - exercised only on installs without numba
-    numba = None
-    HAVE_NUMBA = False
+from pipeline.regions._kernel import HAVE_NUMBA, LabelTooLarge, negative_message, run_kernel
 
 __all__ = [
     "HAVE_NUMBA",
@@ -75,7 +71,7 @@ class SliceLabelBoxes:
     def __len__(self) -> int:
         return int(self.slice.shape[0])
 
-    def _take(self, idx: np.ndarray | slice) -> SliceLabelBoxes:
+    def _take(self, idx: np.ndarray | builtins.slice) -> SliceLabelBoxes:
         return SliceLabelBoxes(
             self.slice[idx], self.label[idx], self.rmin[idx], self.rmax[idx],
             self.cmin[idx], self.cmax[idx], self.count[idx], self.shape,
@@ -143,162 +139,14 @@ def _empty_boxes(shape: tuple[int, int, int]) -> SliceLabelBoxes:
     return SliceLabelBoxes(z, z, z, z, z, z, z, shape)
 
 
-# ----------------------------------------------------------------------------------------------------
-# numba kernel
-# ----------------------------------------------------------------------------------------------------
-
-if HAVE_NUMBA:
-
-    def _boxes_kernel_py(  # pragma: no cover - compiled; covered through slice_label_boxes
-        flat, words, R, C, shift, mult, nlab, cap, chunk_bounds,
-        out_label, out_rmin, out_rmax, out_cmin, out_cmax, out_count, n_distinct, flags,
-    ):  # fmt: skip
-        """One pass over the volume: per slice, extents of every label, updated at run boundaries.
-
-        ``flat`` is the C-contiguous volume as 1-D; ``words`` is its longest prefix viewed as uint64,
-        so that word ``i`` holds elements ``[i * epw, (i + 1) * epw)`` (``epw`` = 8 for uint8, 4 for
-        16-bit, ...).  Background words and words holding one repeated label are skipped a whole
-        word at a time; ``mult`` broadcasts a label into a word.  Each chunk of slices owns scratch
-        arrays indexed by label id plus the list of labels it touched on the current slice, so the
-        reset after a slice costs O(labels present), not O(nlab).  ``flags[chunk]`` gets bit 1 for a
-        negative value and bit 2 for a value >= ``nlab`` (both skipped; the caller raises/retries).
-        """
-        epw = 1 << shift  # elements per word
-        emask = epw - 1
-        zero = np.uint64(0)
-        nchunks = chunk_bounds.shape[0] - 1
-        ntouch = min(nlab, R * C)
-        for ch in prange(nchunks):
-            cnt = np.zeros(nlab, np.int64)
-            rmin = np.zeros(nlab, np.int64)
-            rmax = np.zeros(nlab, np.int64)
-            cmin = np.zeros(nlab, np.int64)
-            cmax = np.zeros(nlab, np.int64)
-            touched = np.zeros(max(ntouch, 1), np.int64)
-            for k in range(chunk_bounds[ch], chunk_bounds[ch + 1]):
-                nt = 0
-                for r in range(R):
-                    row0 = (k * R + r) * C
-                    end = row0 + C
-                    wend = end >> shift  # words entirely before ``end``
-                    e = row0
-                    while e < end:
-                        if (e & emask) == 0:
-                            wi = e >> shift
-                            while wi < wend and words[wi] == zero:
-                                wi += 1
-                            if (wi << shift) > e:
-                                e = wi << shift
-                                if e >= end:
-                                    break
-                        v = flat[e]
-                        if v == 0:
-                            e += 1
-                            continue
-                        if v < 0 or v >= nlab:
-                            flags[ch] |= 1 if v < 0 else 2
-                            e += 1
-                            continue
-                        e0 = e
-                        e += 1
-                        while e < end and (e & emask) != 0 and flat[e] == v:
-                            e += 1
-                        if e < end and (e & emask) == 0:
-                            bv = np.uint64(v) * mult
-                            wi = e >> shift
-                            while wi < wend and words[wi] == bv:
-                                wi += 1
-                            if (wi << shift) > e:
-                                e = wi << shift
-                            while e < end and flat[e] == v:
-                                e += 1
-                        iv = np.int64(v)
-                        c0 = e0 - row0
-                        c1 = e - 1 - row0
-                        if cnt[iv] == 0:
-                            touched[nt] = iv
-                            nt += 1
-                            rmin[iv] = r
-                            cmin[iv] = c0
-                            cmax[iv] = c1
-                        else:
-                            if c0 < cmin[iv]:
-                                cmin[iv] = c0
-                            if c1 > cmax[iv]:
-                                cmax[iv] = c1
-                        rmax[iv] = r
-                        cnt[iv] += e - e0
-                n_distinct[k] = nt
-                if nt == 0:
-                    continue
-                ts = np.sort(touched[:nt])
-                for i in range(min(nt, cap)):
-                    v2 = ts[i]
-                    out_label[k, i] = v2
-                    out_rmin[k, i] = rmin[v2]
-                    out_rmax[k, i] = rmax[v2]
-                    out_cmin[k, i] = cmin[v2]
-                    out_cmax[k, i] = cmax[v2]
-                    out_count[k, i] = cnt[v2]
-                for i in range(nt):
-                    cnt[ts[i]] = 0
-
-
-if HAVE_NUMBA:
-    # the same kernel compiled twice: threads for volumes, serial for a slice or two (a thread-pool
-    # launch per 2-D call costs milliseconds when the other core is busy)
-    _boxes_kernel = njit(cache=True, parallel=True, nogil=True)(_boxes_kernel_py)
-    _boxes_kernel_serial = njit(cache=True, parallel=False, nogil=True)(_boxes_kernel_py)
-
-
-_WORD_MULT = {1: 0x0101010101010101, 2: 0x0001000100010001, 4: 0x0000000100000001, 8: 1}
-_WORD_SHIFT = {1: 3, 2: 2, 4: 1, 8: 0}
-
-
-def _run_kernel(lab: np.ndarray, nlab: int, cap: int) -> tuple[np.ndarray, ...]:
-    """Run the numba kernel on a C-contiguous integer volume whose labels are all < ``nlab``."""
-    K, R, C = lab.shape
-    itemsize = lab.dtype.itemsize
-    shift = _WORD_SHIFT[itemsize]
-    flat = lab.reshape(-1)
-    n_words = flat.size >> shift
-    words = flat[: n_words << shift].view(np.uint64)
-    mult = np.uint64(_WORD_MULT[itemsize])
-    nthreads = numba.get_num_threads()
-    per_thread = 4 if nlab <= 65536 else 1  # scratch is 5 x nlab x 8 bytes per chunk
-    nchunks = max(1, min(K, nthreads * per_thread))
-    bounds = np.linspace(0, K, nchunks + 1).round().astype(np.int64)
-    outs = [np.empty((K, cap), np.int64) for _ in range(6)]
-    n_distinct = np.zeros(K, np.int64)
-    flags = np.zeros(nchunks, np.int8)
-    kernel = _boxes_kernel if nchunks > 1 and K > 2 else _boxes_kernel_serial
-    kernel(flat, words, R, C, shift, mult, nlab, cap, bounds, *outs, n_distinct, flags)
-    if np.any(flags & 1):
-        raise ValueError(_negative_message(lab))
-    if np.any(flags & 2):
-        raise _LabelTooLarge
-    return (*outs, n_distinct)
-
-
-class _LabelTooLarge(Exception):
-    """A label id >= the scratch size the kernel was given (retry with a larger one)."""
-
-
-def _negative_message(lab: np.ndarray) -> str:
-    return (
-        f"label volume holds negative values (min {int(lab.min())}, dtype {lab.dtype}): label ids "
-        "must be >= 0 with 0 = background; convert or remap the labels before computing boxes"
-    )
-
-
 def _boxes_numba(lab: np.ndarray, nlab: int) -> SliceLabelBoxes:
     K, R, C = lab.shape
     cap = max(1, min(nlab - 1, R * C, _DEFAULT_CAP))
-    label, rmin, rmax, cmin, cmax, count, n_distinct = _run_kernel(lab, nlab, cap)
+    label, rmin, rmax, cmin, cmax, count, n_distinct = run_kernel(lab, nlab, cap)
     over = np.flatnonzero(n_distinct > cap)
     if over.size:  # a few slices hold more distinct labels than reserved: redo just those
         cap2 = int(n_distinct[over].max())
-        sub = _run_kernel(np.ascontiguousarray(lab[over]), nlab, cap2)
+        sub = run_kernel(np.ascontiguousarray(lab[over]), nlab, cap2)
         wide = [np.zeros((K, cap2), np.int64) for _ in range(6)]
         for w, a, s in zip(wide, (label, rmin, rmax, cmin, cmax, count), sub[:6], strict=True):
             w[:, :cap] = a
@@ -328,7 +176,7 @@ def _boxes_numpy(lab: np.ndarray) -> SliceLabelBoxes:
             continue
         vals = flat[idx].astype(np.int64)
         if vals.min() < 0:
-            raise ValueError(_negative_message(lab))
+            raise ValueError(negative_message(lab))
         order = np.argsort(vals, kind="stable")
         vals = vals[order]
         idx = idx[order]
@@ -345,7 +193,7 @@ def _boxes_numpy(lab: np.ndarray) -> SliceLabelBoxes:
     if not parts:
         return _empty_boxes((K, R, C))
     cols_ = [np.concatenate([p[i] for p in parts]).astype(np.int64) for i in range(7)]
-    return SliceLabelBoxes(*cols_, shape=(K, R, C))
+    return SliceLabelBoxes(cols_[0], cols_[1], cols_[2], cols_[3], cols_[4], cols_[5], cols_[6], (K, R, C))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -358,6 +206,14 @@ _NATIVE_NLAB = {
     np.dtype(np.uint16): 65536,
     np.dtype(np.int16): 32768,
 }
+
+
+def _scratch_size(arr: np.ndarray, nlab: int) -> int:
+    """Label slots for the kernel's scratch: ``nlab``, or max label + 1 when the array is small next to the
+    scratch (a 2-D slice: zeroing 65,536 slots per call cost more than the slice itself, see B10)."""
+    if nlab <= 256 or arr.size >= 16 * nlab:
+        return nlab
+    return min(nlab, max(int(arr.max()), 0) + 1)
 
 
 def slice_label_boxes(labels: np.ndarray, *, use_numba: bool | None = None) -> SliceLabelBoxes:
@@ -393,7 +249,7 @@ def slice_label_boxes(labels: np.ndarray, *, use_numba: bool | None = None) -> S
     arr = np.ascontiguousarray(arr)
     nlab = _NATIVE_NLAB.get(arr.dtype)
     if nlab is not None:
-        return _boxes_numba(arr, nlab)
+        return _boxes_numba(arr, _scratch_size(arr, nlab))
 
     if arr.dtype.kind == "u" and arr.dtype.itemsize == 8:
         if int(arr.max()) <= np.iinfo(np.int64).max:
@@ -401,12 +257,12 @@ def slice_label_boxes(labels: np.ndarray, *, use_numba: bool | None = None) -> S
         else:
             raise ValueError("label ids above 2**63 - 1 are not supported")
     try:  # optimistic single pass: most wide-dtype label maps still have ids < 65536
-        return _boxes_numba(arr, 65536)
-    except _LabelTooLarge:
+        return _boxes_numba(arr, _scratch_size(arr, 65536))
+    except LabelTooLarge:
         pass
     lo, hi = int(arr.min()), int(arr.max())
     if lo < 0:
-        raise ValueError(_negative_message(arr))
+        raise ValueError(negative_message(arr))
     if hi <= _DIRECT_MAX_LABEL:
         return _boxes_numba(arr, hi + 1)
     # Huge sparse ids: remap present ids to dense 0..n-1 (0 stays 0 because it is the smallest).
@@ -464,8 +320,12 @@ def regions_2d(
     min_fraction: float = 0.0,
     connectivity: int = 1,
     instance: bool = False,
+    dropped: Counter[str] | None = None,
 ) -> list[RegionPx]:
     """Pixel boxes of the labelled structures of one 2-D slice.
+
+    ``dropped`` (optional) counts what does not become a box: ``region:dust`` (components under the
+    threshold) and ``region:unknown_label`` (label ids present on the slice without a term).
 
     * Labels not in ``names`` are ignored (treated as background).
     * Dust: a connected component (``connectivity`` 1 = 4-connected, 2 = 8-connected; components
@@ -494,6 +354,8 @@ def regions_2d(
 
     stats = slice_label_boxes(a[None])
     keep = np.array([lab for lab in stats.label.tolist() if lab in names], dtype=np.int64)
+    if dropped is not None and stats.label.size > keep.size:
+        dropped["region:unknown_label"] += int(stats.label.size - keep.size)
     if keep.size == 0:
         return []
     threshold = max(float(min_pixels), float(min_fraction) * H * W)
@@ -512,6 +374,8 @@ def regions_2d(
         comps, comp_label = _components(a, keep, stats.label, connectivity)
         cst = slice_label_boxes(comps[None])
         ok = cst.count >= threshold
+        if dropped is not None and not ok.all():
+            dropped["region:dust"] += int((~ok).sum())
         lab_of = comp_label[cst.label[ok]]
         boxes = np.stack([cst.cmin[ok], cst.rmin[ok], cst.cmax[ok], cst.rmax[ok]], axis=1)
         areas = cst.count[ok]

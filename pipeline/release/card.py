@@ -33,6 +33,7 @@ from pipeline.release.card_text import (
     TASKS,
     loading_section,
 )
+from pipeline.versions.sections import changes_section, licence_section
 from schemas.records import Manifest, Row
 
 __all__ = [
@@ -292,6 +293,7 @@ def render_card(manifest: Manifest, prepared: Sequence[Any]) -> str:
         "written image (`box_px`). Images are content-addressed PNGs under `images/`; patient ids are one-way "
         "hashes and splits are by patient. `manifest.json` lists every file with its sha256 (`medreg verify`).", "",
         *_counts_section(manifest),
+        *changes_section(manifest),  # with `previous:` (pipeline.versions.sections)
         *_validation_section(manifest),
         "## Build configuration", "",
         f"config sha256 `{manifest.config_sha256}`; code `{manifest.code_version}`. The whole configuration:", "",
@@ -300,6 +302,7 @@ def render_card(manifest: Manifest, prepared: Sequence[Any]) -> str:
         "## Licence", "", f"**{top}**. {statement}", "",
         "| source | licence | class |", "|---|---|---|",
         *(f"| {s.name} | {s.licence} | {licence_class(s.licence)} |" for s in manifest.sources), "",
+        *licence_section(manifest),  # the config's licence filter and the sources it left out
         "Notes and citations: LICENSE.md.", "",
     ]
     return "\n".join(lines)

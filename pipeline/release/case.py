@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 import traceback
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,7 @@ from pipeline.language.tasks import SliceContext, TaskMix, generate
 from pipeline.release.images import ImageStore, encode_png
 from pipeline.release.plan import CaseJob
 from pipeline.release.store import Store
+from pipeline.versions.duplicates import image_fingerprint
 from schemas.card import SourceCard
 from schemas.config import ReleaseConfig, SourceUse
 from schemas.records import CaseSummary, ErrorRecord, ImageInfo
@@ -87,9 +88,6 @@ def task_mix(cfg: ReleaseConfig, use: SourceUse | None) -> TaskMix:
     )
 
 
-def card_vocabulary(card: SourceCard) -> list[str]:
-    """Terms this source can emit (for absent-target negatives)."""
-    return sorted(set(card.label_table().values()))
 
 
 def _relative(path: str | None, root: Path | None) -> str | None:
@@ -231,6 +229,8 @@ def _load_and_convert(card: SourceCard, adapter: Any, ref: CaseRef, cfg: Release
         res.errors.append(case_error(ref, "convert", exc, root))
         return None
     res.notes.extend(_scrub(n, root) for n in conv.notes)
+    for reason, n in sorted(conv.dropped.items()):
+        res.count_drop(reason, n)
     if not conv.slices:
         res.errors.append(
             ErrorRecord(
@@ -268,10 +268,14 @@ def process_case(
         return res
     study, conv = loaded
     mix = task_mix(cfg, use)
-    vocab = card_vocabulary(card)
+    vocab = adapter.vocabulary()  # terms this source can emit (absent-target negatives)
     body_region = study.transform.get("body_region") or card.body_region
     transform = {k: v for k, v in study.transform.items() if k != "body_region"}
-    for sl in conv.slices:
+    rules = _region_rules(case_validators, cfg)
+    for raw in conv.slices:
+        sl = _screen(raw, rules, study.modality, res)
+        if sl is None:
+            continue
         try:
             png = encode_png(sl.image, cfg.output.png_compress_level)
             sha, rel = store.put(png)
@@ -284,15 +288,66 @@ def process_case(
             res.errors.append(case_error(ref, "samples", exc, getattr(adapter, "root", None)))
             continue
         rows = _case_validation(rows, sl, sha, case_validators, cfg, res)
+        _count_unused(sl, rows, mix.max_regions_per_sample, res)
         if rows:
             res.slices += 1
             h, w = sl.image.shape[:2]
-            res.images.append(ImageInfo(rel=rel, width=int(w), height=int(h), axis=sl.axis, slice_index=int(sl.index)))
+            pixel_sha, phash = image_fingerprint(sl.image)  # duplicate detection (pipeline.versions.duplicates)
+            res.images.append(ImageInfo(rel=rel, width=int(w), height=int(h), axis=sl.axis, slice_index=int(sl.index),
+                                        pixel_sha256=pixel_sha, phash=phash))
             res.rows.extend(rows)
             if features:
                 res.features.extend(_region_records(rows, sl, sha))
     res.seconds = time.perf_counter() - t0
     return res
+
+
+def _region_rules(validators: list[Any] | None, cfg: ReleaseConfig) -> Any:
+    """The rules validator, when the policy drops what it fails (then failing regions are removed before
+    any sentence is written, instead of dropping whole rows)."""
+    from pipeline.validate.stage import validation_config
+
+    rules = next((v for v in validators or [] if hasattr(v, "check_regions")), None)
+    if rules is None or validation_config(cfg.validation).policy.action(rules.name, "fail") != "drop":
+        return None
+    return rules
+
+
+def _screen(sl: DisplaySlice, rules: Any, modality: str, res: CaseResult) -> DisplaySlice | None:
+    """The slice without its failing regions (each counted by its first failing rule), or None when the
+    whole image fails (orientation) or no region is left."""
+    if rules is None or not sl.regions:
+        return sl
+    per, image_level = rules.check_regions(sl.image, _slice_regions(sl), axis=sl.axis, modality=modality)
+    bad = [f for f in image_level if f.verdict == "fail"]
+    if bad:
+        for f in bad:
+            res.count_drop(f"slice:rules:{f.code}")
+        res.count_drop("region:slice_failed", len(sl.regions))
+        res.notes.append(f"{sl.axis} slice {sl.index} not written: " + "; ".join(f"{f.code}: {f.text}" for f in bad))
+        return None
+    keep = []
+    for region, findings in zip(sl.regions, per, strict=True):
+        fails = [f for f in findings if f.verdict == "fail"]
+        if fails:
+            res.count_drop(f"region:rules:{fails[0].code}")
+        else:
+            keep.append(region)
+    if not keep:
+        res.count_drop("slice:no_region_left")
+        return None
+    return sl if len(keep) == len(sl.regions) else replace(sl, regions=keep)
+
+
+def _count_unused(sl: DisplaySlice, rows: list[dict[str, Any]], cap: int, res: CaseResult) -> None:
+    """Regions of a written slice that no kept row mentions, by reason: ``over_cap`` (the term has more
+    boxes than tasks.max_regions_per_sample, so detection and report rows cannot hold it) or ``unused``
+    (the task mix drew no row for it)."""
+    used = {(r["term"], tuple(r["box"])) for row in rows for r in row["meta"]["regions"]}
+    per_term = Counter(r.term for r in sl.regions)
+    for r in sl.regions:
+        if (r.term, tuple(int(v) for v in r.box)) not in used:
+            res.count_drop("region:over_cap" if per_term[r.term] > cap else "region:unused")
 
 
 def _case_validation(rows: list[dict[str, Any]], sl: DisplaySlice, sha: str, validators: list[Any] | None,

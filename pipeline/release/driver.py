@@ -36,6 +36,7 @@ from pipeline.release.publish import BuildRefused, output_lock, recover
 from pipeline.release.shards import write_release
 from pipeline.release.store import Store
 from pipeline.validate.stage import ReleaseVerdicts, release_validation
+from pipeline.versions.release import PreviousReleaseError, open_previous, prepare
 from schemas.records import CaseSummary, ErrorRecord, Manifest
 
 #: progress(event, payload): "planned" (payload: number of cases), "cached"/"built" (the CaseSummary),
@@ -64,6 +65,9 @@ class BuildResult:
 
 def check_sources(plan: Plan) -> None:
     """A source that failed discovery or found no case stops the build unless output.allow_shrink."""
+    if not plan.sources and plan.excluded:
+        names = ", ".join(f"{e.name} ({e.licence})" for e in plan.excluded)
+        raise BuildRefused(f"every source was excluded by the config's `licences` filter: {names}")
     if plan.cfg.output.allow_shrink:
         return
     for sp in plan.sources:
@@ -134,6 +138,10 @@ def build(plan: Plan, out_dir: str | Path, executor: Executor | None = None, pro
     with output_lock(out_dir, wait_seconds):
         recovered = recover(out_dir, name)
         check_sources(plan)
+        try:
+            previous = open_previous(cfg, out_dir)
+        except PreviousReleaseError as exc:
+            raise BuildRefused(str(exc)) from None
         if progress:
             progress("planned", len(plan.jobs))
         t0 = time.perf_counter()
@@ -142,8 +150,10 @@ def build(plan: Plan, out_dir: str | Path, executor: Executor | None = None, pro
         keys = [s.key for s in summaries if s.rows]
         verdicts = (validate or partial(_validate, plan))(store, keys, progress)
         t["validate"] = time.perf_counter() - t0 - t["cases"]
+        versions = prepare(plan, summaries, previous)  # split stability and duplicates, from the summaries
+        overrides = {**versions.decisions.split_overrides, **(split_overrides or {})}
         try:
-            release, manifest = write_release(plan, summaries, verdicts, store, out_dir, split_overrides)
+            release, manifest = write_release(plan, summaries, verdicts, store, out_dir, overrides, versions)
         except OSError as exc:
             if is_environment_error(exc):
                 raise environment_failure(exc, out_dir) from exc

@@ -32,7 +32,7 @@ from pipeline.core.ids import file_sha256, stable_id
 from pipeline.core.types import CaseRef
 from schemas.card import SourceCard
 from schemas.config import ReleaseConfig, SourceUse
-from schemas.records import ErrorRecord
+from schemas.records import ErrorRecord, ExcludedSource
 
 PART_FORMAT = "part-v1"
 _PACKAGES = ("pipeline", "sources", "schemas")
@@ -73,6 +73,7 @@ class Plan:
     sources: list[SourcePlan]
     jobs: list[CaseJob]
     samples_root: Path | None = None
+    excluded: list[ExcludedSource] = field(default_factory=list)  # sources left out by the licence filter
 
     def source(self, name: str) -> SourcePlan | None:
         return next((s for s in self.sources if s.name == name), None)

@@ -7,6 +7,7 @@ import re
 from collections import defaultdict
 from typing import Any
 
+from pipeline.versions.sections import duplicates_html
 from schemas.config import ReleaseConfig
 from schemas.records import Manifest
 
@@ -273,6 +274,7 @@ def render_report(manifest: Manifest, rows: list[dict[str, Any]], validated: Any
     cards.append(_table("dropped (reason → samples)", manifest.dropped))
     if c.get("validation"):
         cards.append(_table("validation (validator:verdict → samples)", c["validation"]))
+    body.append(duplicates_html(manifest))
     body.append(f"<h2>Distributions</h2><div class='grid'>{''.join(cards)}</div>")
     body.append(f"<div class='grid'>{_table('regions by term', c.get('regions_by_term', {}))}</div>")
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(manifest.name)} QA</title>{_STYLE}"

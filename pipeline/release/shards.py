@@ -20,6 +20,7 @@ from pipeline.release.publish import check_shrink, staging_dir, swap_in
 from pipeline.release.store import Store
 from pipeline.release.writer import Merger, MergeResult, image_entries
 from pipeline.validate.stage import ReleaseVerdicts
+from pipeline.versions.release import VersionInfo, annotate
 from schemas.records import CaseSummary, ErrorRecord, ImageEntry, Manifest, ShardEntry, SourceEntry
 
 
@@ -101,7 +102,8 @@ def _llava_copies(staging: Path, shards: list[ShardEntry]) -> dict[str, str]:
 
 
 def write_release(plan: Plan, summaries: list[CaseSummary], verdicts: ReleaseVerdicts, store: Store,
-                  out_dir: str | Path, split_overrides: dict[str, str] | None = None) -> tuple[Path, Manifest]:
+                  out_dir: str | Path, split_overrides: dict[str, str] | None = None,
+                  versions: VersionInfo | None = None) -> tuple[Path, Manifest]:
     """Merge the parts into a staging folder, write manifest/card/report, check the guards and swap the
     release into place.  Returns the release folder and its manifest."""
     from pipeline.validate.stage import validation_config
@@ -114,9 +116,10 @@ def write_release(plan: Plan, summaries: list[CaseSummary], verdicts: ReleaseVer
         n_src = max(1, sum(1 for sp in plan.sources if sp.card is not None))
         merger = Merger(store, staging, validation_config(cfg.validation), verdicts.vkey, cfg.output.rows_per_shard,
                         split_overrides, gallery_per_source=max(1, cfg.output.gallery_size // n_src)
-                        if cfg.output.gallery_size else 0)
+                        if cfg.output.gallery_size else 0,
+                        drop_images=versions.decisions.drop_images if versions is not None else None)
         merge = merger.run(summaries)
-        manifest = _finish(plan, summaries, merge, staging)
+        manifest = _finish(plan, summaries, merge, staging, versions)
         check_shrink(out_dir / name, manifest.counts["rows"], cfg.output.allow_shrink, cfg.output.max_row_loss,
                      "the release config")
         swap_in(staging, out_dir / name)
@@ -126,7 +129,8 @@ def write_release(plan: Plan, summaries: list[CaseSummary], verdicts: ReleaseVer
     return out_dir / name, manifest
 
 
-def _finish(plan: Plan, summaries: list[CaseSummary], merge: MergeResult, staging: Path) -> Manifest:
+def _finish(plan: Plan, summaries: list[CaseSummary], merge: MergeResult, staging: Path,
+            versions: VersionInfo | None = None) -> Manifest:
     from pipeline.release.card import release_files
     from pipeline.release.report import render_report
 
@@ -148,6 +152,8 @@ def _finish(plan: Plan, summaries: list[CaseSummary], merge: MergeResult, stagin
         code_version=code_version(), sources=_source_entries(plan, summaries, errors), counts=counts,
         shards=merge.shards, images=images, errors=errors, dropped=dropped,
     )
+    if versions is not None:  # licences, duplicates, previous release + changes (docs/versions.md)
+        annotate(versions, plan, manifest, staging, files)
     files.update(release_files(manifest, plan.sources))  # README.md card, LICENSE.md, schema.json
     if cfg.output.report:
         report_in = ReportInputs(review=merge.review, review_total=merge.review_total)

@@ -176,10 +176,12 @@ class Merger:
     """Streams every part into the staging folder's shards and images."""
 
     def __init__(self, store: Store, staging: Path, vc: ValidationConfig, vkey: str | None, rows_per_shard: int,
-                 split_overrides: dict[str, str] | None = None, gallery_per_source: int = 4) -> None:
+                 split_overrides: dict[str, str] | None = None, gallery_per_source: int = 4,
+                 drop_images: set[tuple[str, str, str]] | None = None) -> None:
         self.store, self.staging, self.vc, self.vkey = store, staging, vc, vkey
         self.rows_per_shard = rows_per_shard
         self.split_overrides = split_overrides or {}
+        self.drop_images = drop_images or set()  # (source, case id, image): copies left out (duplicates)
         self.sampler = ReportSampler(gallery_per_source)
         self.state = _MergeState()
         self.review_fh: Any = None
@@ -225,6 +227,9 @@ class Merger:
 
         kept: list[dict[str, Any]] = []
         for row, ver in self._rows_with_verdicts(s.key):
+            if self.drop_images and (s.source, s.case_id, row["image"]) in self.drop_images:
+                self.state.dropped["row:duplicate_image"] += 1
+                continue
             decision = row_decision(row, ver["validation"] if ver else None, self.vc)
             verdict_tally(row, self.state.vsummary, self.state.vby_source)
             if decision.action == "drop":

@@ -35,9 +35,14 @@ class TermInfo:
     """Uniform, exception-free view of a glossary object (or of none)."""
 
     def __init__(self, glossary: Any | None = None, *, use_default: bool = True) -> None:
-        if glossary is None and use_default:
-            glossary = load_default_glossary()
-        self.g = glossary
+        self._own = glossary
+        self._default = glossary is None and use_default
+
+    @property
+    def g(self) -> Any | None:
+        """The glossary asked: the one given, else the process glossary *now* (with the user terms added
+        since this view was made: cards and glossary files of the release)."""
+        return load_default_glossary() if self._default else self._own
 
     def _call(self, method: str, *args: Any) -> Any:
         if self.g is None or not hasattr(self.g, method):
@@ -106,7 +111,7 @@ class TermInfo:
 
     def names(self, extra_terms: list[str] | tuple[str, ...] = ()) -> list[tuple[str, str]]:
         """(lower-cased name, term id) for the display names (EN, ZH) and ids of all known terms."""
-        key = tuple(extra_terms)
+        key = (id(self.g), tuple(extra_terms))
         cache = self.__dict__.setdefault("_names_cache", {})
         if key not in cache:
             pairs: set[tuple[str, str]] = set()
@@ -147,20 +152,20 @@ class TermInfo:
         return out
 
 
-_DEFAULT: Any = None
-_LOADED = False
+_BROKEN = False
 
 
 def load_default_glossary() -> Any | None:
-    """pipeline.language.glossary.load_glossary() once per process, or None with a one-time notice."""
-    global _DEFAULT, _LOADED
-    if not _LOADED:
-        _LOADED = True
-        try:
-            from pipeline.language.glossary import load_glossary  # type: ignore[import-not-found]
+    """pipeline.language.glossary.load_glossary() (the shipped glossary plus this process's user terms), or
+    None with a one-time notice when it cannot load."""
+    global _BROKEN
+    if _BROKEN:
+        return None
+    try:
+        from pipeline.language.glossary import load_glossary
 
-            _DEFAULT = load_glossary()
-        except Exception as exc:  # noqa: BLE001 - any failure means: use the suffix fallback
-            log.warning("glossary unavailable (%s); validators use term-id suffix rules", exc)
-            _DEFAULT = None
-    return _DEFAULT
+        return load_glossary()
+    except Exception as exc:  # any failure means: use the suffix fallback
+        log.warning("glossary unavailable (%s); validators use term-id suffix rules", exc)
+        _BROKEN = True
+        return None

@@ -14,7 +14,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -122,11 +122,13 @@ def worst(verdicts: Sequence[str]) -> str:
 
 @dataclass
 class RegionFinding:
-    """One problem found with one region (validators collect these, then :func:`summarise`)."""
+    """One problem found with one region (validators collect these, then :func:`summarise`).
+    ``terms``: the structures the finding is about (empty: the row or the whole image)."""
 
     verdict: str
     code: str
     text: str
+    terms: tuple[str, ...] = ()
 
 
 def summarise(
@@ -219,33 +221,18 @@ def apply_policy(results: Sequence[ValidationResult], policy: PolicyConfig | Val
     return Decision(action=action, reasons=reasons, codes=codes)
 
 
-def build_validators(config: ValidationConfig, *, glossary: Any | None = None) -> list[Validator]:
-    """The validators named in ``config.validators``, in that order, configured from ``config``.
+def build_validators(
+    config: ValidationConfig, *, glossary: Any | None = None, level: Literal["case", "release"] | None = None
+) -> list[Validator]:
+    """The validators named in ``config.validators``, in that order, each configured from its own section
+    (``level``: only the ``case`` or ``release`` ones).  See :mod:`pipeline.validate.registry`.
 
     Model-backed validators are constructed lazily (the model loads on first ``validate``), so building
     is cheap; a missing model path raises here (a config error, not a per-row problem).
     """
-    out: list[Validator] = []
-    for name in config.validators:
-        if name == "rules":
-            from pipeline.validate.rules import RulesValidator
+    from pipeline.validate.registry import build_validators as build
 
-            out.append(RulesValidator(config.rules, glossary=glossary))
-        elif name == "stats":
-            from pipeline.validate.stats import StatsValidator
-
-            out.append(StatsValidator(config.stats))
-        elif name == "clip":
-            from pipeline.validate.clip import ClipJudge
-
-            out.append(ClipJudge(config.clip, glossary=glossary))
-        elif name == "grounding":
-            from pipeline.validate.grounding import GroundingJudge
-
-            out.append(GroundingJudge(config.grounding, glossary=glossary))
-        else:  # pragma: no cover - the config Literal forbids it
-            raise ValueError(f"unknown validator {name!r}")
-    return out
+    return build(config, glossary=glossary, level=level)
 
 
 def validation_meta(results: Sequence[ValidationResult]) -> list[dict[str, Any]]:

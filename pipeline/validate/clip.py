@@ -338,6 +338,10 @@ def window_order(windows: Sequence[_Window]) -> list[int]:
 class ClipJudge:
     name = "clip"
     version = "1"
+    level = "release"
+    needs_model = True  # a CLIP-style checkpoint, on GPU when there is one
+    config_model = ClipConfig
+    description = "embedding judge: crop of each box vs text prompts of the term and its alternatives"
 
     def __init__(self, config: ClipConfig | None = None, *, glossary: Any | None = None) -> None:
         self.config = config or ClipConfig()

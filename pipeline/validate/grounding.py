@@ -269,6 +269,10 @@ def _sideless(term: str) -> str:
 class GroundingJudge:
     name = "grounding"
     version = "1"
+    level = "release"
+    needs_model = True  # a VLM (openai-compatible server or a local transformers model)
+    config_model = GroundingConfig
+    description = "asks a VLM the text->region and region->text questions and scores its answers"
 
     def __init__(
         self, config: GroundingConfig | None = None, *, glossary: Any | None = None, backend: Backend | None = None

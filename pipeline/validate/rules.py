@@ -60,6 +60,10 @@ def _image_key(item: ValidationItem) -> tuple[str, ...]:
 class RulesValidator:
     name = "rules"
     version = "3"
+    level = "case"  # pipeline.validate.registry: runs on each case's rows, inside the case task
+    needs_model = False
+    config_model = RulesConfig
+    description = "cheap CPU checks on every sample: box sizes, blank boxes, box text, laterality, orientation"
 
     def __init__(self, config: RulesConfig | None = None, *, glossary: Any | None = None) -> None:
         self.config = config or RulesConfig()
@@ -120,14 +124,9 @@ class RulesValidator:
             geo_ok = self._check_geometry(reg, term, w, h, findings)
             if not geo_ok:
                 continue
-            x0, y0, x1, y1 = (int(v) for v in reg["box_px"])
+            x0, _, x1, _ = (int(v) for v in reg["box_px"])
             if (ih, iw) == (h, w):
-                crop = grey[y0 : y1 + 1, x0 : x1 + 1]
-                std = float(crop.std()) if crop.size else 0.0
-                if std < cfg.blank_std:
-                    findings.append(
-                        RegionFinding("fail", "blank", f"{term} box {list(reg['box_px'])} pixel std {std:.2f} < {cfg.blank_std:g}")
-                    )
+                self._blank(grey, reg, term, findings)
             centres.setdefault(term, []).append((x0 + x1 + 1) / 2.0)
 
         findings.extend(self._laterality(meta, centres, w))
@@ -145,6 +144,46 @@ class RulesValidator:
         verdicts = [f.verdict for f in findings]
         v = "fail" if "fail" in verdicts else "flag" if "flag" in verdicts else "pass"
         return summarise(self, findings, _SCORE[v])
+
+    # ------------------------------------------------------------------ regions of one image
+    def check_regions(
+        self, image: np.ndarray, regions: list[dict[str, Any]], *, axis: str, modality: str
+    ) -> tuple[list[list[RegionFinding]], list[RegionFinding]]:
+        """Region-level findings for every region of one written image, before any sentence is written
+        (the builder removes a failing region and writes its rows without it), and the image-level
+        findings (orientation: the whole image is shown wrong).  Returns ``(per_region, image_level)``."""
+        h, w = image.shape[:2]
+        grey = image.astype(np.float32).mean(axis=2) if image.ndim == 3 else image.astype(np.float32)
+        per: list[list[RegionFinding]] = [[] for _ in regions]
+        centres: dict[str, list[float]] = {}
+        for i, reg in enumerate(regions):
+            term = str(reg.get("term", "?"))
+            if not self._check_geometry(reg, term, w, h, per[i]):
+                continue
+            self._blank(grey, reg, term, per[i])
+            x0, _, x1, _ = (int(v) for v in reg["box_px"])
+            centres.setdefault(term, []).append((x0 + x1 + 1) / 2.0)
+        for f in self._laterality({"axis": axis, "modality": modality}, centres, w):
+            for i, reg in enumerate(regions):
+                if reg.get("term") in f.terms:
+                    per[i].append(f)
+        image_level: list[RegionFinding] = []
+        if self.order_rules:
+            image_level = order_findings(
+                regions, rules=self.order_rules, axis=self.config.orientation_2d_axis if axis == "2d" else axis,
+                modality=modality, width=w, height=h, margin=self.config.orientation_margin,
+                fail_fraction=self.config.orientation_fail_fraction,
+            )
+        return per, image_level
+
+    def _blank(self, grey: np.ndarray, reg: dict[str, Any], term: str, out: list[RegionFinding]) -> None:
+        x0, y0, x1, y1 = (int(v) for v in reg["box_px"])
+        crop = grey[y0 : y1 + 1, x0 : x1 + 1]
+        std = float(crop.std()) if crop.size else 0.0
+        if std < self.config.blank_std:
+            box = list(reg["box_px"])
+            out.append(RegionFinding("fail", "blank", f"{term} box {box} pixel std {std:.2f} < {self.config.blank_std:g}",
+                                     (term,)))
 
     def _check_geometry(self, reg: dict[str, Any], term: str, w: int, h: int, out: list[RegionFinding]) -> bool:
         cfg = self.config
@@ -200,6 +239,7 @@ class RulesValidator:
                             "fail",
                             "laterality",
                             f"{term} centre x={cx:.0f} is right of {partner} x={px:.0f} (patient right must be image left)",
+                            (term, partner),
                         )
                     )
         if axis in cfg.laterality_centre_axes and modality in cfg.laterality_centre_modalities and w > 0:
@@ -213,6 +253,7 @@ class RulesValidator:
                             cfg.centre_verdict,
                             "laterality_centre",
                             f"{term} centre x={cx:.0f} is right of the image centre {half:.0f} (+{tol:.0f})",
+                            (term,),
                         )
                     )
                 elif side == "left" and cx < half - tol:
@@ -221,6 +262,7 @@ class RulesValidator:
                             cfg.centre_verdict,
                             "laterality_centre",
                             f"{term} centre x={cx:.0f} is left of the image centre {half:.0f} (-{tol:.0f})",
+                            (term,),
                         )
                     )
         return out

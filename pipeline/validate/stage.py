@@ -32,10 +32,8 @@ from pipeline.validate import (
     run_validators,
     validation_meta,
 )
+from pipeline.validate import registry
 from schemas.validation import ValidationConfig
-
-CASE_LEVEL = ("rules",)
-MODEL_VALIDATORS = ("clip", "grounding")
 
 
 def validation_config(cfg: dict[str, Any] | ValidationConfig | None) -> ValidationConfig:
@@ -47,19 +45,15 @@ def validation_config(cfg: dict[str, Any] | ValidationConfig | None) -> Validati
 
 
 def case_validators_for(cfg: dict[str, Any] | ValidationConfig | None) -> list[Any]:
-    vc = validation_config(cfg)
-    sub = vc.model_copy(update={"validators": [v for v in vc.validators if v in CASE_LEVEL]})
-    return build_validators(sub)
+    return build_validators(validation_config(cfg), level="case")  # each validator declares its level
 
 
 def release_validators_for(cfg: dict[str, Any] | ValidationConfig | None) -> list[Any]:
-    vc = validation_config(cfg)
-    sub = vc.model_copy(update={"validators": [v for v in vc.validators if v not in CASE_LEVEL]})
-    return build_validators(sub)
+    return build_validators(validation_config(cfg), level="release")
 
 
 def uses_model(cfg: dict[str, Any] | ValidationConfig | None) -> bool:
-    return any(v in MODEL_VALIDATORS for v in validation_config(cfg).validators)
+    return registry.uses_model(validation_config(cfg))  # each validator declares needs_model
 
 
 def apply_rows_policy(

@@ -89,8 +89,12 @@ def region_features(item: ValidationItem) -> list[dict[str, Any]]:
 class StatsValidator:
     name = "stats"
     version = "1"
+    level = "release"  # fitted on the whole release's rows
+    needs_model = False
+    config_model = StatsConfig
+    description = "robust z-scores of box features per group, fitted on the release's own rows"
 
-    def __init__(self, config: StatsConfig | None = None) -> None:
+    def __init__(self, config: StatsConfig | None = None, *, glossary: Any | None = None) -> None:
         self.config = config or StatsConfig()
         self.groups: dict[str, dict[str, Any]] = {}  # key -> {"n", "median": {f: v}, "scale": {f: v}}
         self.fitted = False

@@ -28,6 +28,7 @@ from pydicom.errors import InvalidDicomError
 
 from pipeline.ingest.align import align_labels_to_image
 from pipeline.core.paths import shown
+from pipeline.ingest.packing import LayerPacker, MaskRuns
 from pipeline.ingest.readers import ReadError
 from pipeline.ingest.readers.dicom import SEG_SOP_CLASS, DicomSeries, _vec, short_uid
 from pipeline.ingest.readers.dicom_checks import check_decoded, pixel_problem, raise_if_damaged
@@ -169,7 +170,7 @@ def read_seg_header(path: str | Path, ds=None) -> SegHeader:
 
 def _frame_sources(fg) -> list[tuple[str, int | None]]:
     """(ReferencedSOPInstanceUID, ReferencedFrameNumber or None) of one functional-group item."""
-    out = []
+    out: list[tuple[str, int | None]] = []
     for der in fg.get("DerivationImageSequence") or []:
         for src in der.get("SourceImageSequence") or []:
             uid = src.get("ReferencedSOPInstanceUID")
@@ -208,7 +209,7 @@ class SegVolume:
     notes: list[str] = field(default_factory=list)
 
     def mask(self, number: int) -> np.ndarray:
-        for arr, segs in zip(self.layers, self.layer_segments):
+        for arr, segs in zip(self.layers, self.layer_segments, strict=True):
             if number in segs:
                 return arr == number
         return np.zeros(self.layers[0].shape if self.layers else (0, 0, 0), dtype=bool)
@@ -230,7 +231,8 @@ def _frames(ds, hdr: SegHeader) -> list[_Frame]:
             if len(hdr.segments) == 1:
                 seg = next(iter(hdr.segments))
             else:
-                raise ReadError(f"{Path(hdr.path).name}: frame {i + 1} names no segment (SegmentIdentificationSequence)",
+                raise ReadError(f"{Path(hdr.path).name}: frame {i + 1} names no segment "
+                                "(SegmentIdentificationSequence)",
                                 file=hdr.path, hint="the SEG is malformed; re-export it")
         sources = _frame_sources(fg) if fg is not None else []
         if not sources and shared is not None:
@@ -297,21 +299,32 @@ def read_seg(path: str | Path, series: DicomSeries) -> SegVolume:
                         hint="the SEG is malformed or empty; re-export it")
     _check_pixels(ds, hdr)
     frames = _frames(ds, hdr)
-    sop_index = series.sop_to_index
-    frame_index = {(u, (f + 1) if f is not None else None): k
-                   for k, (u, f) in enumerate(zip(series.sop_uids, series.frames))}
+    _check_same_series(path, hdr, series)
+    iop, ps, thick = _shared_geometry(ds)
+    placed = _grid_targets(frames, hdr, series, iop, ps)
+    if placed is None:
+        return _read_physical(path, ds, hdr, frames, iop, ps, thick, series, notes)
+    targets, n_disagree = placed
+    if n_disagree:
+        notes.append(f"{name}: {n_disagree} frame(s) reference a source image at another position than their "
+                     "PlanePosition; placed by position")
+    dropped = sum(t is None for t in targets)
+    if dropped == len(targets):
+        raise ReadError(f"{name}: none of its {len(targets)} frames lies on a slice of the series "
+                        f"({len(series.sop_uids)} slices)",
+                        file=path, hint="the SEG belongs to another series or its geometry is wrong")
+    if dropped:
+        notes.append(f"{name}: {dropped} of {len(targets)} frame(s) match no slice of the series and were dropped")
+    masks = _accumulate(path, hdr, frames, targets, series.shape)
+    layers, layer_segs, overlaps = _pack(masks, series.shape)
+    return SegVolume(hdr, layers, layer_segs, overlaps, "grid", notes)
 
-    def uid_index(fr: _Frame) -> int | None:
-        for uid, num in fr.sources:
-            k = frame_index.get((uid, num)) if num is not None else sop_index.get(uid)
-            if k is not None:
-                return k
-        return None
 
-    # 1. does the SEG belong to this series at all?
+def _check_same_series(path: str, hdr: SegHeader, series: DicomSeries) -> None:
+    """Raise when the SEG was made on another series (by referenced images, else by frame of reference)."""
+    name = Path(path).name
     referenced = set(hdr.referenced_sop_uids)
-    matched = referenced & set(series.sop_uids)
-    if referenced and not matched:
+    if referenced and not referenced & set(series.sop_uids):
         raise ReadError(
             f"{name}: its frames reference {len(referenced)} image(s) of another series (UID "
             f"{', '.join(short_uid(u) for u in hdr.referenced_series_uids) or '?'}), none of which is in the image "
@@ -326,60 +339,61 @@ def read_seg(path: str | Path, series: DicomSeries) -> SegVolume:
             f"{name}: references no source image and its FrameOfReferenceUID differs from the series'",
             file=path, hint="the SEG belongs to another scan")
 
-    # 2. same grid?
-    iop, ps, thick = _shared_geometry(ds)
+
+def _grid_targets(
+    frames: list[_Frame], hdr: SegHeader, series: DicomSeries, iop, ps
+) -> tuple[list[int | None], int] | None:
+    """Slice index of every frame when the SEG shares the series' grid (by position, else by referenced
+    image), and how many frames disagree between the two; None when the grid differs."""
     K, R, C = series.shape
     same_grid = (hdr.rows, hdr.cols) == (R, C)
     if iop is not None:
         same_grid &= bool(np.allclose(iop, np.r_[series.row_dir, series.col_dir], atol=1e-3))
     if ps is not None:
         same_grid &= bool(np.allclose(ps, series.pixel_spacing, rtol=1e-3, atol=1e-4))
+    if not same_grid:
+        return None
+    sop_index = series.sop_to_index
+    frame_index = {(u, (f + 1) if f is not None else None): k
+                   for k, (u, f) in enumerate(zip(series.sop_uids, series.frames, strict=True))}
+
+    def uid_index(fr: _Frame) -> int | None:
+        for uid, num in fr.sources:
+            k = frame_index.get((uid, num)) if num is not None else sop_index.get(uid)
+            if k is not None:
+                return k
+        return None
+
     targets: list[int | None] = []
     n_disagree = 0
-    if same_grid:
-        for fr in frames:
-            k_uid = uid_index(fr)
-            k_pos = None
-            if fr.ipp is not None:
-                k_pos = series.index_at(fr.ipp)
-                check = k_pos if k_pos is not None else k_uid
-                if check is not None:
-                    rc = series.to_rc(fr.ipp[None], check)[0]
-                    if np.abs(rc).max() > 0.05:  # frame origin is not the slice origin: another in-plane grid
-                        same_grid = False
-                        break
-            if k_uid is not None and k_pos is not None and k_uid != k_pos:
-                n_disagree += 1
-            targets.append(k_pos if k_pos is not None else k_uid)
-    if not same_grid:
-        return _read_physical(path, ds, hdr, frames, iop, ps, thick, series, notes)
-    if n_disagree:
-        notes.append(f"{name}: {n_disagree} frame(s) reference a source image at another position than their "
-                     "PlanePosition; placed by position")
-    dropped = sum(t is None for t in targets)
-    if dropped == len(targets):
-        raise ReadError(f"{name}: none of its {len(targets)} frames lies on a slice of the series "
-                        f"({len(series.sop_uids)} slices)",
-                        file=path, hint="the SEG belongs to another series or its geometry is wrong")
-    if dropped:
-        notes.append(f"{name}: {dropped} of {len(targets)} frame(s) match no slice of the series and were dropped")
-    masks = _accumulate(path, hdr, frames, targets, (K, R, C))
-    layers, layer_segs, overlaps = _pack(masks, (K, R, C))
-    return SegVolume(hdr, layers, layer_segs, overlaps, "grid", notes)
+    for fr in frames:
+        k_uid = uid_index(fr)
+        k_pos = None
+        if fr.ipp is not None:
+            k_pos = series.index_at(fr.ipp)
+            check = k_pos if k_pos is not None else k_uid
+            # a frame origin that is not the slice origin: another in-plane grid
+            if check is not None and np.abs(series.to_rc(fr.ipp[None], check)[0]).max() > 0.05:
+                return None
+        if k_uid is not None and k_pos is not None and k_uid != k_pos:
+            n_disagree += 1
+        targets.append(k_pos if k_pos is not None else k_uid)
+    return targets, n_disagree
 
 
-def _accumulate(path, hdr: SegHeader, frames: list[_Frame], targets: list[int | None], shape) -> dict[int, dict[int, np.ndarray]]:
+def _accumulate(
+    path, hdr: SegHeader, frames: list[_Frame], targets: list[int | None], shape
+) -> dict[int, dict[int, np.ndarray]]:
     """segment -> {slice index -> 2-D bool mask} (sparse: only slices that have a frame)."""
     from pydicom.pixels import iter_pixels
 
     masks: dict[int, dict[int, np.ndarray]] = {n: {} for n in hdr.segments}
-    indices = [i for i, t in enumerate(targets) if t is not None]
+    placed = [(i, t) for i, t in enumerate(targets) if t is not None]
     done = 0
     try:
-        it = iter_pixels(path, indices=indices)
-        for i, px in zip(indices, it):
+        it = iter_pixels(path, indices=[i for i, _ in placed])
+        for (i, k), px in zip(placed, it, strict=False):
             done += 1
-            k = targets[i]
             fr = frames[i]
             if px.shape != shape[1:]:
                 raise ReadError(f"{Path(path).name}: frame {i + 1} is {px.shape}, expected {shape[1:]}", file=path,
@@ -392,65 +406,47 @@ def _accumulate(path, hdr: SegHeader, frames: list[_Frame], targets: list[int | 
                     d[k] = d[k] | (px == n) if k in d else (px == n)
                 continue
             m = _binarise(px, hdr)
-            d = masks.setdefault(fr.segment, {})
+            d = masks.setdefault(int(fr.segment or 0), {})  # set for every non-LABELMAP frame (_frames)
             d[k] = d[k] | m if k in d else m
     except ReadError:
         raise
     except Exception as exc:
         raise ReadError(f"cannot decode the frames of {Path(path).name}: {type(exc).__name__}: {exc}", file=path,
-                        hint="the SEG's pixel data are damaged or use a transfer syntax without an installed decoder") from exc
-    if done != len(indices):
-        raise ReadError(f"{shown(path)}: only {done} of {len(indices)} frames could be decoded", file=path,
+                        hint="the SEG's pixel data are damaged or use a transfer syntax without an installed "
+                        "decoder") from exc
+    if done != len(placed):
+        raise ReadError(f"{shown(path)}: only {done} of {len(placed)} frames could be decoded", file=path,
                         hint="the SEG's pixel data are truncated; re-download or re-export it")
     return masks
 
 
-def _pack(masks: dict[int, dict[int, np.ndarray]], shape) -> tuple[list[np.ndarray], list[list[int]], list[tuple[int, int]]]:
+def _pack(
+    masks: dict[int, dict[int, np.ndarray]], shape
+) -> tuple[list[np.ndarray], list[list[int]], list[tuple[int, int]]]:
     """Greedy packing of segments into non-overlapping uint16 layers (segment number per voxel)."""
-    layers: list[np.ndarray] = []
-    layer_segs: list[list[int]] = []
-    overlaps: list[tuple[int, int]] = []
+    packer = LayerPacker(tuple(shape), order="C")
     for n in sorted(masks):
-        slices = masks[n]
-        if not any(m.any() for m in slices.values()):
-            continue
-        placed = False
-        for arr, segs in zip(layers, layer_segs):
-            clash = {int(v) for k, m in slices.items() for v in np.unique(arr[k][m]) if v}
-            if clash:
-                overlaps.extend((min(n, c), max(n, c)) for c in clash)
-                continue
-            for k, m in slices.items():
-                arr[k][m] = n
-            segs.append(n)
-            placed = True
-            break
-        if not placed:
-            arr = np.zeros(shape, dtype=np.uint16)
-            for k, m in slices.items():
-                arr[k][m] = n
-            layers.append(arr)
-            layer_segs.append([n])
-    # overlaps with segments in later layers are found when those are placed; record the rest
-    return layers, layer_segs, sorted(set(overlaps))
+        packer.add(n, MaskRuns.from_slices(masks[n], tuple(shape)), record_overlaps=True)
+    # overlaps with segments in later layers are found when those are placed
+    return packer.layers, packer.labels, sorted(packer.overlaps)
 
 
-def _read_physical(path, ds, hdr: SegHeader, frames: list[_Frame], iop, ps, thick, series: DicomSeries, notes) -> SegVolume:
+def _read_physical(
+    path, ds, hdr: SegHeader, frames: list[_Frame], iop, ps, thick, series: DicomSeries, notes
+) -> SegVolume:
     """Rebuild the SEG on its own grid, then resample each packed layer onto the series grid."""
     name = Path(path).name
     if iop is None or ps is None or any(fr.ipp is None for fr in frames):
         raise ReadError(f"{name}: the SEG does not share the image grid and lacks plane position/orientation/"
                         "pixel spacing to place it in physical space", file=path,
-                        hint="re-export the SEG with PlanePositionSequence, PlaneOrientationSequence and PixelMeasuresSequence")
+                        hint="re-export the SEG with PlanePositionSequence, PlaneOrientationSequence and "
+                        "PixelMeasuresSequence")
     row_dir, col_dir = iop[:3], iop[3:]
     normal = np.cross(row_dir, col_dir)
     offs = np.array([fr.ipp @ normal for fr in frames])
     d0 = float(offs.min())
     planes = np.unique(np.round(offs - d0, 3))
-    if planes.size > 1:
-        step = float(np.min(np.diff(planes)))
-    else:
-        step = float(thick or series.slice_spacing or 1.0)
+    step = float(np.min(np.diff(planes))) if planes.size > 1 else float(thick or series.slice_spacing or 1.0)
     kk = np.rint((offs - d0) / step).astype(int)
     if np.abs((offs - d0) - kk * step).max() > 0.1 * step:
         notes.append(f"{name}: frame planes are not evenly spaced; placed at the nearest step of {step:.3f} mm")

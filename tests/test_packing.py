@@ -1,0 +1,81 @@
+"""One layer packer for overlapping masks: the same layers and overlaps as plain full-array packing."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from pipeline.ingest.packing import LayerPacker, MaskRuns, runs_of_chunk
+
+
+def _reference(masks: list[np.ndarray], labels: list[int]) -> tuple[list[np.ndarray], set[tuple[int, int]]]:
+    """First-fit packing on full arrays (what dicom_seg and sources/nifti each did before)."""
+    layers: list[np.ndarray] = []
+    overlaps: set[tuple[int, int]] = set()
+    for m, lab in zip(masks, labels, strict=True):
+        if not m.any():
+            continue
+        for arr in layers:
+            clash = {int(v) for v in np.unique(arr[m]) if v}
+            overlaps.update((min(lab, c), max(lab, c)) for c in clash)
+            if not clash:
+                arr[m] = lab
+                break
+        else:
+            arr = np.zeros(m.shape, np.uint16)
+            arr[m] = lab
+            layers.append(arr)
+    return layers, overlaps
+
+
+shapes = st.tuples(st.integers(1, 5), st.integers(1, 7), st.integers(1, 9))
+
+
+@given(shapes.flatmap(lambda s: st.lists(arrays(np.bool_, s), min_size=1, max_size=6)), st.sampled_from(["C", "F"]))
+def test_property_packer_equals_full_array_packing(masks, order):
+    labels = [3 * i + 2 for i in range(len(masks))]
+    packer = LayerPacker(masks[0].shape, order=order)
+    for m, lab in zip(masks, labels, strict=True):
+        runs = MaskRuns.from_array(m, order)
+        np.testing.assert_array_equal(runs.to_array(), m)
+        packer.add(lab, runs, record_overlaps=True)
+    want, overlaps = _reference(masks, labels)
+    assert len(packer.layers) == len(want)
+    for got, ref in zip(packer.layers, want, strict=True):
+        np.testing.assert_array_equal(got, ref)
+        assert got.flags.c_contiguous if order == "C" else got.flags.f_contiguous
+    assert packer.overlaps == overlaps
+    assert [sorted(x) for x in packer.labels] == [sorted(int(v) for v in np.unique(a) if v) for a in want]
+
+
+@given(arrays(np.uint8, st.integers(1, 200), elements=st.sampled_from([0, 0, 0, 1, 255])),
+       st.integers(0, 1000), st.integers(1, 17))
+def test_property_runs_of_any_chunk(values, pos, row):
+    runs = runs_of_chunk(values, pos, row)
+    rebuilt = np.zeros(pos + values.size, bool)
+    for start, seg in runs:
+        assert pos <= start and start + seg.size <= pos + values.size
+        rebuilt[start : start + seg.size] = seg != 0
+    np.testing.assert_array_equal(rebuilt[pos:], values != 0)
+    starts = [s for s, _ in runs]
+    assert starts == sorted(starts)
+
+
+def test_sparse_slices_and_checks():
+    shape = (4, 5, 6)
+    a = {1: np.eye(5, 6, dtype=bool), 3: np.ones((5, 6), bool)}
+    runs = MaskRuns.from_slices(a, shape)
+    full = np.zeros(shape, bool)
+    full[1], full[3] = a[1], a[3]
+    np.testing.assert_array_equal(runs.to_array(), full)
+    packer = LayerPacker(shape)
+    assert packer.add(7, MaskRuns.from_slices({}, shape)) == -1 and packer.layers == []
+    assert packer.add(7, runs) == 0 and packer.add(8, runs, record_overlaps=True) == 1
+    assert packer.overlaps == {(7, 8)} and packer.labels == [[7], [8]]
+    with pytest.raises(ValueError, match="do not fit"):
+        packer.add(9, MaskRuns.from_array(full, "F"))
+    with pytest.raises(ValueError, match="does not fit a uint16"):
+        packer.add(70000, runs)
