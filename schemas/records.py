@@ -75,14 +75,14 @@ class SampleMeta(_Strict):
     axis: str
     slice_index: int
     template_id: str
-    regions: list[RegionMeta]
-    window: str  # display window, e.g. "CT abdomen W400/L40"
-    transform: str  # JSON object (sorted keys): reader, orientation, spacing, position_mm, display fix, ...
-    validation: list[ValidationMeta]
     # where the answer's sentences come from: "template" (the language layer's banks; every row but report rows)
     # or "report" (a grounded report whose lines are a radiology report's own sentences, or their reviewed
     # translation)
     text_source: TextSource = "template"
+    regions: list[RegionMeta]
+    window: str  # display window, e.g. "CT abdomen W400/L40"
+    transform: str  # JSON object (sorted keys): reader, orientation, spacing, position_mm, display fix, ...
+    validation: list[ValidationMeta]
 
 
 class Turn(_Strict):

@@ -193,6 +193,7 @@ def rows_for_slice(
                     "axis": sl.axis,
                     "slice_index": int(sl.index),
                     "template_id": g.template_id,
+                    "text_source": g.text_source,
                     "regions": [
                         {
                             "term": r.term,
@@ -206,7 +207,6 @@ def rows_for_slice(
                     "window": sl.window,
                     "transform": transform_json,
                     "validation": [],
-                    "text_source": g.text_source,
                 },
             }
         )
