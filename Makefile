@@ -6,7 +6,7 @@ PIP    := $(VENV)/bin/pip
 STAMP  := $(VENV)/.installed
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 
-.PHONY: venv demo test faults bench clean
+.PHONY: venv demo test faults bench clean wordnet
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -19,7 +19,13 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/medreg build examples/demo.yaml --out out/demo
 
-test: $(STAMP)
+# METEOR's WordNet synonyms: Debian's wordnet-base (NLTK would download its corpus at run time); optional
+wordnet:
+	@test -f /usr/share/wordnet/data.noun || (command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
+	  (apt-get install -y -q wordnet-base >/dev/null 2>&1 || (apt-get update -q >/dev/null 2>&1 && \
+	   apt-get install -y -q wordnet-base >/dev/null 2>&1))) || echo "wordnet-base not installed: METEOR without synonyms"
+
+test: $(STAMP) wordnet
 	$(PY) -m pytest -q
 
 # slow or privileged fault trials: kill -9 at random points, concurrent builds, a full tmpfs (root)

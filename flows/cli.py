@@ -11,6 +11,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from flows.translate import translate_app
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="MedRegInstruct builder: region-centric bilingual medical instruction data.")
 console = Console(stderr=False)
 err = Console(stderr=True)
@@ -341,6 +343,8 @@ def eval_cmd(
         write_details(report, details)
         console.print(f"per-sample scores: {details}")
 
+
+app.add_typer(translate_app, name="translate")  # medreg translate run | accept (flows/translate.py)
 
 expand_app = typer.Typer(no_args_is_help=True, help="Draft new templates / glossary synonyms with an LLM into a review file; accept them by hand.")
 app.add_typer(expand_app, name="expand")

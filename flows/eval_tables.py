@@ -25,6 +25,7 @@ _DEFAULT: dict[str, Columns] = {
     "grounded_report": [
         (("mean_iou",), "mIoU"), (("acc@0.5",), "@.5"), (("box", "f1"), "boxF1"), (("object", "f1"), "objF1"),
         (("term_recall",), "termR"), (("term_precision",), "termP"), (("text_f1",), "textF1"),
+        *[((k,), k) for k in ("BLEU-1", "BLEU-4", "ROUGE-L", "METEOR")],
     ],
 }
 _MULTI: Columns = [
@@ -39,18 +40,19 @@ _MEDREGA: dict[str, Columns] = {
     "SM": [(("recall",), "recall"), (("precision",), "prec"), (("f1",), "F1"), (("iou",), "IoU")],
     "MS": _MULTI,
     "MM": _MULTI,
-    "GR": [*_MULTI, (("bleu1",), "BLEU-1")],
+    "GR": [*_MULTI, *[((k,), k) for k in ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "ROUGE-L", "METEOR")]],
     "negative": [(("absent_acc",), "absent")],
 }
 _CAPTIONS = {
     "region_to_text": "acc~ = lenient: a parent/child term counts",
     "text_to_region": "@t = share of GT boxes matched at IoU >= t; absent = absent-target negatives answered right",
-    "grounded_report": "termR/termP = terms named anywhere in the report; textF1 = token F1 vs the reference",
+    "grounded_report": "termR/termP = terms named anywhere in the report; textF1 = token F1 vs the reference; "
+                       "BLEU (corpus), ROUGE-L, METEOR per language (.report / .template: by meta.text_source)",
     "SS": "MedRegA SS: IoU of the first (or best) box; @>t = share of samples with IoU > t",
     "SM": "MedRegA SM: Hungarian, terms ignored, match at IoU >= 0.75; per-sample means",
     "MS": "MedRegA MS: Hungarian at IoU >= 0.5 + object alignment; per-sample means",
     "MM": "MedRegA MM: Hungarian at IoU >= 0.5 + object alignment; per-sample means",
-    "GR": "grounded report boxes with MedRegA's MM evaluator; BLEU-1 of the text",
+    "GR": "grounded report boxes with MedRegA's MM evaluator; text: corpus BLEU-1..4, ROUGE-L, METEOR per language",
     "R2T": "MedRegA R2T: whitespace token sets; acc = share of samples with recall >= 0.75",
 }
 
@@ -71,7 +73,7 @@ def _get(metrics: dict[str, Any], path: tuple[str, ...]) -> Any:
 
 
 def _table_key(report: EvalReport, group: str, metrics: dict[str, Any]) -> str:
-    return str(metrics.get("evaluator", group)) if report.protocol == "medrega" else group
+    return str(metrics.get("evaluator", group)) if report.protocol == "medrega" else group.split(".")[0]
 
 
 def render_tables(report: EvalReport) -> list[Table]:

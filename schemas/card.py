@@ -97,6 +97,26 @@ class SplitSpec(BaseModel):
     cases: dict[str, str] = Field(default_factory=dict)
 
 
+class ReportSpec(BaseModel):
+    """A report-grounded source: the language its reports are written in and, optionally, the accepted
+    translations into the other language (docs/adding-a-source.md, "Report sentences")."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    language: Literal["en", "zh"] = "en"
+    # the accepted-translations file `medreg translate accept` writes (relative to the card file, or absolute);
+    # without it the release has report rows in `language` only
+    translations: str | None = None
+
+    def translations_path(self, card_path: str | None) -> Path | None:
+        if not self.translations:
+            return None
+        p = Path(self.translations).expanduser()
+        if p.is_absolute() or not card_path:
+            return p
+        return Path(card_path).parent / p
+
+
 class SourceCard(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -124,6 +144,7 @@ class SourceCard(BaseModel):
     exhaustive_findings: bool | list[str] = False
     box_policy: BoxPolicy = Field(default_factory=BoxPolicy)
     split: SplitSpec = Field(default_factory=SplitSpec)
+    report: ReportSpec | None = None  # report-grounded sources: report language, accepted translations
     layout: dict[str, Any] = Field(default_factory=dict)  # adapter options
     card_path: str | None = Field(default=None, exclude=True)
 

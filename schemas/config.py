@@ -24,6 +24,9 @@ class SourceUse(BaseModel):
     box_policy: BoxPolicy | None = None  # override the card's box policy
     tasks: dict[str, float] | None = None  # override the release task mix for this source
     langs: list[Literal["en", "zh"]] | None = None
+    # report-grounded sources: the accepted-translations file to use instead of the card's report.translations
+    # (relative to where the build runs, or absolute)
+    translations: str | None = None
 
 
 class SlicingConfig(BaseModel):
@@ -59,6 +62,10 @@ class TaskConfig(BaseModel):
     # region -> text answer for one region: name (the display name alone, as MedRegA's references) or
     # sentence (a sentence naming it, under its own system prompt: needs system_prompt inline or turn)
     region_to_text_answer: Literal["name", "sentence"] = "name"
+    # grounded reports of report-grounded sources (slices carrying report sentences): report = the lines are the
+    # report's own sentences (meta.text_source "report"); template = the template sentences as for any source;
+    # both = one of each (to compare the two, e.g. with `medreg eval`)
+    grounded_text: Literal["report", "template", "both"] = "report"
 
     @model_validator(mode="after")
     def _answer_style_needs_its_prompt(self) -> TaskConfig:

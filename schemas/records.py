@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 TaskName = Literal["region_to_text", "text_to_region", "grounded_report"]
 Lang = Literal["en", "zh"]
 Verdict = Literal["pass", "flag", "fail"]
+TextSource = Literal["template", "report"]
 
 
 class _Strict(BaseModel):
@@ -58,7 +59,8 @@ class ValidationMeta(_Strict):
 class SampleMeta(_Strict):
     """Provenance of one row.  Every key is present in every row of every source, never null: values
     that do not apply are neutral and documented (``body_region`` "unknown", ``slice_index`` 0 and
-    ``axis`` "2d" for 2-D images, ``label_id`` 0); per-source facts go in ``transform`` as JSON text."""
+    ``axis`` "2d" for 2-D images, ``label_id`` 0, ``text_source`` "template"); per-source facts go in
+    ``transform`` as JSON text."""
 
     task: TaskName
     subtask: str
@@ -73,6 +75,10 @@ class SampleMeta(_Strict):
     axis: str
     slice_index: int
     template_id: str
+    # where the answer's sentences come from: "template" (the language layer's banks; every row but report rows)
+    # or "report" (a grounded report whose lines are a radiology report's own sentences, or their reviewed
+    # translation)
+    text_source: TextSource = "template"
     regions: list[RegionMeta]
     window: str  # display window, e.g. "CT abdomen W400/L40"
     transform: str  # JSON object (sorted keys): reader, orientation, spacing, position_mm, display fix, ...

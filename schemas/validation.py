@@ -52,6 +52,15 @@ class RulesConfig(_Cfg):
         0.05, ge=0, le=0.5, description="fraction of the width a *_right centre may lie right of the image centre"
     )
     centre_verdict: Literal["flag", "fail"] = "flag"
+    text_laterality_axes: list[str] = Field(
+        default_factory=lambda: ["2d", "axial", "coronal"],
+        description="axes on which a report sentence's side word is checked against its boxes (patient right is "
+        "image left)",
+    )
+    text_laterality_modalities: list[str] = Field(default_factory=lambda: ["XR", "CT", "MR", "PET"])
+    text_laterality_margin: float = Field(
+        0.05, ge=0, le=0.5, description="a box centre within this fraction of the width of the midline is not checked"
+    )
     orientation: bool = Field(
         True, description="check the anterior/posterior and superior/inferior order of known structures"
     )

@@ -203,6 +203,10 @@ _BUILTIN: dict[str, str] = {
     "dicom_nifti_labels": "sources.dicom:DicomNiftiLabelsAdapter",
     "cxr14_csv": "sources.detection:Cxr14CsvAdapter",
     "coco_json": "sources.detection:CocoJsonAdapter",
+    "report_table": "sources.reports:ReportTableAdapter",
+    "mscxr_csv": "sources.mscxr:MsCxrAdapter",
+    "imagenome_scene_graph": "sources.imagenome:ImaGenomeAdapter",
+    "radgenome_ct": "sources.radgenome:RadGenomeAdapter",
 }
 
 

@@ -28,6 +28,12 @@ def _source(use: SourceUse, samples_root: Path | None, licences: LicenceFilter,
     reason = exclusion_reason(card.licence, licences)
     if reason is not None:  # left out before discovery, and listed in the manifest and card
         return ExcludedSource(name=card.name, licence=card.licence, reason=reason)
+    if use.translations is not None:  # the release config points the source at other accepted translations
+        if card.report is None:
+            return SourcePlan(use, card.name, error=_error(card.name, ValueError(
+                f"`translations` is set for source {card.name}, whose card has no `report:` section")))
+        path = str(Path(use.translations).expanduser().resolve())
+        card = card.model_copy(update={"report": card.report.model_copy(update={"translations": path})})
     sp = SourcePlan(use, card.name, card=card)
     try:
         root = Path(use.root).expanduser() if use.root else card.resolve_root(samples_root)

@@ -54,7 +54,7 @@ def run(row: dict, image: np.ndarray | None = None, **cfg: Any):
 def test_clean_row_passes() -> None:
     row = make_row([region("kidney_right", [30, 80, 70, 120]), region("kidney_left", [130, 80, 170, 120])])
     r = run(row)
-    assert (r.verdict, r.score, r.validator, r.version) == ("pass", 1.0, "rules", "2")
+    assert (r.verdict, r.score, r.validator, r.version) == ("pass", 1.0, "rules", "3")
 
 
 def test_box_outside_and_degenerate() -> None:
@@ -160,3 +160,43 @@ def test_uses_glossary_mirror_when_given() -> None:
     row = make_row([region("ovary_dx", [130, 80, 170, 120]), region("ovary_sx", [30, 80, 70, 120])])
     r = RulesValidator(RulesConfig(), glossary=G()).validate([ValidationItem(row, textured())])[0]
     assert "laterality" in r.codes
+
+
+def _report_row(term: str, box_px: list[int], sentence: str, *, lang: str = "en", source: str = "report",
+                name: str | None = None) -> dict:
+    reg = region(term, box_px)
+    sep = ": " if lang == "en" else "："
+    text = f"<ref>{name or term.replace('_', ' ')}</ref><box>{format_boxes([reg['box']])}</box>{sep}{sentence}"
+    row = make_row([reg], axis="2d", modality="XR", text=text, check=False)
+    row["meta"].update(lang=lang, text_source=source)
+    Row.model_validate(row)
+    return row
+
+
+@pytest.mark.parametrize(("box", "sentence", "verdict"), [
+    ([20, 60, 70, 120], "Left lower lobe pneumonia.", "fail"),      # image left = patient right: contradiction
+    ([130, 60, 180, 120], "Left lower lobe pneumonia.", "pass"),    # image right = patient left
+    ([130, 60, 180, 120], "Right upper lobe consolidation.", "fail"),
+    ([20, 60, 70, 120], "Bilateral lower lobe opacities, worse on the left.", "pass"),  # both sides named
+    ([85, 60, 115, 120], "Left paratracheal opacity.", "pass"),     # on the midline (within the margin)
+])
+def test_text_laterality_against_the_box(box, sentence, verdict) -> None:
+    r = run(_report_row("pneumonia", box, sentence))
+    assert r.verdict == verdict, r.reason
+    assert ("text_laterality" in r.reason) == (verdict == "fail")
+
+
+def test_text_laterality_against_the_region_term_and_in_chinese() -> None:
+    # the right lung's box is on the image left, but its sentence says "left"
+    r = run(_report_row("lung_right", [20, 30, 90, 140], "Left lung is clear."))
+    assert r.verdict == "fail" and "lung right (right) is described as left" in r.reason
+    zh = run(_report_row("pneumonia", [130, 60, 180, 120], "右肺下叶肺炎。", lang="zh", name="肺炎"))
+    assert zh.verdict == "fail" and "text_laterality" in zh.reason
+    assert run(_report_row("pneumonia", [20, 60, 70, 120], "右肺下叶肺炎。", lang="zh", name="肺炎")).verdict == "pass"
+
+
+def test_template_rows_are_not_read_for_patient_sides() -> None:
+    """Template sentences describe the image ("the left part of the image"), not the patient."""
+    row = _report_row("pneumonia", [20, 60, 70, 120], "Pneumonia is seen in the left part of the image.",
+                      source="template")
+    assert run(row).verdict == "pass"

@@ -74,6 +74,23 @@ class PixelBoxAnnotation:
 
 
 @dataclass
+class RegionSentence:
+    """A report sentence about one region (report-grounded sources: MS-CXR, Chest ImaGenome, RadGenome-ChestCT,
+    the generic report CSV).
+
+    ``text`` holds the sentence per language: the report's own language (``lang``) and, once a reviewed
+    translation was accepted, the other.  ``negated``: the sentence states the absence of a finding ("No focal
+    consolidation."); it stays with its (anatomical) region and never makes a finding region.
+    """
+
+    term: str  # canonical term of the region the sentence describes
+    text: dict[str, str]  # lang -> sentence
+    lang: str  # the language the report was written in
+    negated: bool = False
+    label: str = ""  # the dataset's own region name (bbox_name, Anatomy, category, label column)
+
+
+@dataclass
 class Study:
     """A loaded case: image + annotations + geometry, ready for display conversion."""
 
@@ -89,6 +106,7 @@ class Study:
     rescaled: bool = True  # image values are physical (HU for CT)
     notes: list[str] = field(default_factory=list)  # non-fatal warnings (gaps, spacing, ...)
     transform: dict[str, Any] = field(default_factory=dict)  # provenance of what was done on load
+    report: list[RegionSentence] = field(default_factory=list)  # report sentences tied to regions (by term)
 
 
 @dataclass
@@ -115,3 +133,4 @@ class DisplaySlice:
     regions: list[Region]
     window: str  # e.g. "CT abdomen W400/L40", "percentile 0.5-99.5", "none"
     label_slices: list[np.ndarray] = field(default_factory=list)  # display-space labels (for QA)
+    report: list[RegionSentence] = field(default_factory=list)  # the study's sentences whose term is on this slice

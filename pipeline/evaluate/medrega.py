@@ -40,9 +40,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline.evaluate.answers import parse_grounded, strip_grounding
-from pipeline.evaluate.scoring import is_negative, reference_answer
-from pipeline.evaluate.text import bleu1, says_absent, tokenize
+from pipeline.evaluate.answers import parse_grounded
+from pipeline.evaluate.scoring import is_negative, reference_answer, report_tokens
+from pipeline.evaluate.text import bleu1, says_absent
 from pipeline.language.glossary import Glossary
 from pipeline.regions.coords import box_iou, iou_matrix, match_max_iou
 
@@ -76,6 +76,8 @@ class MedregaSample:
     missing: bool = False
     values: dict[str, float] = field(default_factory=dict)  # per-sample values, averaged over samples
     sums: dict[str, float] = field(default_factory=dict)  # numerators/denominators of pooled ratios
+    text_source: str = "template"  # grounded reports: the row's meta.text_source
+    tokens: tuple[list[str], list[str]] | None = None  # grounded reports: (answer, reference) tokens
 
     @property
     def group(self) -> str:
@@ -194,9 +196,9 @@ def score_row_medrega(row: dict[str, Any], answer: str | None, glossary: Glossar
     else:
         s.values, s.sums = _multi(pred, gt)
     if s.kind == "GR":
-        s.values["bleu1"] = bleu1(
-            tokenize(strip_grounding(answer), lang, glossary), tokenize(strip_grounding(reference), lang, glossary)
-        )
+        s.tokens = report_tokens(answer, reference, lang, glossary)
+        s.text_source = str(m.get("text_source") or "template")
+        s.values["bleu1"] = bleu1(*s.tokens)
     return s
 
 

@@ -18,6 +18,7 @@ import orjson
 
 from pipeline.evaluate.medrega import MedregaSample, aggregate_medrega, score_row_medrega
 from pipeline.evaluate.predictions import Predictions, load_predictions, resolve_by_reference
+from pipeline.evaluate.report_metrics import text_scores
 from pipeline.evaluate.scoring import SampleScore, aggregate, score_row
 from pipeline.language.glossary import Glossary, load_glossary
 
@@ -71,13 +72,25 @@ def _group_order(key: tuple[str, str]) -> tuple[Any, ...]:
 
 
 def _groups(samples: Sequence[Any], protocol: str) -> dict[str, dict[str, Any]]:
+    """Metrics per group and language.  Grounded reports also get MedRegA's text metrics (BLEU-1..4, ROUGE-L,
+    METEOR) and two more groups, ``grounded_report.report`` / ``grounded_report.template`` (``meta.text_source``),
+    so report-grounded and template rows can be compared."""
     agg: Callable[[Any], dict[str, Any]] = aggregate_medrega if protocol == "medrega" else aggregate
     by_group: dict[tuple[str, str], list[Any]] = defaultdict(list)
     for s in samples:
-        key = _group_key(s, protocol)
-        by_group[(key, s.lang)].append(s)
-        by_group[(key, "all")].append(s)
-    return {f"{g}/{lang}": agg(by_group[(g, lang)]) for g, lang in sorted(by_group, key=_group_order)}
+        keys = [_group_key(s, protocol)]
+        if s.task == "grounded_report":
+            keys.append(f"grounded_report.{s.text_source}")
+        for key in keys:
+            by_group[(key, s.lang)].append(s)
+            by_group[(key, "all")].append(s)
+    out = {}
+    for g, lang in sorted(by_group, key=_group_order):
+        group = by_group[(g, lang)]
+        out[f"{g}/{lang}"] = agg(group)
+        if lang != "all" and group[0].task == "grounded_report":  # text metrics within one language only
+            out[f"{g}/{lang}"].update(text_scores([s.tokens for s in group if s.tokens is not None]))
+    return out
 
 
 def evaluate_rows(

@@ -142,6 +142,8 @@ class SampleScore:
     pred_terms: list[str] = field(default_factory=list)
     lenient_hits: int = 0
     text_f1: float | None = None
+    text_source: str = "template"  # grounded_report: the row's meta.text_source (report / template)
+    tokens: tuple[list[str], list[str]] | None = None  # grounded_report: (answer, reference) tokens for BLEU etc.
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -176,6 +178,11 @@ def reference_answer(row: dict[str, Any]) -> str:
         if t.get("from") == "gpt":
             return str(t.get("value", ""))
     return ""
+
+
+def report_tokens(answer: str, reference: str, lang: str, g: Glossary) -> tuple[list[str], list[str]]:
+    """(answer, reference) tokens of a grounded report for the text metrics: tags and boxes removed."""
+    return tokenize(strip_grounding(answer), lang, g), tokenize(strip_grounding(reference), lang, g)
 
 
 def _context_terms(row: dict[str, Any], g: Glossary) -> set[str]:
@@ -256,6 +263,8 @@ def score_row(row: dict[str, Any], answer: str | None, glossary: Glossary | None
             s.pred_terms = sorted(set(named) | {t for t in pred if t != "?"})
         if task == "grounded_report":
             s.text_f1 = text_f1(strip_grounding(answer), strip_grounding(reference_answer(row)), s.lang, g)
+            s.text_source = str(m.get("text_source") or "template")
+            s.tokens = report_tokens(answer, reference_answer(row), s.lang, g)
     elif task == "region_to_text":
         said: set[str] = set(spot_terms(answer, g))
         for ref in parse_grounded(answer):

@@ -224,7 +224,17 @@ def _display_slice(study: Study, win: Window, axis: str, idx: int, spacing_rc: t
     )
 
 
+def _attach_report(study: Study, res: ConvertResult) -> ConvertResult:
+    """Each slice carries the study's report sentences whose term has a region on it (a 3-D sentence reaches
+    exactly the slices its region was found on)."""
+    if study.report:
+        for sl in res.slices:
+            present = {r.term for r in sl.regions}
+            sl.report = [s for s in study.report if s.term in present]
+    return res
+
+
 def convert(study: Study, card: SourceCard, policy: BoxPolicy, slicing: SlicingConfig) -> ConvertResult:
     if study.is_3d:
-        return convert_3d(study, card, policy, slicing)
-    return convert_2d(study, policy)
+        return _attach_report(study, convert_3d(study, card, policy, slicing))
+    return _attach_report(study, convert_2d(study, policy))

@@ -18,6 +18,14 @@ Rules (``LintHit.rule``):
 * ``zh-punct``      ASCII punctuation in a Chinese row (outside boxes and the quoted box format).
 * ``zh-list``       list items joined by anything but "、" (or "和") in a Chinese row.
 * ``zh-numeral``    a count written in digits ("2个区域" instead of "两个区域").
+* ``report-text``   a line of a report row (``meta.text_source: report``) whose sentence is empty, holds grounding
+  markup, is not Chinese in a Chinese row (an untranslated sentence) or holds Chinese in an English row.
+
+Report rows carry a radiology report's own sentences (or their reviewed translation), which this lint does not
+correct: their answer lines are checked for the ``ref`` and ``contradiction`` rules (every head is a display name;
+the grounded items are exactly the row's regions, in order) and for ``report-text``; the English article/number
+rules and the Chinese punctuation/list/numeral rules apply to the question (ours) and to the line heads, not to
+the report's sentences ("1.5 cm", "3个结节" and a reporter's grammar stay as written).
 """
 
 from __future__ import annotations
@@ -54,6 +62,7 @@ _VERB_NUMBER = {"is": "singular", "are": "plural", "does": "singular", "do": "pl
                 "appear": "plural", "involves": "singular", "involve": "plural", "was": "singular",
                 "were": "plural"}  # fmt: skip
 _ALL_INSTANCES = re.compile(r"all instances of|所有的")
+_REPORT_LINE = re.compile(r"(<ref>.*?</ref><box>.*?</box>)([:：])(.*)")
 
 
 @dataclass(frozen=True)
@@ -70,6 +79,7 @@ class _Row:
         meta = row.get("meta", {})
         self.id = str(row.get("id", ""))
         self.task = str(meta.get("task", ""))
+        self.report = meta.get("text_source") == "report"
         self.subtask = str(meta.get("subtask", ""))
         self.lang = str(meta.get("lang", ""))
         self.regions = [(r["term"], tuple(int(v) for v in r["box"])) for r in meta.get("regions", [])]
@@ -105,13 +115,37 @@ class _Linter:
         found += self._refs(r)
         found += self._prompt(r)
         found += getattr(self, "_" + r.task, lambda _r: [])(r)
+        texts = r.texts
+        if r.report:  # the report's sentences are not ours to correct: only the heads are linted as our text
+            texts = [t for t in r.texts if t != r.answer] + [m.group(1) + m.group(2) for m in self._lines(r)]
+            found += self._report_text(r)
         if r.lang == "en":
-            for text in r.texts:
+            for text in texts:
                 found += self._english(text)
         elif r.lang == "zh":
-            for text in r.texts:
+            for text in texts:
                 found += self._chinese(text)
         return [LintHit(r.id, rule, detail) for rule, detail in found]
+
+    @staticmethod
+    def _lines(r: _Row) -> list[re.Match[str]]:
+        return [m for line in r.answer.split("\n") if (m := _REPORT_LINE.fullmatch(line))]
+
+    def _report_text(self, r: _Row) -> Iterator[tuple[str, str]]:
+        lines = r.answer.split("\n")
+        matched = self._lines(r)
+        if len(matched) != len(lines):
+            yield "report-text", f"{len(lines) - len(matched)} line(s) are not '<ref>..</ref><box>..</box>: sentence'"
+        for m in matched:
+            colon, sentence = m.group(2), m.group(3).strip()
+            if colon != (":" if r.lang == "en" else "："):
+                yield "report-text", f"line head ends with {colon!r} in a {r.lang} row"
+            if not sentence or re.search(r"[<>]|\[\[", sentence):
+                yield "report-text", f"empty sentence or grounding markup: {sentence[:60]!r}"
+            elif r.lang == "zh" and not _CJK.search(sentence):
+                yield "report-text", f"a Chinese row with an untranslated sentence: {sentence[:60]!r}"
+            elif r.lang == "en" and _CJK.search(sentence):
+                yield "report-text", f"an English row with Chinese text: {sentence[:60]!r}"
 
     # ---------------------------------------------------------------- refs and prompts
 
@@ -170,7 +204,7 @@ class _Linter:
         if r.subtask == "targeted" and asked != heads:
             yield "contradiction", f"asked about {asked}, reported {heads}"
         yield from self._grounded_match(r, r.answer, ordered=True)
-        if r.lang == "en":
+        if r.lang == "en" and not r.report:
             for line in r.answer.split("\n"):
                 yield from self._report_agreement(r, line)
 

@@ -67,6 +67,7 @@ class Plan:
     terms: list[str]  # the terms, in canonical order (an absent target: the one term asked for)
     boxes: list[str] = field(default_factory=list)  # region -> text: the box tag of each asked region
     grouped: list[tuple[str, str]] = field(default_factory=list)  # region -> text multi: (term, its box tags)
+    report: bool = False  # grounded report: the lines are the report's own sentences (SliceView.report)
 
 
 def _box_tag(box: tuple[int, ...]) -> str:
@@ -174,3 +175,19 @@ class Planner:
         terms = self._fill(fitting, 1 + d.index(len(fitting)), cap)
         terms.sort(key=self.sl.first.__getitem__)
         return Plan("targeted", self._regions_of(terms), terms)
+
+    def report_grounded(self) -> Plan | None:
+        """A grounded report from the report's own sentences: ``open`` (every term with a sentence, when all
+        fit the box budget) or ``targeted`` (1..n of them).  The same draws as :meth:`grounded_report`,
+        among the terms that have a sentence."""
+        sl, d, cap = self.sl, self.d, self.cap
+        by_term = sl.by_term
+        said = [t for t in sl.terms if t in sl.report]
+        fitting = [t for t in said if len(by_term[t]) <= cap]
+        if not fitting:
+            return None
+        if sum(len(by_term[t]) for t in said) <= cap and d.chance(0.5):
+            return Plan("open", self._regions_of(said), said, report=True)
+        terms = self._fill(fitting, 1 + d.index(len(fitting)), cap)
+        terms.sort(key=self.sl.first.__getitem__)
+        return Plan("targeted", self._regions_of(terms), terms, report=True)

@@ -118,9 +118,14 @@ class Renderer:
 
     # ---------------------------------------------------------------- grounded report
 
-    def grounded_report(self, plan: Plan) -> Rendered:
+    def grounded_report(self, plan: Plan) -> Rendered | None:
+        """Template lines, or (``plan.report``) the report's own sentence per term; ``None`` when a term of
+        a report plan has no sentence in this language (no accepted translation yet)."""
         v, voice = self.v, self.voice
         task = "grounded_report"
+        lang = voice.lang
+        if plan.report and any(lang not in self.sl.report.get(t, {}) for t in plan.terms):
+            return None
         if plan.subtask == "open":
             q_id, q_fill = self._draw(task, "question_open")
         else:
@@ -128,7 +133,11 @@ class Renderer:
             q_id, q_fill = self._draw(task, "question_targeted", (number,))
         question = q_fill(v)
         ids = [q_id]
-        lines = [self._report_line(tid, ids) for tid in plan.terms]
+        if plan.report:
+            report, refs, boxes = self.sl.report, voice.phrases.ref, self.sl.boxes
+            lines = [refs[t] + boxes[t] + voice.colon + report[t][lang] for t in plan.terms]
+        else:
+            lines = [self._report_line(tid, ids) for tid in plan.terms]
         return question, voice.line_sep.join(lines), tuple(ids)
 
     def _report_line(self, tid: str, ids: list[str]) -> str:

@@ -109,7 +109,7 @@ class SliceView:
     __slots__ = (
         "_absent", "_absent_filter", "_amb", "_body_region", "_candidates", "_exhaustive", "_t2r", "boxes", "by_term",
         "first",
-        "language", "lines", "regions", "several", "terms",
+        "language", "lines", "regions", "report", "several", "terms",
     )  # fmt: skip
 
     def __init__(self, ctx: SliceContext, language: Language) -> None:
@@ -146,6 +146,8 @@ class SliceView:
         self._candidates = ctx.candidate_absent_terms
         self._exhaustive = ctx.exhaustive_findings
         self._body_region = ctx.body_region
+        #: term -> lang -> the report's sentence(s) about it (report-grounded sources; empty otherwise)
+        self.report = {t: texts for t, texts in ctx.report.items() if t in by_term and texts}
 
     def ambiguous(self, i: int) -> bool:
         """Whether region ``i``'s box (almost) coincides with a box of another term (IoU >= AMBIGUOUS_IOU).

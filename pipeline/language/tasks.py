@@ -13,7 +13,11 @@ Tasks and subtasks (MedRegA, arXiv 2410.18387; docs/language.md has examples):
 * ``grounded_report`` -- ``open`` (every term of the slice, when all fit ``max_regions_per_sample``) or
   ``targeted`` (the question names the terms).  One line per term: ``<ref>name</ref><box>[[...]]</box>:
   sentence`` (``：`` in Chinese); the sentence says where the term lies (each box's part of the image)
-  and how large its mask is.
+  and how large its mask is (``text_source`` "template").  A slice of a report-grounded source carries the
+  report's own sentences per term (``SliceContext.report``): its grounded reports then cover the terms with
+  a sentence, and each line's sentence is the report's (``text_source`` "report"); ``TaskMix.grounded_text``
+  chooses report rows, template rows or both.  A language in which some term of the plan has no sentence
+  (no accepted translation yet) gets no report row for that plan (counted in ``dropped``).
 
 Each sample is *planned* once (:mod:`pipeline.language.planner`) and *rendered* in every language of the
 mix (:mod:`pipeline.language.render`): the en and zh rows with the same key ask about the same boxes.
@@ -25,6 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Collection
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -54,6 +59,8 @@ class SliceContext:
     # lesion/finding terms the source annotates exhaustively (card ``exhaustive_findings``): only these may be
     # asked for as absent; True: every finding of the source, False: none
     exhaustive_findings: bool | Collection[str] = False
+    # report-grounded sources: term -> lang -> the report's sentence(s) about that region on this slice
+    report: dict[str, dict[str, str]] = field(default_factory=dict)
 
 
 @dataclass
@@ -68,6 +75,8 @@ class TaskMix:
     # base_prompt); inline: "<image>\n" + prompt + " " + question; turn: a first {"from": "system"} turn
     system_prompt: str = "none"
     region_to_text_answer: str = "name"  # name: the display name alone; sentence: a sentence (own prompt)
+    # grounded reports of slices with report sentences: report (the report's sentences), template, or both
+    grounded_text: str = "report"
 
 
 @dataclass(slots=True)
@@ -81,6 +90,7 @@ class Generated:
     key: str  # deterministic discriminator within (slice, task, lang), e.g. "t2r.sr_mo.0"
     template_ids: tuple[str, ...] = ()  # every template used: question first, then answer template(s)
     system_id: str | None = None  # the system prompt written in the row (None with system_prompt "none")
+    text_source: str = "template"  # grounded_report: "report" when the lines are the report's own sentences
 
 
 def conversation(mode: str, system: str, question: str, answer: str) -> list[dict[str, str]]:
@@ -97,8 +107,21 @@ def conversation(mode: str, system: str, question: str, answer: str) -> list[dic
     return [{"from": "human", "value": "<image>\n" + prompt + question}, {"from": "gpt", "value": answer}]
 
 
+def _variants(task: str, planner: Planner, ctx: SliceContext, mix: TaskMix) -> list[tuple[str, Any]]:
+    """(text source, plan function) of a task: grounded reports of a slice with report sentences are report
+    rows, template rows or both (``mix.grounded_text``); everything else is template text."""
+    if task != "grounded_report" or not ctx.report or mix.grounded_text == "template":
+        return [("template", getattr(planner, task))]
+    report = ("report", planner.report_grounded)
+    return [report, ("template", planner.grounded_report)] if mix.grounded_text == "both" else [report]
+
+
 def generate(
-    ctx: SliceContext, mix: TaskMix, rng: np.random.Generator, language: Language | None = None
+    ctx: SliceContext,
+    mix: TaskMix,
+    rng: np.random.Generator,
+    language: Language | None = None,
+    dropped: dict[str, int] | None = None,
 ) -> list[Generated]:
     """All samples for one display slice, in a deterministic order (task, sample index, language).
 
@@ -106,7 +129,8 @@ def generate(
     fractional part as probability.  A task that cannot be made on this slice (no usable region) is
     skipped.  ``language``: the language data to use (default: the shipped data, :meth:`Language.load`).
     Raises ``KeyError`` for a region term that is not in the glossary, ``ValueError`` for an unknown task,
-    language, system prompt mode or answer style.
+    language, system prompt mode or answer style.  ``dropped`` (when given) counts the rows not made, by
+    reason (``row:report_untranslated:<lang>``: a report sentence without text in that language).
     """
     lang_data = language or Language.load()
     rates = lang_data.rates(mix)
@@ -126,15 +150,23 @@ def generate(
         style = "sentence" if sentence and task == "region_to_text" else "default"
         # per language: the renderer method, the language and the system prompt (id, text)
         voices = [(getattr(r, task), r.voice.lang, *r.voice.system(task, style)) for r in renderers]
-        plan_one = getattr(planner, task)
-        for i in range(n):
-            plan = plan_one()
-            if plan is None:
-                continue
-            key = KEY_PREFIX[plan.subtask] + str(i)
-            for render, lang, sys_id, sys_text in voices:
-                question, answer, ids = render(plan)
-                turns = conversation(mode, sys_text, question, answer)
-                system_id = None if mode == "none" else sys_id
-                out.append(Generated(task, plan.subtask, lang, ids[0], turns, plan.regions[:], key, ids, system_id))
+        for source, plan_one in _variants(task, planner, ctx, mix):
+            prefix = "grr." if source == "report" else ""
+            for i in range(n):
+                plan = plan_one()
+                if plan is None:
+                    continue
+                key = (prefix + plan.subtask + "." if prefix else KEY_PREFIX[plan.subtask]) + str(i)
+                for render, lang, sys_id, sys_text in voices:
+                    got = render(plan)
+                    if got is None:  # a report sentence without text in this language
+                        if dropped is not None:
+                            reason = f"row:report_untranslated:{lang}"
+                            dropped[reason] = dropped.get(reason, 0) + 1
+                        continue
+                    question, answer, ids = got
+                    turns = conversation(mode, sys_text, question, answer)
+                    system_id = None if mode == "none" else sys_id
+                    out.append(Generated(task, plan.subtask, lang, ids[0], turns, plan.regions[:], key, ids, system_id,
+                                         source))
     return out

@@ -41,6 +41,8 @@ Choice = tuple[str, Fill]
 R2T_ANSWER_STYLES = ("name", "sentence")
 #: where the task prompt goes (docs/language.md, "System prompt")
 SYSTEM_PROMPT_MODES = ("none", "inline", "turn")
+#: grounded reports of slices with report sentences: the report's own text, template text, or both
+GROUNDED_TEXT = ("report", "template", "both")
 
 _VOWEL_WORD = re.compile(r"^(?:[aeiou]|hour|honest|heir)", re.IGNORECASE)
 _CONSONANT_SOUND = re.compile(r"^(?:uni|use|usu|ura|ure|uri|uro|eu|one\b|once)", re.IGNORECASE)
@@ -230,7 +232,8 @@ class Language:
 
     def rates(self, mix: TaskMix) -> list[tuple[str, float]]:
         """Validated ``[(task, rate), ...]`` in canonical task order (cached per mix content)."""
-        key = (tuple(mix.tasks.items()), tuple(mix.langs), mix.system_prompt, mix.region_to_text_answer)
+        key = (tuple(mix.tasks.items()), tuple(mix.langs), mix.system_prompt, mix.region_to_text_answer,
+               mix.grounded_text)
         got = self._mixes.get(key)
         if got is None:
             self._check(mix)
@@ -247,6 +250,8 @@ class Language:
             raise ValueError(
                 f"region_to_text_answer must be one of {R2T_ANSWER_STYLES}, got {mix.region_to_text_answer!r}"
             )
+        if mix.grounded_text not in GROUNDED_TEXT:
+            raise ValueError(f"grounded_text must be one of {GROUNDED_TEXT}, got {mix.grounded_text!r}")
         if mix.region_to_text_answer == "sentence" and mix.system_prompt == "none":
             raise ValueError(
                 "region_to_text_answer 'sentence' needs its own prompt in the row: use system_prompt inline or turn "

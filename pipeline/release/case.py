@@ -25,6 +25,7 @@ from pipeline.core.types import CaseRef, DisplaySlice
 from pipeline.ingest.convert import convert
 from pipeline.ingest.guard import load_study
 from pipeline.ingest.readers import ReadError
+from pipeline.language.report_text import slice_report
 from pipeline.language.tasks import SliceContext, TaskMix, generate
 from pipeline.release.images import ImageStore, encode_png
 from pipeline.release.plan import CaseJob
@@ -83,6 +84,7 @@ def task_mix(cfg: ReleaseConfig, use: SourceUse | None) -> TaskMix:
         max_regions_per_sample=cfg.tasks.max_regions_per_sample,
         system_prompt=cfg.tasks.system_prompt,
         region_to_text_answer=cfg.tasks.region_to_text_answer,
+        grounded_text=cfg.tasks.grounded_text,
     )
 
 
@@ -146,6 +148,7 @@ def rows_for_slice(
     patient: str,
     vocabulary: list[str],
     transform: dict[str, Any],
+    dropped: dict[str, int] | None = None,
 ) -> list[dict[str, Any]]:
     h, w = sl.image.shape[:2]
     present = {r.term for r in sl.regions}
@@ -162,11 +165,12 @@ def rows_for_slice(
         regions=sl.regions,
         candidate_absent_terms=[t for t in vocabulary if t not in present],
         exhaustive_findings=card.exhaustive_findings,
+        report=slice_report(sl.report),
     )
     rng = derived_rng(cfg.seed, "samples", ref.source, ref.case_id, sl.axis, sl.index)
     transform_json = orjson.dumps({**transform, "position_mm": sl.position_mm}, option=orjson.OPT_SORT_KEYS).decode()
     rows = []
-    for g in generate(ctx, mix, rng):
+    for g in generate(ctx, mix, rng, dropped=dropped):
         rid = stable_id(ref.source, ref.case_id, sl.axis, sl.index, g.task, g.lang, g.template_id, g.key)
         rows.append(
             {
@@ -189,6 +193,7 @@ def rows_for_slice(
                     "axis": sl.axis,
                     "slice_index": int(sl.index),
                     "template_id": g.template_id,
+                    "text_source": g.text_source,
                     "regions": [
                         {
                             "term": r.term,
@@ -277,6 +282,7 @@ def process_case(
             rows = rows_for_slice(
                 sl, ref=ref, card=card, cfg=cfg, mix=mix, modality=study.modality, body_region=body_region,
                 image_rel=rel, split=res.split, patient=res.patient, vocabulary=vocab, transform=transform,
+                dropped=res.dropped,
             )
         except Exception as exc:
             res.errors.append(case_error(ref, "samples", exc, getattr(adapter, "root", None)))

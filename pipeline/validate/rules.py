@@ -20,6 +20,9 @@ Codes (stable; ``reason`` is ``"code: detail"`` joined by ``"; "``):
   data (``pipeline/language/data/anatomy/orientation.yaml``); the check sees every region of the image
   (all rows of one image in the batch), see :mod:`pipeline.validate.orientation`.  ``order_checked`` (pass)
   notes what was compared.
+* ``text_laterality`` (fail) a report row's sentence names one patient side while its box lies on the other half
+  of the image (patient right = image left), or its region term is of the other side
+  (:mod:`pipeline.validate.text_side`; only rows with ``meta.text_source: report``).
 * ``box_not_in_meta`` (fail) a box written in the conversation is not one of the row's region boxes.
 * ``box_missing_in_text`` (``missing_text_box_verdict``) a region box of the row appears nowhere in the conversation.
 * ``no_image_token``  (fail) the first human turn has no ``<image>`` placeholder.
@@ -40,6 +43,7 @@ from pipeline.regions.coords import normalise_box
 from pipeline.validate._glossary import TermInfo
 from pipeline.validate.base import RegionFinding, ValidationItem, summarise
 from pipeline.validate.orientation import order_findings
+from pipeline.validate.text_side import text_laterality_findings
 from schemas.records import ValidationResult
 from schemas.validation import RulesConfig
 
@@ -55,7 +59,7 @@ def _image_key(item: ValidationItem) -> tuple[str, ...]:
 
 class RulesValidator:
     name = "rules"
-    version = "2"
+    version = "3"
     level = "case"  # pipeline.validate.registry: runs on each case's rows, inside the case task
     needs_model = False
     config_model = RulesConfig
@@ -126,6 +130,11 @@ class RulesValidator:
             centres.setdefault(term, []).append((x0 + x1 + 1) / 2.0)
 
         findings.extend(self._laterality(meta, centres, w))
+        if convs:
+            answer = next((str(t.get("value", "")) for t in reversed(convs) if t.get("from") == "gpt"), "")
+            findings.extend(text_laterality_findings(
+                meta, answer, self.terms, margin=cfg.text_laterality_margin, axes=cfg.text_laterality_axes,
+                modalities=cfg.text_laterality_modalities))
 
         if cfg.check_text_boxes and convs:
             findings.extend(self._text_boxes(item, convs))
