@@ -26,9 +26,11 @@ Score: the row's largest z (higher = less plausible; ``None`` when no region was
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import math
 from collections import defaultdict
+from collections.abc import Iterator
 from collections.abc import Sequence
 from typing import Any
 
@@ -43,6 +45,25 @@ FEATURES = ("log_area", "log_aspect", "cx", "cy", "intensity")
 # huge z-scores (1.5% of the image for centres, 5% in log size/aspect, 2 grey levels).
 SCALE_FLOOR = {"log_area": 0.05, "log_aspect": 0.05, "cx": 0.015, "cy": 0.015, "intensity": 2.0}
 MAD_TO_SD = 1.4826
+
+
+def _chunks(paths: list[Any], size: int) -> Iterator[bytes]:
+    """The non-empty files' bytes, concatenated into chunks of about ``size`` bytes (whole lines)."""
+    buf: list[bytes] = []
+    n = 0
+    for p in paths:
+        if not p.is_file():
+            continue
+        data = p.read_bytes()
+        if not data.strip():
+            continue
+        buf.append(data if data.endswith(b"\n") else data + b"\n")
+        n += len(data)
+        if n >= size:
+            yield b"".join(buf)
+            buf, n = [], 0
+    if buf:
+        yield b"".join(buf)
 
 
 def group_key(meta: dict[str, Any], term: str, group_by: Sequence[str]) -> str:
@@ -146,31 +167,23 @@ class StatsValidator:
         self.fitted = True
         return self
 
-    def fit_tables(self, paths: list[Any]) -> StatsValidator:
+    def fit_tables(self, paths: list[Any], chunk_bytes: int = 8 << 20) -> StatsValidator:
         """Fit from the compact per-region tables the case tasks wrote (JSONL of :func:`region_features`
-        records), read with polars: the rows and images of the release are never loaded for the fit."""
+        records), read with polars: the rows and images of the release are never loaded for the fit.
+
+        The files are parsed a few MB at a time into one compact columnar table (group key, a 64-bit hash
+        of the dedup key, the five features): memory is that table (~60 bytes a region), never the files."""
         import polars as pl
 
-        meta_keys = ("modality", "axis", "source", "body_region")
-        schema = {
-            "term": pl.String,
-            "dedup": pl.String,
-            "meta": pl.Struct({k: pl.String for k in meta_keys}),
-            "features": pl.Struct({f: pl.Float64 for f in FEATURES}),
-        }
-        frames = [pl.scan_ndjson(p, schema=schema) for p in paths if p.is_file() and p.stat().st_size > 0]
         self.groups, self.fitted = {}, True
-        if not frames:
+        parts = [self._compact(pl, blob) for blob in _chunks(paths, chunk_bytes)]
+        parts = [t for t in parts if t.height]
+        if not parts:
             return self
-        df = pl.concat(frames).unique("dedup", keep="first").unnest("meta").unnest("features")
-        key = pl.concat_str(
-            [pl.col("term") if g == "term" else pl.col(g).fill_null("None") for g in self.config.group_by], separator="|"
+        table = (
+            pl.concat(parts).unique("__dedup__", keep="first")
+            .group_by("__key__").agg(self._aggs(pl)).sort("__key__")
         )
-        aggs: list[Any] = [pl.len().alias("__n__")]
-        for f in self.config.features:
-            x = pl.col(f).filter(pl.col(f).is_finite())
-            aggs += [x.median().alias(f"med_{f}"), (x - x.median()).abs().median().alias(f"mad_{f}")]
-        table = df.with_columns(key.alias("__key__")).group_by("__key__").agg(aggs).sort("__key__").collect()
         for rec in table.iter_rows(named=True):
             g: dict[str, Any] = {"n": int(rec["__n__"]), "median": {}, "scale": {}}
             for f in self.config.features:
@@ -181,6 +194,28 @@ class StatsValidator:
                 g["scale"][f] = round(max(MAD_TO_SD * float(mad), SCALE_FLOOR[f]), 9)
             self.groups[rec["__key__"]] = g
         return self
+
+    def _compact(self, pl: Any, blob: bytes) -> Any:
+        """One chunk of feature records as (group key, dedup hash, features) columns."""
+        meta_keys = ("modality", "axis", "source", "body_region")
+        schema = {
+            "term": pl.String,
+            "dedup": pl.String,
+            "meta": pl.Struct({k: pl.String for k in meta_keys}),
+            "features": pl.Struct({f: pl.Float64 for f in FEATURES}),
+        }
+        df = pl.read_ndjson(io.BytesIO(blob), schema=schema).unnest("meta").unnest("features")
+        key = pl.concat_str(
+            [pl.col("term") if g == "term" else pl.col(g).fill_null("None") for g in self.config.group_by], separator="|"
+        )
+        return df.select(key.alias("__key__"), pl.col("dedup").hash(seed=0).alias("__dedup__"), *self.config.features)
+
+    def _aggs(self, pl: Any) -> list[Any]:
+        aggs: list[Any] = [pl.len().alias("__n__")]
+        for f in self.config.features:
+            x = pl.col(f).filter(pl.col(f).is_finite())
+            aggs += [x.median().alias(f"med_{f}"), (x - x.median()).abs().median().alias(f"mad_{f}")]
+        return aggs
 
     def to_dict(self) -> dict[str, Any]:
         return {"version": self.version, "config": self.config.model_dump(mode="json"), "groups": self.groups}
