@@ -52,6 +52,14 @@ def build_cases(batch: list[CaseJob], cfg: ReleaseConfig, store_root: str) -> li
 cases_task = task(build_cases, name="cases", cache_policy=NO_CACHE, persist_result=False)
 
 
+def run_stage(fn: Callable[..., Any], item: Any, *args: Any) -> Any:
+    """One unit of another stage's work (``fn`` is a top-level pipeline function, pickled by reference)."""
+    return fn(item, *args)
+
+
+stage_task = task(run_stage, name="stage", cache_policy=NO_CACHE, persist_result=False)
+
+
 @task(name="validate", cache_policy=NO_CACHE, persist_result=False)
 def validate_task(store: Any, keys: list[str], cfg: ReleaseConfig) -> ReleaseVerdicts:
     def run() -> ReleaseVerdicts:
@@ -75,7 +83,10 @@ class PrefectExecutor:
     def map_unordered(self, fn: Callable[..., Any], items: Iterable[Any], *args: Any) -> Iterator[tuple[Any, Any]]:
         futures = {}
         for batch in items:
-            fut = cases_task.with_options(task_run_name=batch_name(batch)).submit(batch, *args)
+            if fn is run_batch:
+                fut = cases_task.with_options(task_run_name=batch_name(batch)).submit(batch, *args)
+            else:  # another stage's work (e.g. release validation of a group of parts)
+                fut = stage_task.with_options(task_run_name=f"{fn.__name__} ({len(batch)})").submit(fn, batch, *args)
             futures[fut] = batch
         for fut in as_completed(list(futures)):
             try:
@@ -114,11 +125,17 @@ def build_release(config_path: str, out: str = "out", wait_seconds: float = 0.0)
     if uses_model(cfg.validation):
         _ensure_gpu_limit()
 
-    def validate(store: Any, keys: list[str], progress: Any = None) -> ReleaseVerdicts:
-        return validate_task(store, keys, cfg)
-
     workers = cfg.runner.max_workers or default_workers()
-    result = drive(plan, out, PrefectExecutor(workers), progress_hub.current, wait_seconds, validate=validate)
+    executor = PrefectExecutor(workers)
+
+    def validate(store: Any, keys: list[str], progress: Any = None) -> ReleaseVerdicts:
+        if uses_model(cfg.validation):  # one task, under the GPU concurrency limit
+            return validate_task(store, keys, cfg)
+        # CPU validators: parts validated as tasks on the workers
+        return release_validation(store, keys, cfg.validation, store.verdict_cache,
+                                  batch_size=cfg.runner.validation_batch, executor=executor)
+
+    result = drive(plan, out, executor, progress_hub.current, wait_seconds, validate=validate)
     _artifacts(cfg, result)
     for e in result.errors:
         logger.warning(e.one_line())

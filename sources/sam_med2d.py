@@ -9,6 +9,7 @@ index and the structure name may contain underscores: it is split from the right
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections import defaultdict
 from pathlib import Path
@@ -51,14 +52,16 @@ class SamMed2DAdapter(SourceAdapter):
     description = "SA-Med2D-20M layout: slice PNG + one PNG per structure instance + JSON index"
     layout_model = SamMed2DLayout
 
-    def _strip(self, p: str) -> Path:
+    def _strip(self, p: str) -> str:
+        """An index path as a path under the data folder (string work: millions of entries at full size)."""
         prefix = self.layout.path_prefix
-        return self.root / (p[len(prefix) :] if prefix and p.startswith(prefix) else p)
+        return self._root_text + (p[len(prefix) :] if prefix and p.startswith(prefix) else p)
 
     def discover(self) -> list[CaseRef]:
         index_files: dict[str, str] = self.layout.index_files
-        masks_of: dict[Path, list[Path]] = defaultdict(list)
-        split_of: dict[Path, str] = {}
+        self._root_text = str(self.root).rstrip("/") + "/"
+        masks_of: dict[str, list[str]] = defaultdict(list)
+        split_of: dict[str, str] = {}
         for split, fname in index_files.items():
             path = self.root / fname
             if not path.is_file():
@@ -81,15 +84,15 @@ class SamMed2DAdapter(SourceAdapter):
                                     f"{self.root.name}")
         refs = []
         for img, masks in masks_of.items():
-            cid = img.stem
+            cid = os.path.splitext(os.path.basename(img))[0]
             refs.append(
                 CaseRef(
                     source=self.card.name,
                     case_id=cid,
-                    patient_id=self.patient_of(cid, img.as_posix()),
-                    paths={"image": str(img)},
+                    patient_id=self.patient_of(cid, img),
+                    paths={"image": img},
                     official_split=split_of.get(img),
-                    extra={"files": sorted(str(m) for m in set(masks))},
+                    extra={"files": sorted(set(masks))},
                 )
             )
         return sorted(refs, key=lambda r: r.case_id)

@@ -18,6 +18,8 @@ source without cases or a release that shrank, unless the config allows it.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import time
 from collections.abc import Callable
 from functools import partial
@@ -135,7 +137,7 @@ def build(plan: Plan, out_dir: str | Path, executor: Executor | None = None, pro
     executor = executor or SerialExecutor()
     store = Store.for_output(out_dir)
     t: dict[str, float] = {}
-    with output_lock(out_dir, wait_seconds):
+    with output_lock(out_dir, wait_seconds), contextlib.closing(_Closer(executor)):
         recovered = recover(out_dir, name)
         check_sources(plan)
         try:
@@ -148,16 +150,22 @@ def build(plan: Plan, out_dir: str | Path, executor: Executor | None = None, pro
         summaries, built = run_cases(plan, store, executor, progress)
         t["cases"] = time.perf_counter() - t0
         keys = [s.key for s in summaries if s.rows]
-        verdicts = (validate or partial(_validate, plan))(store, keys, progress)
+        verdicts = (validate or partial(_validate, plan, executor=executor))(store, keys, progress)
         t["validate"] = time.perf_counter() - t0 - t["cases"]
         versions = prepare(plan, summaries, previous)  # split stability and duplicates, from the summaries
         overrides = {**versions.decisions.split_overrides, **(split_overrides or {})}
-        try:
-            release, manifest = write_release(plan, summaries, verdicts, store, out_dir, overrides, versions)
-        except OSError as exc:
-            if is_environment_error(exc):
-                raise environment_failure(exc, out_dir) from exc
-            raise
+        bkey = build_key(plan, summaries, verdicts, overrides, versions)
+        unchanged = published_unchanged(store, out_dir, name, bkey)
+        if unchanged is not None:
+            release, manifest = out_dir / name, unchanged
+        else:
+            try:
+                release, manifest = write_release(plan, summaries, verdicts, store, out_dir, overrides, versions)
+            except OSError as exc:
+                if is_environment_error(exc):
+                    raise environment_failure(exc, out_dir) from exc
+                raise
+            record_published(store, name, bkey, manifest)
         t["write"] = time.perf_counter() - t0 - t["cases"] - t["validate"]
         result = BuildResult(release, manifest, summaries, built=built, cached=len(summaries) - built, seconds=t,
                              recovered=recovered)
@@ -165,11 +173,75 @@ def build(plan: Plan, out_dir: str | Path, executor: Executor | None = None, pro
     return result
 
 
-def _validate(plan: Plan, store: Store, keys: list[str], progress: Progress | None = None) -> ReleaseVerdicts:
+def build_key(plan: Plan, summaries: list[CaseSummary], verdicts: ReleaseVerdicts, overrides: dict[str, str],
+              versions: Any) -> str:
+    """Everything the release's bytes depend on: config, code, every part (in order), the release-level
+    verdicts, split overrides and version decisions.  Equal keys give byte-identical releases."""
+    from pipeline.release.plan import code_fingerprint
+    from pipeline.release.shards import code_version
+
+    blob = orjson.dumps(
+        {"config": plan.cfg.config_hash(), "code": code_fingerprint(), "code_version": code_version(),
+         "parts": [s.key for s in summaries], "verdicts": verdicts.vkey, "overrides": overrides,
+         "versions": versions, "excluded": [str(x) for x in getattr(plan, "excluded", [])]},
+        option=orjson.OPT_SORT_KEYS, default=repr,
+    )
+    return hashlib.sha256(blob).hexdigest()
+
+
+def published_unchanged(store: Store, out_dir: Path, name: str, bkey: str) -> Manifest | None:
+    """The published release's manifest when it was written from the same build key and is still as
+    written (its manifest's own hash): then nothing needs rewriting (a rerun with nothing changed)."""
+    rec = store.root / "releases" / f"{name}.json"
+    try:
+        recorded = orjson.loads(rec.read_bytes())
+        raw = orjson.loads((out_dir / name / "manifest.json").read_bytes())
+    except (OSError, orjson.JSONDecodeError):
+        return None
+    if recorded.get("build_key") != bkey or raw.get("manifest_sha256") != recorded.get("manifest_sha256"):
+        return None
+    from pipeline.release.verify import manifest_self_hash
+
+    if manifest_self_hash(raw) != raw.get("manifest_sha256") or not _sizes_match(out_dir / name, raw):
+        return None
+    return Manifest.model_validate(raw)
+
+
+def _sizes_match(release: Path, raw: dict[str, Any]) -> bool:
+    """Every listed shard and image is there with its recorded size (a cheap stat; `medreg verify` re-hashes)."""
+    for entry in [*raw.get("shards", []), *raw.get("images", [])]:
+        try:
+            if (release / entry["path"]).stat().st_size != entry["bytes"]:
+                return False
+        except OSError:
+            return False
+    return all((release / rel).is_file() for rel in raw.get("files", {}))
+
+
+def record_published(store: Store, name: str, bkey: str, manifest: Manifest) -> None:
+    write_bytes_atomic(store.root / "releases" / f"{name}.json",
+                       orjson.dumps({"build_key": bkey, "manifest_sha256": manifest.manifest_sha256}))
+
+
+class _Closer:
+    """Closes an executor that holds resources (a process pool) when the build ends, however it ends."""
+
+    def __init__(self, executor: Any) -> None:
+        self.executor = executor
+
+    def close(self) -> None:
+        close = getattr(self.executor, "close", None)
+        if close is not None:
+            close()
+
+
+def _validate(plan: Plan, store: Store, keys: list[str], progress: Progress | None = None,
+              executor: Executor | None = None) -> ReleaseVerdicts:
     try:
         return release_validation(store, keys, plan.cfg.validation, store.verdict_cache,
                                   batch_size=plan.cfg.runner.validation_batch,
-                                  progress=(lambda n: progress("validated", None)) if progress else None)
+                                  progress=(lambda n: progress("validated", None)) if progress else None,
+                                  executor=executor)
     except OSError as exc:
         if is_environment_error(exc):
             raise environment_failure(exc, store.root) from exc

@@ -41,38 +41,52 @@ class SerialExecutor:
 
 
 class ProcessExecutor:
-    """A pool of worker processes (``forkserver`` start method: no threads of the parent are copied)."""
+    """A pool of worker processes (``forkserver`` start method: no threads of the parent are copied; the
+    fork server has :mod:`pipeline.release.warm` imported, so workers start warm).  The pool starts on the
+    first call with more than one item and is kept for the following calls (cases, then validation) until
+    :meth:`close`."""
 
     def __init__(self, workers: int, max_pending: int | None = None) -> None:
         self.workers = max(1, int(workers))
         self.max_pending = max_pending or 4 * self.workers
+        self._pool: ProcessPoolExecutor | None = None
+
+    def _get_pool(self) -> ProcessPoolExecutor:
+        if self._pool is None:
+            ctx = multiprocessing.get_context("forkserver")
+            ctx.set_forkserver_preload(["pipeline.release.warm"])
+            self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=ctx)
+        return self._pool
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
 
     def map_unordered(self, fn: Callable[..., Any], items: Iterable[T], *args: Any) -> Iterator[tuple[T, Any]]:
         items = list(items)
-        if len(items) <= 1:  # one task: starting a pool would only cost time
+        if len(items) <= 1 and self._pool is None:  # one task: starting a pool would only cost time
             yield from SerialExecutor().map_unordered(fn, items, *args)
             return
-        ctx = multiprocessing.get_context("forkserver")
-        ctx.set_forkserver_preload(["pipeline.release.case"])  # workers fork from a server with it imported
-        with ProcessPoolExecutor(max_workers=self.workers, mp_context=ctx) as pool:
-            pending: dict[Future[Any], T] = {}
-            it = iter(items)
-            exhausted = False
-            while True:
-                while not exhausted and len(pending) < self.max_pending:  # bounded: memory flat in cases
-                    try:
-                        item = next(it)
-                    except StopIteration:
-                        exhausted = True
-                        break
-                    pending[pool.submit(fn, item, *args)] = item
-                if not pending:
-                    return
-                done, _ = wait(pending, return_when=FIRST_COMPLETED)
-                for fut in done:
-                    item = pending.pop(fut)
-                    exc = fut.exception()
-                    yield item, (exc if exc is not None else fut.result())
+        pool = self._get_pool()
+        pending: dict[Future[Any], T] = {}
+        it = iter(items)
+        exhausted = False
+        while True:
+            while not exhausted and len(pending) < self.max_pending:  # bounded: memory flat in cases
+                try:
+                    item = next(it)
+                except StopIteration:
+                    exhausted = True
+                    break
+                pending[pool.submit(fn, item, *args)] = item
+            if not pending:
+                return
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for fut in done:
+                item = pending.pop(fut)
+                exc = fut.exception()
+                yield item, (exc if exc is not None else fut.result())
 
 
 def make_executor(kind: str, workers: int) -> Executor:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import os
 import sqlite3
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -137,7 +138,7 @@ class FingerprintCache:
 
     def sha256(self, path: Path) -> str:
         st = path.stat()
-        key = str(path.resolve())
+        key = os.path.abspath(path)  # not resolve(): a realpath per file costs more than the memo saves
         row = self._db.execute("SELECT size, mtime, ino, sha FROM fp WHERE path = ?", (key,)).fetchone()
         if row is not None and tuple(row[:3]) == (st.st_size, st.st_mtime_ns, st.st_ino):
             self.reused += 1
@@ -149,14 +150,42 @@ class FingerprintCache:
         self.hashed += 1
         return sha
 
+    def prefetch(self, files: Iterable[Path], workers: int) -> None:
+        """Hash, on ``workers`` threads (hashlib releases the GIL), every file the memo does not know yet."""
+        todo: list[tuple[Path, os.stat_result]] = []
+        seen: set[str] = set()
+        for p in files:
+            key = os.path.abspath(p)
+            if key in seen:
+                continue
+            seen.add(key)
+            try:
+                st = p.stat()
+            except OSError:
+                continue
+            row = self._db.execute("SELECT size, mtime, ino FROM fp WHERE path = ?", (key,)).fetchone()
+            if row is None or tuple(row) != (st.st_size, st.st_mtime_ns, st.st_ino):
+                todo.append((p, st))
+        if not todo:
+            return
+        with ThreadPoolExecutor(max(1, workers)) as pool:
+            shas = list(pool.map(lambda t: file_sha256(t[0]), todo))
+        for (p, st), sha in zip(todo, shas, strict=True):
+            self._db.execute("INSERT OR REPLACE INTO fp VALUES (?, ?, ?, ?, ?)",
+                             (os.path.abspath(p), st.st_size, st.st_mtime_ns, st.st_ino, sha))
+            self.hashed += 1
+
     def files_digest(self, files: Iterable[Path]) -> tuple[str, int]:
         """(digest over name + content hash of every file, total bytes)."""
         parts: list[str] = []
         total = 0
         for p in files:
-            if p.is_file():
-                parts.append(f"{p.name}:{self.sha256(p)}")
-                total += p.stat().st_size
+            try:
+                size = p.stat().st_size
+            except OSError:
+                continue
+            parts.append(f"{p.name}:{self.sha256(p)}")
+            total += size
         return stable_id(*parts, length=64), total
 
     def close(self) -> None:
@@ -166,13 +195,14 @@ class FingerprintCache:
 
 def make_jobs(cfg: ReleaseConfig, sources: list[SourcePlan], cache: FingerprintCache) -> list[CaseJob]:
     """A job per discovered case, with its part key, in (source, case id) order."""
+    workers = cfg.runner.max_workers or default_workers()
+    cases = [(sp, ref, ref.fingerprint_paths()) for sp in sources if sp.card is not None for ref in sp.refs]
+    cache.prefetch((p for _sp, _ref, files in cases for p in files), workers)
     jobs: list[CaseJob] = []
-    for sp in sources:
-        if sp.card is None:
-            continue
-        for ref in sp.refs:
-            files_sha, size = cache.files_digest(ref.fingerprint_paths())
-            jobs.append(CaseJob(sp.card, sp.adapter, sp.use, ref, part_key(sp.card, sp.use, ref, files_sha, cfg), size))
+    for sp, ref, files in cases:
+        assert sp.card is not None
+        files_sha, size = cache.files_digest(files)
+        jobs.append(CaseJob(sp.card, sp.adapter, sp.use, ref, part_key(sp.card, sp.use, ref, files_sha, cfg), size))
     jobs.sort(key=lambda j: j.order)
     return jobs
 

@@ -32,7 +32,7 @@ def _safe(rel: str) -> bool:
     return bool(rel) and not p.is_absolute() and ".." not in p.parts and "\\" not in rel and p.as_posix() == rel
 
 
-def _self_hash(raw: dict[str, Any]) -> str:
+def manifest_self_hash(raw: dict[str, Any]) -> str:
     from pipeline.release.shards import manifest_bytes
 
     return hashlib.sha256(manifest_bytes({**raw, "manifest_sha256": ""})).hexdigest()
@@ -146,7 +146,7 @@ def verify_release(release: str | Path) -> list[str]:
     except orjson.JSONDecodeError as exc:
         return [f"{mpath}: unreadable manifest: {exc}"]
     problems: list[str] = []
-    if raw.get("manifest_sha256") != _self_hash(raw):
+    if raw.get("manifest_sha256") != manifest_self_hash(raw):
         problems.append("manifest.json: its own hash does not match (the manifest was edited after the build)")
     listed = {"manifest.json"}
     for s in raw.get("shards", []):

@@ -42,6 +42,8 @@ class ValidationItem:
     # every region of the image (meta-region dicts), when the caller knows them (the case stage does):
     # image-level checks then do not depend on which regions the sampled rows happen to mention
     slice_regions: list[dict[str, Any]] | None = None
+    # the float32 grey image, shared by the items of one image (computed once, on first use)
+    grey_cache: dict[str, np.ndarray] | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.image.ndim not in (2, 3):
@@ -69,9 +71,16 @@ class ValidationItem:
         return self.image_sha
 
     def grey(self) -> np.ndarray:
-        """The image as float32 grey (mean over colour channels)."""
+        """The image as float32 grey (mean over colour channels); computed once per image when the items of
+        one image share a ``grey_cache``."""
+        cache = self.grey_cache
+        if cache is not None and "grey" in cache:
+            return cache["grey"]
         img = self.image.astype(np.float32)
-        return img.mean(axis=2) if img.ndim == 3 else img
+        grey = img.mean(axis=2) if img.ndim == 3 else img
+        if cache is not None:
+            cache["grey"] = grey
+        return grey
 
     @classmethod
     def from_row(cls, row: dict[str, Any], root: str | Path) -> ValidationItem:

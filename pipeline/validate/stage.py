@@ -92,6 +92,7 @@ def release_validation(
     cache_dir: str | Path | None = None,
     batch_size: int = 256,
     progress: Callable[[int], None] | None = None,
+    executor: Any = None,
 ) -> ReleaseVerdicts:
     """Run the release-level validators over every row of the given parts (in order), batch by batch,
     writing ``verdicts-<vkey>.jsonl`` beside each part (one line per row: id + validation entries)."""
@@ -112,11 +113,33 @@ def release_validation(
             out.parts_reused += 1
         else:
             todo.append(k)
-    _stream_validate(store, todo, validators, cache, vkey, batch_size, progress)
     out.parts_validated = len(todo)
+    workers = getattr(executor, "workers", 1) if executor is not None else 1
+    if workers > 1 and len(todo) > 1 and not any(getattr(v, "needs_model", False) for v in validators):
+        # CPU validators (rules, stats, plugins without a model) run part by part in the worker processes
+        chunks = [todo[i :: 4 * workers] for i in range(min(len(todo), 4 * workers))]
+        for _chunk, res in executor.map_unordered(validate_parts, chunks, store, validators, cache_root, vkey,
+                                                   batch_size):
+            if isinstance(res, BaseException):
+                raise res
+            out.computed += res[0]
+            out.cached += res[1]
+            if progress:
+                progress(res[2])
+        return out
+    _stream_validate(store, todo, validators, cache, vkey, batch_size, progress)
     if cache is not None:
         out.computed, out.cached = int(cache.computed), int(cache.cached)
     return out
+
+
+def validate_parts(keys: list[str], store: Any, validators: list[Any], cache_root: str | Path | None, vkey: str,
+                   batch_size: int) -> tuple[int, int, int]:
+    """One executor task of the release-level stage: the sidecars of these parts.  Returns (verdicts
+    computed, verdicts from the cache, rows validated)."""
+    cache = VerdictCache(cache_root) if cache_root else None
+    rows = _stream_validate(store, keys, validators, cache, vkey, batch_size, None)
+    return (int(cache.computed), int(cache.cached), rows) if cache is not None else (0, 0, rows)
 
 
 def _load_image(path: Path) -> np.ndarray:
@@ -125,7 +148,7 @@ def _load_image(path: Path) -> np.ndarray:
 
 
 def _stream_validate(store: Any, keys: list[str], validators: list[Any], cache: Any, vkey: str, batch_size: int,
-                     progress: Callable[[int], None] | None) -> None:
+                     progress: Callable[[int], None] | None) -> int:
     """Whole parts are gathered until a batch has ``batch_size`` rows, validated together (one model batch
     across cases), and each part's sidecar is written; memory: one batch, never the release."""
     parts: list[tuple[str, list[ValidationItem]]] = []
@@ -143,21 +166,24 @@ def _stream_validate(store: Any, keys: list[str], validators: list[Any], cache: 
             progress(len(items))
         parts.clear()
 
-    size = 0
+    size = total = 0
     for key in keys:
-        memo: dict[str, np.ndarray] = {}
+        memo: dict[str, tuple[np.ndarray, dict[str, np.ndarray]]] = {}
         items = []
         for row in store.iter_rows(key):
             rel = row["image"]
             if rel not in memo:
-                memo[rel] = _load_image(store.images.path(rel))
-            items.append(ValidationItem(row=row, image=memo[rel], image_sha=Path(rel).stem))
+                memo[rel] = (_load_image(store.images.path(rel)), {})
+            image, grey = memo[rel]
+            items.append(ValidationItem(row=row, image=image, image_sha=Path(rel).stem, grey_cache=grey))
         parts.append((key, items))
         size += len(items)
+        total += len(items)
         if size >= batch_size:
             flush()
             size = 0
     flush()
+    return total
 
 
 def row_decision(row: dict[str, Any], extra: list[dict[str, Any]] | None, vc: ValidationConfig) -> Any:
