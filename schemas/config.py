@@ -119,7 +119,7 @@ class RunnerConfig(BaseModel):
     address: str | None = Field(None, description="dask: the scheduler, e.g. tcp://10.0.0.5:8786")
     cache: bool = Field(True, description="reuse case parts whose key is unchanged (resume, reruns)")
     retries: int = Field(0, ge=0, description="Prefect task retries of a case batch")
-    batch_cases: int = Field(32, ge=1, description="at most this many cases per task")
+    batch_cases: int = Field(64, ge=1, description="at most this many cases per task")
     batch_mb: float = Field(64.0, gt=0, description="... and at most this many MB of input per task")
     validation_batch: int = Field(256, ge=1, description="rows per batch of the release-level validators")
 

@@ -117,7 +117,7 @@ def release_validation(
     workers = getattr(executor, "workers", 1) if executor is not None else 1
     if workers > 1 and len(todo) > 1 and not any(getattr(v, "needs_model", False) for v in validators):
         # CPU validators (rules, stats, plugins without a model) run part by part in the worker processes
-        chunks = [todo[i :: 4 * workers] for i in range(min(len(todo), 4 * workers))]
+        chunks = [todo[i :: 2 * workers] for i in range(min(len(todo), 2 * workers))]
         for _chunk, res in executor.map_unordered(validate_parts, chunks, store, validators, cache_root, vkey,
                                                    batch_size):
             if isinstance(res, BaseException):
