@@ -159,6 +159,9 @@ class CaseSummary(BaseModel):
     notes: list[str] = Field(default_factory=list)
     dropped: dict[str, int] = Field(default_factory=dict)
     seconds: float = 0.0
+    # input files the worker hashed ([path, size, mtime_ns, inode, sha256]), for the driver's memo
+    fingerprints: list[list[Any]] = Field(default_factory=list, exclude=True)
+    reused: bool = Field(False, exclude=True)  # the worker found the part already in the store
 
 
 class ShardEntry(BaseModel):

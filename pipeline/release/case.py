@@ -28,7 +28,7 @@ from pipeline.ingest.readers import ReadError
 from pipeline.language.report_text import slice_report
 from pipeline.language.tasks import SliceContext, TaskMix, generate
 from pipeline.release.images import ImageStore, encode_png
-from pipeline.release.plan import CaseJob
+from pipeline.release.plan import CaseJob, hash_inputs
 from pipeline.release.store import Store
 from pipeline.versions.duplicates import image_fingerprint
 from schemas.card import SourceCard
@@ -408,6 +408,15 @@ def run_job(job: CaseJob, cfg: ReleaseConfig, store_root: str) -> CaseSummary:
     """Build one case into its part in the store and return the part's summary (no rows).
     A full disk or an I/O error raises :class:`EnvironmentFailure`: that is never a case error."""
     store = Store(store_root)
+    fingerprints: list[list[Any]] = []
+    if job.key is None:  # a new or changed input file: hash here, in parallel with the other cases
+        key, fingerprints = hash_inputs(job, cfg)
+        job = replace(job, key=key)
+        if cfg.runner.cache and store.has_part(key):
+            found = store.read_summary(key)
+            if store.images_present(found):
+                return found.model_copy(update={"fingerprints": fingerprints, "reused": True})
+    assert job.key is not None
     validators = _validators_for(orjson.dumps(cfg.validation, option=orjson.OPT_SORT_KEYS).decode())
     try:
         res = process_case(job.card, job.adapter, job.ref, cfg, store.images, job.use, validators,
@@ -421,6 +430,7 @@ def run_job(job: CaseJob, cfg: ReleaseConfig, store_root: str) -> CaseSummary:
             seconds=round(res.seconds, 4),
         )
         store.write_part(summary, res.rows, res.features)
+        summary.fingerprints = fingerprints
     except OSError as exc:
         if is_environment_error(exc):
             raise environment_failure(exc, store_root) from exc

@@ -33,7 +33,7 @@ from pipeline.core.atomic import write_bytes_atomic
 from pipeline.core.environment import EnvironmentFailure, environment_failure, is_environment_error
 from pipeline.release.case import run_batch
 from pipeline.release.executors import Executor, SerialExecutor
-from pipeline.release.plan import CaseJob, Plan, batches
+from pipeline.release.plan import CaseJob, FingerprintCache, Plan, batches
 from pipeline.release.publish import BuildRefused, output_lock, recover
 from pipeline.release.shards import write_release
 from pipeline.release.store import Store
@@ -83,14 +83,15 @@ def check_sources(plan: Plan) -> None:
             )
 
 
-def _cached_parts(plan: Plan, store: Store, progress: Progress | None) -> tuple[dict[str, CaseSummary], list[CaseJob]]:
-    done: dict[str, CaseSummary] = {}
+def _cached_parts(plan: Plan, store: Store,
+                  progress: Progress | None) -> tuple[dict[tuple[str, str], CaseSummary], list[CaseJob]]:
+    done: dict[tuple[str, str], CaseSummary] = {}
     todo: list[CaseJob] = []
     for job in plan.jobs:
-        if plan.cfg.runner.cache and store.has_part(job.key):
+        if plan.cfg.runner.cache and job.key is not None and store.has_part(job.key):
             s = store.read_summary(job.key)
             if store.images_present(s):
-                done[job.key] = s
+                done[job.order] = s
                 if progress:
                     progress("cached", s)
                 continue
@@ -104,6 +105,17 @@ def run_cases(plan: Plan, store: Store, executor: Executor,
     done, todo = _cached_parts(plan, store, progress)
     r = plan.cfg.runner
     work = batches(todo, r.batch_cases, int(r.batch_mb * 1e6), executor.workers)
+    memo = FingerprintCache(store.fingerprints)
+    try:
+        reused = _collect(plan, store, executor, work, done, memo, progress)
+    finally:
+        memo.close()
+    return [done[j.order] for j in plan.jobs], len(todo) - reused
+
+
+def _collect(plan: Plan, store: Store, executor: Executor, work: list[list[CaseJob]],
+             done: dict[tuple[str, str], CaseSummary], memo: FingerprintCache, progress: Progress | None) -> int:
+    reused = 0
     for batch, result in executor.map_unordered(run_batch, work, plan.cfg, str(store.root)):
         if isinstance(result, EnvironmentFailure):
             raise result
@@ -117,10 +129,13 @@ def run_cases(plan: Plan, store: Store, executor: Executor,
                 f"and report the error if it repeats"
             ) from result
         for s in result:
-            done[s.key] = s
+            done[(s.source, s.case_id)] = s
+            if s.fingerprints:
+                memo.remember(s.fingerprints)
+            reused += int(s.reused)
             if progress:
-                progress("built", s)
-    return [done[j.key] for j in plan.jobs], len(todo)
+                progress("cached" if s.reused else "built", s)
+    return reused
 
 
 #: validate(store, part keys, progress) -> verdicts; the Prefect flow supplies one that runs as a task

@@ -20,8 +20,6 @@ from __future__ import annotations
 import hashlib
 import os
 import sqlite3
-from concurrent.futures import ThreadPoolExecutor
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -60,7 +58,7 @@ class CaseJob:
     adapter: Any
     use: SourceUse
     ref: CaseRef
-    key: str
+    key: str | None  # None: an input file is new or changed; the worker hashes it and computes the key
     input_bytes: int = 0
 
     @property
@@ -133,60 +131,32 @@ class FingerprintCache:
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS fp (path TEXT PRIMARY KEY, size INT, mtime INT, ino INT, sha TEXT)"
         )
-        self.hashed = 0
-        self.reused = 0
 
-    def sha256(self, path: Path) -> str:
-        st = path.stat()
-        key = os.path.abspath(path)  # not resolve(): a realpath per file costs more than the memo saves
-        row = self._db.execute("SELECT size, mtime, ino, sha FROM fp WHERE path = ?", (key,)).fetchone()
-        if row is not None and tuple(row[:3]) == (st.st_size, st.st_mtime_ns, st.st_ino):
-            self.reused += 1
-            return str(row[3])
-        sha = file_sha256(path)
-        self._db.execute(
-            "INSERT OR REPLACE INTO fp VALUES (?, ?, ?, ?, ?)", (key, st.st_size, st.st_mtime_ns, st.st_ino, sha)
-        )
-        self.hashed += 1
-        return sha
-
-    def prefetch(self, files: Iterable[Path], workers: int) -> None:
-        """Hash, on ``workers`` threads (hashlib releases the GIL), every file the memo does not know yet."""
-        todo: list[tuple[Path, os.stat_result]] = []
-        seen: set[str] = set()
+    def known_digest(self, files: list[Path]) -> tuple[str | None, int]:
+        """(digest, total bytes) from the memo alone, or (None, bytes) when a file is new or changed (the
+        worker hashes it then: hashing is parallel with the cases, not a serial step of planning)."""
+        shas: list[str] = []
+        total = 0
+        known = True
         for p in files:
-            key = os.path.abspath(p)
-            if key in seen:
-                continue
-            seen.add(key)
             try:
                 st = p.stat()
             except OSError:
                 continue
-            row = self._db.execute("SELECT size, mtime, ino FROM fp WHERE path = ?", (key,)).fetchone()
-            if row is None or tuple(row) != (st.st_size, st.st_mtime_ns, st.st_ino):
-                todo.append((p, st))
-        if not todo:
-            return
-        with ThreadPoolExecutor(max(1, workers)) as pool:
-            shas = list(pool.map(lambda t: file_sha256(t[0]), todo))
-        for (p, st), sha in zip(todo, shas, strict=True):
-            self._db.execute("INSERT OR REPLACE INTO fp VALUES (?, ?, ?, ?, ?)",
-                             (os.path.abspath(p), st.st_size, st.st_mtime_ns, st.st_ino, sha))
-            self.hashed += 1
-
-    def files_digest(self, files: Iterable[Path]) -> tuple[str, int]:
-        """(digest over name + content hash of every file, total bytes)."""
-        parts: list[str] = []
-        total = 0
-        for p in files:
-            try:
-                size = p.stat().st_size
-            except OSError:
+            total += st.st_size
+            if not known:
                 continue
-            parts.append(f"{p.name}:{self.sha256(p)}")
-            total += size
-        return stable_id(*parts, length=64), total
+            row = self._db.execute("SELECT size, mtime, ino, sha FROM fp WHERE path = ?",
+                                   (os.path.abspath(p),)).fetchone()
+            if row is None or tuple(row[:3]) != (st.st_size, st.st_mtime_ns, st.st_ino):
+                known = False
+            else:
+                shas.append(f"{p.name}:{row[3]}")
+        return (stable_id(*shas, length=64) if known else None), total
+
+    def remember(self, entries: list[list[Any]]) -> None:
+        """Record hashes computed elsewhere (a worker): ``[path, size, mtime_ns, inode, sha]`` each."""
+        self._db.executemany("INSERT OR REPLACE INTO fp VALUES (?, ?, ?, ?, ?)", [tuple(e) for e in entries])
 
     def close(self) -> None:
         self._db.commit()
@@ -194,17 +164,33 @@ class FingerprintCache:
 
 
 def make_jobs(cfg: ReleaseConfig, sources: list[SourcePlan], cache: FingerprintCache) -> list[CaseJob]:
-    """A job per discovered case, with its part key, in (source, case id) order."""
-    workers = cfg.runner.max_workers or default_workers()
-    cases = [(sp, ref, ref.fingerprint_paths()) for sp in sources if sp.card is not None for ref in sp.refs]
-    cache.prefetch((p for _sp, _ref, files in cases for p in files), workers)
+    """A job per discovered case, in (source, case id) order, with its part key when every input file is in
+    the fingerprint memo (unchanged since it was hashed); otherwise the worker computes the key."""
     jobs: list[CaseJob] = []
-    for sp, ref, files in cases:
-        assert sp.card is not None
-        files_sha, size = cache.files_digest(files)
-        jobs.append(CaseJob(sp.card, sp.adapter, sp.use, ref, part_key(sp.card, sp.use, ref, files_sha, cfg), size))
+    for sp in sources:
+        if sp.card is None:
+            continue
+        for ref in sp.refs:
+            files_sha, size = cache.known_digest(ref.fingerprint_paths())
+            key = part_key(sp.card, sp.use, ref, files_sha, cfg) if files_sha is not None else None
+            jobs.append(CaseJob(sp.card, sp.adapter, sp.use, ref, key, size))
     jobs.sort(key=lambda j: j.order)
     return jobs
+
+
+def hash_inputs(job: CaseJob, cfg: ReleaseConfig) -> tuple[str, list[list[Any]]]:
+    """In a worker: the case's part key from its input files' content, and the fingerprints to remember."""
+    entries: list[list[Any]] = []
+    shas: list[str] = []
+    for p in job.ref.fingerprint_paths():
+        try:
+            st = p.stat()
+        except OSError:
+            continue
+        sha = file_sha256(p)
+        entries.append([os.path.abspath(p), st.st_size, st.st_mtime_ns, st.st_ino, sha])
+        shas.append(f"{p.name}:{sha}")
+    return part_key(job.card, job.use, job.ref, stable_id(*shas, length=64), cfg), entries
 
 
 SMALL_BUILD_BYTES = 32_000_000  # below this much input (and <= max_cases cases) one batch: a pool costs more
