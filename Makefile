@@ -6,7 +6,7 @@ PIP    := $(VENV)/bin/pip
 STAMP  := $(VENV)/.installed
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 
-.PHONY: venv demo test faults bench clean wordnet
+.PHONY: venv demo test lint faults bench clean wordnet
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,11 @@ wordnet:
 
 test: $(STAMP) wordnet
 	$(PY) -m pytest -q
+
+# the quality gate: ruff (E,F,W,B,UP,SIM,C90<=15, 120 columns) and mypy at zero findings (pyproject.toml)
+lint: $(STAMP)
+	$(VENV)/bin/ruff check pipeline flows schemas sources
+	$(VENV)/bin/mypy
 
 # slow or privileged fault trials: kill -9 at random points, concurrent builds, a full tmpfs (root)
 faults: $(STAMP)

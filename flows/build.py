@@ -49,7 +49,7 @@ def build_cases(batch: list[CaseJob], cfg: ReleaseConfig, store_root: str) -> li
     return run_batch(batch, cfg, store_root)
 
 
-cases_task = task(build_cases, name="cases", cache_policy=NO_CACHE, persist_result=False)
+cases_task = task(name="cases", cache_policy=NO_CACHE, persist_result=False)(build_cases)
 
 
 def run_stage(fn: Callable[..., Any], item: Any, *args: Any) -> Any:
@@ -57,14 +57,15 @@ def run_stage(fn: Callable[..., Any], item: Any, *args: Any) -> Any:
     return fn(item, *args)
 
 
-stage_task = task(run_stage, name="stage", cache_policy=NO_CACHE, persist_result=False)
+stage_task = task(name="stage", cache_policy=NO_CACHE, persist_result=False)(run_stage)
 
 
 @task(name="validate", cache_policy=NO_CACHE, persist_result=False)
 def validate_task(store: Any, keys: list[str], cfg: ReleaseConfig) -> ReleaseVerdicts:
     def run() -> ReleaseVerdicts:
-        return release_validation(store, keys, cfg.validation, store.verdict_cache,
-                                  batch_size=cfg.runner.validation_batch)
+        return release_validation(
+            store, keys, cfg.validation, store.verdict_cache, batch_size=cfg.runner.validation_batch
+        )
 
     if uses_model(cfg.validation):
         from prefect.concurrency.sync import concurrency
@@ -132,16 +133,22 @@ def build_release(config_path: str, out: str = "out", wait_seconds: float = 0.0)
         if uses_model(cfg.validation):  # one task, under the GPU concurrency limit
             return validate_task(store, keys, cfg)
         # CPU validators: parts validated as tasks on the workers
-        return release_validation(store, keys, cfg.validation, store.verdict_cache,
-                                  batch_size=cfg.runner.validation_batch, executor=executor)
+        return release_validation(
+            store, keys, cfg.validation, store.verdict_cache, batch_size=cfg.runner.validation_batch, executor=executor
+        )
 
     result = drive(plan, out, executor, progress_hub.current, wait_seconds, validate=validate)
     _artifacts(cfg, result)
     for e in result.errors:
         logger.warning(e.one_line())
     logger.info("release written to %s (%s rows)", result.release, result.manifest.counts.get("rows"))
-    return {"release": str(result.release), "counts": result.manifest.counts,
-            "errors": [e.one_line() for e in result.errors], "built": result.built, "cached": result.cached}
+    return {
+        "release": str(result.release),
+        "counts": result.manifest.counts,
+        "errors": [e.one_line() for e in result.errors],
+        "built": result.built,
+        "cached": result.cached,
+    }
 
 
 def _artifacts(cfg: ReleaseConfig, result: BuildResult) -> None:
@@ -149,19 +156,25 @@ def _artifacts(cfg: ReleaseConfig, result: BuildResult) -> None:
     table = [{"source": s, "rows": n} for s, n in counts.get("by_source", {}).items()]
     table += [{"source": f"task={t}", "rows": n} for t, n in counts.get("by_task", {}).items()]
     table.append({"source": "case errors", "rows": counts.get("errors", 0)})
-    create_table_artifact(key="release-counts", table=table, description=f"{cfg.name}-{cfg.version}: rows per source and task")
+    create_table_artifact(
+        key="release-counts", table=table, description=f"{cfg.name}-{cfg.version}: rows per source and task"
+    )
     vtable = [
         {"source": src, "validator": v, **verdicts}
         for src, per in (counts.get("validation_by_source") or {}).items()
         for v, verdicts in per.items()
     ]
     if vtable:
-        create_table_artifact(key="release-validation", table=vtable, description="pass / flag / fail per source and validator")
+        create_table_artifact(
+            key="release-validation", table=vtable, description="pass / flag / fail per source and validator"
+        )
 
 
 def task_runner_for(cfg: ReleaseConfig) -> Any:
     """Dask task runner: a local cluster of worker processes, or the cluster at runner.address."""
-    if cfg.runner.kind == "serial" or (cfg.runner.kind == "local" and (cfg.runner.max_workers or default_workers()) == 1):
+    if cfg.runner.kind == "serial" or (
+        cfg.runner.kind == "local" and (cfg.runner.max_workers or default_workers()) == 1
+    ):
         return ThreadPoolTaskRunner(max_workers=1)
     from prefect_dask import DaskTaskRunner
 
@@ -169,8 +182,15 @@ def task_runner_for(cfg: ReleaseConfig) -> Any:
         return DaskTaskRunner(address=cfg.runner.address)
     _worker_environment()
     n = cfg.runner.max_workers or default_workers()
-    return DaskTaskRunner(cluster_kwargs={"n_workers": n, "threads_per_worker": 1, "processes": True,
-                                          "dashboard_address": None, "preload": ["flows.dask_warm"]})
+    return DaskTaskRunner(
+        cluster_kwargs={
+            "n_workers": n,
+            "threads_per_worker": 1,
+            "processes": True,
+            "dashboard_address": None,
+            "preload": ["flows.dask_warm"],
+        }
+    )
 
 
 def _worker_environment() -> None:
@@ -186,8 +206,13 @@ def _worker_environment() -> None:
     dask.config.set({"distributed.nanny.pre-spawn-environ": env, "distributed.worker.profile.enabled": False})
 
 
-def run_build(config_path: str | Path, out: str | Path = "out", progress: Progress | None = None,
-              wait_seconds: float = 0.0, say: Callable[[str], None] | None = None) -> dict[str, Any]:
+def run_build(
+    config_path: str | Path,
+    out: str | Path = "out",
+    progress: Progress | None = None,
+    wait_seconds: float = 0.0,
+    say: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
     """Run the flow with the config's task runner, on PREFECT_API_URL or a temporary server that dies with
     this process."""
     cfg = load_config(config_path)

@@ -4,26 +4,37 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from flows.expand_cli import expand_app
 from flows.translate import translate_app
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="MedRegInstruct builder: region-centric bilingual medical instruction data.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="MedRegInstruct builder: region-centric bilingual medical instruction data.",
+)
 console = Console(stderr=False)
 err = Console(stderr=True)
 
 
 @app.command()
 def build(
-    config: Path = typer.Argument(..., help="release config YAML (see examples/demo.yaml)"),
-    out: Path = typer.Option(Path("out"), "--out", "-o", help="output folder; the release goes to OUT/<name>-<version>"),
-    no_prefect: bool = typer.Option(False, "--no-prefect", help="run in-process (worker processes) without Prefect"),
-    wait: float = typer.Option(0.0, "--wait", help="seconds to wait for another build into the same --out to end"),
+    config: Annotated[Path, typer.Argument(help="release config YAML (see examples/demo.yaml)")],
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="output folder; the release goes to OUT/<name>-<version>")
+    ] = Path("out"),
+    no_prefect: Annotated[
+        bool, typer.Option("--no-prefect", help="run in-process (worker processes) without Prefect")
+    ] = False,
+    wait: Annotated[
+        float, typer.Option("--wait", help="seconds to wait for another build into the same --out to end")
+    ] = 0.0,
 ) -> None:
     """Build a release: ingest sources, make samples, validate, write shards + manifest + card + report."""
     from rich.markup import escape
@@ -80,8 +91,16 @@ class _ProgressBar:
             TimeRemainingColumn,
         )
 
-        self.prog = Progress(TextColumn("[bold]cases"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                             TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.description}"), console=err)
+        self.prog = Progress(
+            TextColumn("[bold]cases"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("eta"),
+            TimeRemainingColumn(),
+            TextColumn("{task.description}"),
+            console=err,
+        )
         self.prog.__enter__()
         self.tid = self.prog.add_task("", total=None)
         return self.on_event
@@ -94,8 +113,9 @@ class _ProgressBar:
         elif event in ("built", "cached") and payload is not None:
             flag = " [red]error[/red]" if payload.errors else ""
             what = "cached" if event == "cached" else f"{payload.rows} rows"
-            self.prog.update(self.tid, advance=1, description=f"{escape(payload.source)}/{escape(payload.case_id)}: "
-                             f"{what}{flag}")
+            self.prog.update(
+                self.tid, advance=1, description=f"{escape(payload.source)}/{escape(payload.case_id)}: {what}{flag}"
+            )
         elif event == "validated":
             self.prog.update(self.tid, description="validating")
 
@@ -108,7 +128,10 @@ def _print_summary(release: Path) -> None:
 
     m = orjson.loads((release / "manifest.json").read_bytes())
     c = m["counts"]
-    t = Table(title=f"{m['name']} {m['version']}: {c['rows']} rows, {c['images']} images, {c['cases']} cases, {c['errors']} errors, {c['dropped']} dropped, {c['flagged']} flagged")
+    t = Table(
+        title=f"{m['name']} {m['version']}: {c['rows']} rows, {c['images']} images, {c['cases']} cases, "
+        f"{c['errors']} errors, {c['dropped']} dropped, {c['flagged']} flagged"
+    )
     for col in ("source", "licence", "cases", "errors", "rows"):
         t.add_column(col)
     by_src = c.get("by_source", {})
@@ -130,7 +153,9 @@ def _print_summary(release: Path) -> None:
 
 
 @app.command()
-def verify(release: Path = typer.Argument(..., help="a release folder (holding manifest.json)")) -> None:
+def verify(
+    release: Annotated[Path, typer.Argument(help="a release folder (holding manifest.json)")],
+) -> None:
     """Re-hash every shard, image and file against manifest.json; exit 1 on any mismatch."""
     from pipeline.release.verify import verify_release
 
@@ -181,8 +206,19 @@ def validators() -> None:
     for col in ("validator", "level", "model/GPU", "config", "from", "description"):
         t.add_column(col)
     for name, info in registered().items():
-        t.add_row(*(Text(x) for x in (name, info.level, "yes" if info.needs_model else "no",
-                                      info.config_model.__name__, info.origin, info.description)))
+        t.add_row(
+            *(
+                Text(x)
+                for x in (
+                    name,
+                    info.level,
+                    "yes" if info.needs_model else "no",
+                    info.config_model.__name__,
+                    info.origin,
+                    info.description,
+                )
+            )
+        )
     console.print(t)
 
 
@@ -224,7 +260,7 @@ def sources(
 
 @app.command()
 def inspect(
-    path: Path = typer.Argument(..., help="a file or folder to describe"),
+    path: Annotated[Path, typer.Argument(help="a file or folder to describe")],
     card: Annotated[str | None, typer.Option("--card", help="also check this card (shipped name or YAML path)")] = None,
 ) -> None:
     """Tell what a file or folder is (format, geometry, labels) so you can write a card for it."""
@@ -246,8 +282,10 @@ def inspect(
 
 @app.command()
 def fetch_samples(
-    dest: Optional[Path] = typer.Option(None, "--dest", help="folder (default: the user cache)"),
-    mirror: Optional[str] = typer.Option(None, "--mirror", help="base URL of a mirror laid out like ../shared/data"),
+    dest: Annotated[Path | None, typer.Option("--dest", help="folder (default: the user cache)")] = None,
+    mirror: Annotated[
+        str | None, typer.Option("--mirror", help="base URL of a mirror laid out like ../shared/data")
+    ] = None,
 ) -> None:
     """Download the pinned public sample files (sha256-verified)."""
     from flows.samples import default_cache_dir, download_samples
@@ -262,15 +300,45 @@ def fetch_samples(
 
 @app.command("export")
 def export_cmd(
-    release: Path = typer.Argument(..., help="a release folder (holding manifest.json)"),
-    fmt: str = typer.Option(..., "--format", "-f", help="internvl-meta | llava"),
-    out: Path = typer.Option(..., "--out", "-o", help="internvl-meta: the meta JSON file; llava: a .json (one JSON list, what LLaVA's train.py reads), a folder (one <split>.json list per split), or a .jsonl (not for train.py)"),
-    split: list[str] = typer.Option(["train"], "--split", "-s", help="split(s) to export (repeatable); 'all' for every split"),
-    root_prefix: Optional[str] = typer.Option(None, "--root-prefix", help="internvl-meta: where the release folder lives on the training machine (default: its absolute path here)"),
-    repeat_time: float = typer.Option(1.0, "--repeat-time", help="internvl-meta: repeat_time of every entry (<1 keeps that fraction; >1 must be an integer)"),
-    data_augment: bool = typer.Option(False, "--data-augment/--no-data-augment", help="internvl-meta: data_augment flag"),
-    max_dynamic_patch: Optional[int] = typer.Option(None, "--max-dynamic-patch", help="internvl-meta: per-dataset max_dynamic_patch"),
-    system: str = typer.Option("fold", "--system", help="llava: fold system prompts into the first question, or drop them"),
+    release: Annotated[Path, typer.Argument(help="a release folder (holding manifest.json)")],
+    fmt: Annotated[str, typer.Option("--format", "-f", help="internvl-meta | llava")],
+    out: Annotated[
+        Path,
+        typer.Option(
+            "--out",
+            "-o",
+            help="internvl-meta: the meta JSON file; llava: a .json (one JSON list, what LLaVA's train.py "
+            "reads), a folder (one <split>.json list per split), or a .jsonl (not for train.py)",
+        ),
+    ],
+    split: Annotated[
+        list[str] | None,
+        typer.Option("--split", "-s", help="split(s) to export (repeatable; default: train); 'all' for every split"),
+    ] = None,
+    root_prefix: Annotated[
+        str | None,
+        typer.Option(
+            "--root-prefix",
+            help="internvl-meta: where the release folder lives on the training machine "
+            "(default: its absolute path here)",
+        ),
+    ] = None,
+    repeat_time: Annotated[
+        float,
+        typer.Option(
+            "--repeat-time",
+            help="internvl-meta: repeat_time of every entry (<1 keeps that fraction; >1 must be an integer)",
+        ),
+    ] = 1.0,
+    data_augment: Annotated[
+        bool, typer.Option("--data-augment/--no-data-augment", help="internvl-meta: data_augment flag")
+    ] = False,
+    max_dynamic_patch: Annotated[
+        int | None, typer.Option("--max-dynamic-patch", help="internvl-meta: per-dataset max_dynamic_patch")
+    ] = None,
+    system: Annotated[
+        str, typer.Option("--system", help="llava: fold system prompts into the first question, or drop them")
+    ] = "fold",
 ) -> None:
     """Export a release for a trainer: InternVL's / MedRegA's --meta_path file (with base_prompt) or LLaVA data."""
     import orjson
@@ -278,11 +346,16 @@ def export_cmd(
     from pipeline.core.atomic import write_bytes_atomic
     from pipeline.release.export import internvl_meta, write_llava
 
+    split = split or ["train"]
     splits = None if "all" in split else list(split)
     try:
         if fmt == "internvl-meta":
             meta = internvl_meta(
-                release, root_prefix, splits=splits, repeat_time=repeat_time, data_augment=data_augment,
+                release,
+                root_prefix,
+                splits=splits,
+                repeat_time=repeat_time,
+                data_augment=data_augment,
                 max_dynamic_patch=max_dynamic_patch,
             )
             out.parent.mkdir(parents=True, exist_ok=True)
@@ -303,13 +376,36 @@ def export_cmd(
 
 @app.command("eval")
 def eval_cmd(
-    predictions: Path = typer.Argument(..., help='JSONL of {"id": row id, "answer": model text}, or MedRegA\'s native answer file (a JSON list, or JSONL with question_id/pred_answer)'),
-    release: Path = typer.Option(..., "--release", "-r", help="the release folder the samples come from"),
-    protocol: str = typer.Option("default", "--protocol", "-p", help="default | medrega (MedRegA's published definitions, bugs fixed; docs/evaluation.md)"),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="write the full report (all metrics, per term) as JSON"),
-    details: Optional[Path] = typer.Option(None, "--details", help="write per-sample scores as JSONL"),
-    split: Optional[list[str]] = typer.Option(None, "--split", "-s", help="split(s) to score (default: the splits holding predicted ids)"),
-    ignore_missing: bool = typer.Option(False, "--ignore-missing", help="leave rows without a prediction out (default: score them as empty answers)"),
+    predictions: Annotated[
+        Path,
+        typer.Argument(
+            help='JSONL of {"id": row id, "answer": model text}, or MedRegA\'s native answer file '
+            "(a JSON list, or JSONL with question_id/pred_answer)"
+        ),
+    ],
+    release: Annotated[Path, typer.Option("--release", "-r", help="the release folder the samples come from")],
+    protocol: Annotated[
+        str,
+        typer.Option(
+            "--protocol",
+            "-p",
+            help="default | medrega (MedRegA's published definitions, bugs fixed; docs/evaluation.md)",
+        ),
+    ] = "default",
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="write the full report (all metrics, per term) as JSON")
+    ] = None,
+    details: Annotated[Path | None, typer.Option("--details", help="write per-sample scores as JSONL")] = None,
+    split: Annotated[
+        list[str] | None,
+        typer.Option("--split", "-s", help="split(s) to score (default: the splits holding predicted ids)"),
+    ] = None,
+    ignore_missing: Annotated[
+        bool,
+        typer.Option(
+            "--ignore-missing", help="leave rows without a prediction out (default: score them as empty answers)"
+        ),
+    ] = False,
 ) -> None:
     """Score model answers against a release: box IoU/acc@t/P-R-F1, term accuracy, grounded-report metrics."""
     import orjson
@@ -329,8 +425,12 @@ def eval_cmd(
     for t in render_tables(report):
         console.print(t)
     c = report.counts
-    line = f"evaluated {c['evaluated']} rows; missing predictions: {c['missing']}" + (" (left out)" if c["missing_ignored"] else " (scored as empty answers)")
-    line += f"; ids not in the release: {c['unknown_ids']}; duplicates: {c['duplicates']}; unusable entries: {c['invalid']}"
+    line = f"evaluated {c['evaluated']} rows; missing predictions: {c['missing']}" + (
+        " (left out)" if c["missing_ignored"] else " (scored as empty answers)"
+    )
+    line += (
+        f"; ids not in the release: {c['unknown_ids']}; duplicates: {c['duplicates']}; unusable entries: {c['invalid']}"
+    )
     (err if c["missing"] or c["unknown_ids"] or c["invalid"] else console).print(line)
     for problem in c["invalid_lines"][:20]:
         err.print(f"  {predictions}: {problem}", markup=False, highlight=False)
@@ -345,73 +445,7 @@ def eval_cmd(
 
 
 app.add_typer(translate_app, name="translate")  # medreg translate run | accept (flows/translate.py)
-
-expand_app = typer.Typer(no_args_is_help=True, help="Draft new templates / glossary synonyms with an LLM into a review file; accept them by hand.")
-app.add_typer(expand_app, name="expand")
-
-
-@expand_app.command("templates")
-def expand_templates_cmd(
-    config: Path = typer.Option(..., "--config", "-c", help="expansion config YAML (docs/evaluation.md, 'Expansion')"),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="review file (default: the config's review_file)"),
-) -> None:
-    """Paraphrase template banks with an OpenAI-compatible LLM; valid proposals go to a review file."""
-    _expand_run("templates", config, out)
-
-
-@expand_app.command("glossary")
-def expand_glossary_cmd(
-    config: Path = typer.Option(..., "--config", "-c", help="expansion config YAML"),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="review file (default: the config's review_file)"),
-) -> None:
-    """Draft glossary names/synonyms with an OpenAI-compatible LLM into a review file."""
-    _expand_run("glossary", config, out)
-
-
-def _expand_run(kind: str, config: Path, out: Optional[Path]) -> None:
-    from pipeline.evaluate.expand import ExpandError, load_expand_config, run_expand
-
-    try:
-        cfg = load_expand_config(config)
-        res = run_expand(kind, cfg, review_path=out)
-    except (ExpandError, ValueError, FileNotFoundError) as exc:
-        err.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from None
-    console.print(
-        f"{res.proposed} proposal(s), {res.rejected} rejected by validation; LLM requests: {res.requests} "
-        f"(cache hits: {res.cache_hits}) -> {res.review_path}"
-    )
-    console.print(f"review it, set accepted: true on the entries to keep, then run: medreg expand accept {res.review_path}")
-
-
-@expand_app.command("accept")
-def expand_accept_cmd(
-    review_file: Path = typer.Argument(..., help="a review file written by `medreg expand templates|glossary`"),
-    yes: bool = typer.Option(False, "--yes", "-y", help="apply without asking (the diff is still shown)"),
-    dry_run: bool = typer.Option(False, "--dry-run", help="show the diff only"),
-) -> None:
-    """Show the unified diff of the accepted entries against the bank files, then write them."""
-    from pipeline.evaluate.expand import ExpandError, plan_accept
-
-    try:
-        plan = plan_accept(review_file)
-    except (ExpandError, ValueError, FileNotFoundError) as exc:
-        err.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from None
-    for msg in plan.skipped:
-        err.print(f"[yellow]skipped:[/yellow] {msg}")
-    if not plan.changes:
-        console.print("nothing to apply (no entry is marked accepted: true, or all were skipped)")
-        return
-    console.print(plan.diff(), markup=False, highlight=False)
-    if dry_run:
-        return
-    if not yes and not typer.confirm(f"write {plan.count} accepted entr{'y' if plan.count == 1 else 'ies'} into {len(plan.changes)} file(s)?"):
-        console.print("not applied")
-        raise typer.Exit(1)
-    plan.apply()
-    console.print(f"applied {plan.count} entr{'y' if plan.count == 1 else 'ies'} to: " + ", ".join(sorted(plan.changed_names())))
-
+app.add_typer(expand_app, name="expand")  # medreg expand templates | glossary | accept (flows/expand_cli.py)
 
 
 def main() -> None:  # pragma: no cover

@@ -376,11 +376,11 @@ class _Progress:
             self._p.stop()
 
     def advance(self, n: int) -> None:
-        if self._p is not None:
+        if self._p is not None and self._task is not None:
             self._p.advance(self._task, n)
 
     def file_done(self, name: str) -> None:
-        if self._p is not None:
+        if self._p is not None and self._task is not None:
             self._done += 1
             self._p.update(self._task, description=f"{self._done}/{self._n_files} files ({name})")
 
@@ -406,7 +406,7 @@ def download_samples(
       one :class:`SamplesUnavailableError` after every other file was fetched.
     """
     dest = Path(dest).expanduser()
-    entries = list(manifest) if isinstance(manifest, (list, tuple)) else load_manifest(manifest)
+    entries = load_manifest(manifest) if manifest is None or isinstance(manifest, Path | str) else list(manifest)
     known = sorted({e.folder for e in entries})
     if folders is not None:
         unknown = sorted(set(folders) - set(known))

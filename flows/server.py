@@ -26,10 +26,8 @@ PR_SET_PDEATHSIG = 1
 
 
 def _die_with_parent() -> None:  # runs in the child between fork and exec
-    try:
+    with contextlib.suppress(OSError):  # not Linux: the finally-stop still applies
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    except OSError:  # not Linux: the atexit/finally stop still applies
-        pass
 
 
 def _free_port() -> int:
@@ -48,9 +46,23 @@ def _start(port: int, env: dict[str, str]) -> subprocess.Popen[Any]:
     import prefect
 
     return subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "--app-dir", str(prefect.__module_path__.parent), "--factory",
-         "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port", str(port),
-         "--log-level", "error", "--lifespan", "on"],
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "--app-dir",
+            str(prefect.__module_path__.parent),
+            "--factory",
+            "prefect.server.api.server:create_app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--log-level",
+            "error",
+            "--lifespan",
+            "on",
+        ],
         env=env,
         preexec_fn=_die_with_parent,  # only prctl: safe between fork and exec
         stdout=subprocess.DEVNULL,
@@ -92,8 +104,13 @@ def temporary_server(timeout: float = 60.0, say: Any = None) -> Iterator[str | N
         return
     from prefect.settings import PREFECT_API_URL, get_current_settings, temporary_settings
 
-    env = {**os.environ, **get_current_settings().to_environment_variables(exclude_unset=True),
-           "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"}
+    env = {
+        **os.environ,
+        **get_current_settings().to_environment_variables(exclude_unset=True),
+        "PREFECT_UI_ENABLED": "0",
+        "PREFECT__SERVER_EPHEMERAL": "1",
+        "PREFECT__SERVER_FINAL": "1",
+    }
     proc = None
     for attempt in (1, 2):
         port = _free_port()
@@ -103,8 +120,10 @@ def temporary_server(timeout: float = 60.0, say: Any = None) -> Iterator[str | N
             break
         _stop(proc)
         if attempt == 1 and say is not None:
-            say(f"the temporary Prefect server did not start within {timeout:.0f} s (a first start on a fresh "
-                f"PREFECT_HOME migrates its database); retrying once")
+            say(
+                f"the temporary Prefect server did not start within {timeout:.0f} s (a first start on a fresh "
+                f"PREFECT_HOME migrates its database); retrying once"
+            )
     else:
         raise RuntimeError(
             f"the temporary Prefect server did not start twice (within {timeout:.0f} s each) -> set PREFECT_API_URL "

@@ -101,7 +101,8 @@ class Study:
     is_3d: bool = False
     layers: list[LabelLayer] = field(default_factory=list)
     boxes: list[PixelBoxAnnotation] = field(default_factory=list)
-    origin_mm: tuple[float, float, float] | None = None  # mm position of voxel (0,0,0) along each canonical axis (k, r, c)
+    # mm position of voxel (0, 0, 0) along each canonical axis (k, r, c)
+    origin_mm: tuple[float, float, float] | None = None
     intensity_preset: str | None = None  # CT window name (abdomen, lung, ...) from the card
     rescaled: bool = True  # image values are physical (HU for CT)
     notes: list[str] = field(default_factory=list)  # non-fatal warnings (gaps, spacing, ...)

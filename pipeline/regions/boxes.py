@@ -311,6 +311,17 @@ def _structure(connectivity: int) -> np.ndarray:
     return ndimage.generate_binary_structure(2, connectivity)
 
 
+def _check_regions_args(a: np.ndarray, policy: str, connectivity: int, min_pixels: int, min_fraction: float) -> None:
+    if a.ndim != 2:
+        raise ValueError(f"expected a 2-D label slice, got shape {a.shape}")
+    if policy not in ("component", "label"):
+        raise ValueError(f"policy must be 'component' or 'label', got {policy!r}")
+    if connectivity not in (1, 2):
+        raise ValueError(f"connectivity must be 1 (4-connected) or 2 (8-connected), got {connectivity}")
+    if min_pixels < 0 or not 0.0 <= min_fraction <= 1.0:
+        raise ValueError(f"need min_pixels >= 0 and 0 <= min_fraction <= 1, got {min_pixels}, {min_fraction}")
+
+
 def regions_2d(
     label2d: np.ndarray,
     names: dict[int, str],
@@ -338,14 +349,7 @@ def regions_2d(
       ``component`` counts 0, 1, ... per label in that order.
     """
     a = np.asarray(label2d)
-    if a.ndim != 2:
-        raise ValueError(f"expected a 2-D label slice, got shape {a.shape}")
-    if policy not in ("component", "label"):
-        raise ValueError(f"policy must be 'component' or 'label', got {policy!r}")
-    if connectivity not in (1, 2):
-        raise ValueError(f"connectivity must be 1 (4-connected) or 2 (8-connected), got {connectivity}")
-    if min_pixels < 0 or not 0.0 <= min_fraction <= 1.0:
-        raise ValueError(f"need min_pixels >= 0 and 0 <= min_fraction <= 1, got {min_pixels}, {min_fraction}")
+    _check_regions_args(a, policy, connectivity, min_pixels, min_fraction)
     if a.dtype == np.bool_:
         a = a.view(np.uint8)
     H, W = a.shape

@@ -73,10 +73,10 @@ def assign_split(official: str | None, patient_hash: str, cfg: ReleaseConfig) ->
 
 
 def task_mix(cfg: ReleaseConfig, use: SourceUse | None) -> TaskMix:
-    mix = dict(cfg.tasks.mix)
+    mix: dict[str, float] = {str(k): v for k, v in cfg.tasks.mix.items()}
     if use is not None and use.tasks is not None:
         mix = dict(use.tasks)
-    langs = list(use.langs) if use is not None and use.langs else list(cfg.tasks.langs)
+    langs: list[str] = [str(x) for x in (use.langs if use is not None and use.langs else cfg.tasks.langs)]
     return TaskMix(
         tasks=mix,
         langs=langs,

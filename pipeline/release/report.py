@@ -11,7 +11,8 @@ from pipeline.versions.sections import duplicates_html
 from schemas.config import ReleaseConfig
 from schemas.records import Manifest
 
-_PALETTE = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45", "#fabed4", "#469990"]
+_PALETTE = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45", "#fabed4",
+            "#469990"]
 
 
 # ------------------------------------------------------------------------------------------ QA report

@@ -112,7 +112,7 @@ def _tally(row: dict[str, Any], shard: dict[str, Any], n: int, by: dict[str, Cou
     for k in BY_KEYS:
         by[k][str(m.get(k))] += 1
     terms.update(r["term"] for r in m.get("regions", []))
-    images.add(row.get("image"))
+    images.add(str(row.get("image")))
     return 1
 
 

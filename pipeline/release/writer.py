@@ -299,7 +299,7 @@ def open_for_write(path: Path) -> Any:
 
 def image_entries(staging: Path) -> list[dict[str, Any]]:
     """Every image of the staging folder (sorted), with its sha256 (its name) and size."""
-    out = []
+    out: list[dict[str, Any]] = []
     base = staging / "images"
     if not base.is_dir():
         return out
