@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -74,25 +73,3 @@ def fsync_dir(path: str | Path) -> None:
         pass
     finally:
         os.close(fd)
-
-
-def replace_dir(staging: Path, final: Path) -> None:
-    """Move a fully written ``staging`` folder to ``final``, replacing an older release there."""
-    final = Path(final)
-    old = None
-    if final.exists():
-        old = final.with_name(f".{final.name}.old-{os.getpid()}")
-        os.replace(final, old)
-    os.replace(staging, final)
-    fsync_dir(final.parent)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def clean_stale(parent: Path, name: str) -> None:
-    """Remove leftovers of killed runs (``.<name>.staging-*`` / ``.old-*``)."""
-    for p in Path(parent).glob(f".{name}.*"):
-        if p.is_dir():
-            shutil.rmtree(p, ignore_errors=True)
-        else:
-            p.unlink(missing_ok=True)
