@@ -3,7 +3,8 @@
     python -m benchmarks.run_all [--quick]
 
 B6 (model judges on GPU) runs through benchmarks/gpu_check.sh on a GPU machine. B10 and B11 generate a
-full-size CT case of the scale corpus (benchmarks/corpus.py) in a temporary folder (~1 min, ~250 MB).
+full-size CT case of the scale corpus (benchmarks/corpus.py) in a temporary folder (~1 min, ~250 MB). B3/B4/B5
+(`benchmarks/b12_scale.py`) need a generated scale corpus and run on their own (docs/scaling.md).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import sys
 BENCHES = [
     "benchmarks.b1_boxes", "benchmarks.b2_end_to_end", "benchmarks.b7_dicom_series", "benchmarks.b8_samples",
     "benchmarks.b9_diff", "benchmarks.b10_costs", "benchmarks.b11_ct_case",
+    "benchmarks.b13_seg_reader",
 ]
 
 
