@@ -23,27 +23,17 @@ import argparse
 import copy
 import os
 import tempfile
-import time
 import warnings
 from pathlib import Path
 
 import numpy as np
 import pydicom
 
+from benchmarks.b7_dicom_series import time_best
 from pipeline.ingest.readers.dicom import read_series
 from pipeline.ingest.readers.dicom_seg import read_seg
 
 SAMPLES = Path(os.environ.get("MEDREG_SAMPLES", Path(__file__).resolve().parents[2] / "shared" / "data"))
-
-
-def _best(fn, repeats: int) -> tuple[float, object]:
-    out = fn()
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t)
-    return best, out
 
 
 def _ours(seg_path: Path, series) -> dict[int, np.ndarray]:
@@ -66,8 +56,8 @@ def _highdicom(seg_path: Path, series) -> dict[int, np.ndarray]:
 
 def _compare(name: str, seg_path: Path, ct_dir: Path, repeats: int) -> dict[str, object]:
     series = read_series(ct_dir)
-    t_ours, ours = _best(lambda: _ours(seg_path, series), repeats)
-    t_hd, theirs = _best(lambda: _highdicom(seg_path, series), repeats)
+    t_ours, ours = time_best(lambda: _ours(seg_path, series), repeats)
+    t_hd, theirs = time_best(lambda: _highdicom(seg_path, series), repeats)
     ours_d = ours if isinstance(ours, dict) else {}
     theirs_d = theirs if isinstance(theirs, dict) else {}
     equal = set(ours_d) == set(theirs_d) and all(np.array_equal(ours_d[n], theirs_d[n]) for n in ours_d)
@@ -140,7 +130,7 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         seg_path, ct_dir = _big_case(Path(tmp), args.slices)
         rows.append(_compare(f"synthetic BINARY, 5 segments, {args.slices} slices", seg_path, ct_dir, args.repeats))
-    print("B13: DICOM-SEG onto the series grid, ours vs highdicom (best of %d, warm)" % args.repeats)
+    print(f"B13: DICOM-SEG onto the series grid, ours vs highdicom (best of {args.repeats}, warm)")
     print(f"{'case':45s} {'segs':>4s} {'slices':>6s} {'voxels':>9s} {'ours s':>8s} {'hd s':>8s} {'ratio':>6s}  equal")
     for r in rows:
         print(f"{r['case']:45s} {r['segments']:4d} {r['slices']:6d} {r['voxels']:9d} {r['ours_s']:8.3f} "
