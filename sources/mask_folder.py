@@ -38,7 +38,7 @@ from pipeline.core.paths import shown
 from pipeline.core.types import CaseRef, LabelLayer, Study
 from pipeline.ingest.readers import ReadError
 from pipeline.ingest.readers.image2d import read_image, read_mask
-from sources.base import SourceAdapter, check_mask_shape, check_not_all_empty, display_box
+from sources.base import FolderIndex, SourceAdapter, check_mask_shape, check_not_all_empty, display_box
 from sources.layouts import LayoutBase
 
 
@@ -130,13 +130,14 @@ class MaskFolderAdapter(SourceAdapter):
         lay = self.layout
         found: list[tuple[Path, list[Path], list[Path]]] = []
         unmatched: list[str] = []
+        index = FolderIndex(self.root)  # one listing per mask folder, not one per image
         for img in self.glob(lay.images):
             fields = self._fields(img)
             if fields is None:
                 unmatched.append(img.relative_to(self.root).as_posix())
                 continue
-            masks = self.glob(lay.masks.format(**fields))
-            rois = self.glob(lay.roi_masks.format(**fields)) if lay.roi_masks else []
+            masks = index.glob(lay.masks.format(**fields))
+            rois = index.glob(lay.roi_masks.format(**fields)) if lay.roi_masks else []
             found.append((img, masks, rois))
         if unmatched:
             raise ValueError(
