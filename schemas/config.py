@@ -126,7 +126,9 @@ class RunnerConfig(BaseModel):
     @model_validator(mode="after")
     def _address_for_dask(self) -> RunnerConfig:
         if self.kind == "dask" and not self.address:
-            raise ValueError("runner.kind dask needs runner.address (tcp://HOST:8786); use kind: local for this machine")
+            raise ValueError(
+                "runner.kind dask needs runner.address (tcp://HOST:8786); use kind: local for this machine"
+            )
         return self
 
 

@@ -80,6 +80,8 @@ class RulesConfig(_Cfg):
 
 GroupKey = Literal["modality", "axis", "term", "source", "body_region"]
 _STATS_GROUP_BY: tuple[GroupKey, ...] = ("modality", "axis", "body_region", "term")
+StatsFeature = Literal["log_area", "log_aspect", "cx", "cy", "intensity"]
+_STATS_FEATURES: tuple[StatsFeature, ...] = ("log_area", "log_aspect", "cx", "cy", "intensity")
 
 
 class StatsConfig(_Cfg):
@@ -93,9 +95,7 @@ class StatsConfig(_Cfg):
         description="regions are compared within these groups; body_region keeps a neck-level spinal cord "
         "out of the abdominal slices' statistics",
     )
-    features: list[Literal["log_area", "log_aspect", "cx", "cy", "intensity"]] = Field(
-        default_factory=lambda: ["log_area", "log_aspect", "cx", "cy", "intensity"]
-    )
+    features: list[StatsFeature] = Field(default_factory=lambda: list(_STATS_FEATURES))
 
 
 class ClipConfig(_Cfg):
@@ -120,6 +120,10 @@ class ClipConfig(_Cfg):
         description="resize/normalise crops in torch on the judge's device (checked against the image "
         "processor at load, within one grey level); false: the image processor itself (reference path)",
     )
+
+
+GroundingTask = Literal["text_to_region", "region_to_text"]
+_GROUNDING_TASKS: tuple[GroundingTask, ...] = ("text_to_region", "region_to_text")
 
 
 class GroundingConfig(_Cfg):
@@ -147,9 +151,7 @@ class GroundingConfig(_Cfg):
     batch_size: int = Field(8, ge=1)
     device: Literal["auto", "cuda", "cpu"] = "auto"
     # what to ask and how to score
-    tasks: list[Literal["text_to_region", "region_to_text"]] = Field(
-        default_factory=lambda: ["text_to_region", "region_to_text"]
-    )
+    tasks: list[GroundingTask] = Field(default_factory=lambda: list(_GROUNDING_TASKS))
     lang: Literal["en", "zh"] = "en"
     t2r_prompt: str = "Please output the bounding box of the <ref>{name}</ref> in this {modality} image."
     r2t_prompt: str = (
@@ -168,12 +170,13 @@ class GroundingConfig(_Cfg):
     cache_dir: str | None = Field(None, description="answer cache directory (a rerun asks nothing twice)")
 
 
+_DEFAULT_ACTIONS: dict[VerdictName, Action] = {"pass": "keep", "flag": "flag", "fail": "drop"}
+
+
 class PolicyConfig(_Cfg):
     """Verdict -> action.  The most severe action over all validators wins (drop > flag > keep)."""
 
-    default: dict[VerdictName, Action] = Field(
-        default_factory=lambda: {"pass": "keep", "flag": "flag", "fail": "drop"}
-    )
+    default: dict[VerdictName, Action] = Field(default_factory=lambda: dict(_DEFAULT_ACTIONS))
     per_validator: dict[str, dict[VerdictName, Action]] = Field(
         default_factory=dict, description="overrides, e.g. {'clip': {'fail': 'flag'}}"
     )

@@ -68,8 +68,8 @@ def test_flow_model_validator_stage_uses_the_gpu_limit(prefect_harness, tmp_path
     """The validation stage with the embedding judge (a tiny random CLIP built offline, loaded through
     the real loader): runs under the `medreg-gpu` global concurrency limit (= GPUs, 1 here) and the
     validation artifact shows pass/flag/fail per source and validator."""
+    from helpers_clip import build_tiny_clip
     from prefect.client.orchestration import get_client
-    from test_validate_clip import build_tiny_clip
 
     from flows.build import GPU_LIMIT, run_build
 

@@ -87,9 +87,10 @@ class ValidationItem:
         """Load the row's image (``root / row['image']``) with Pillow."""
         from PIL import Image
 
-        with Image.open(Path(root) / row["image"]) as im:
-            if im.mode not in ("L", "RGB"):
-                im = im.convert("RGB" if "A" in im.mode or im.mode in ("P", "CMYK") else "L")
+        with Image.open(Path(root) / row["image"]) as src:
+            im: Image.Image = src
+            if src.mode not in ("L", "RGB"):
+                im = src.convert("RGB" if "A" in src.mode or src.mode in ("P", "CMYK") else "L")
             arr = np.asarray(im, dtype=np.uint8)
         return cls(row=row, image=arr)
 
@@ -116,7 +117,7 @@ def result(
     return ValidationResult(
         validator=validator.name,
         version=validator.version,
-        verdict=verdict,  # type: ignore[arg-type]
+        verdict=verdict,
         score=None if score is None else float(score),
         reason=reason,
         codes=list(codes),
@@ -151,7 +152,8 @@ def summarise(
     bad = [f for f in findings if f.verdict != "pass"]
     if not bad:
         notes = [f"{f.code}: {f.text}" if f.text else f.code for f in findings]
-        return result(validator, "pass", score, "; ".join(notes) or ok_reason, _unique(f.code for f in findings), **extra)
+        codes = _unique(f.code for f in findings)
+        return result(validator, "pass", score, "; ".join(notes) or ok_reason, codes, **extra)
     bad.sort(key=lambda f: -_SEVERITY[f.verdict])  # stable: fails first, then flags, in region order
     reason = "; ".join(f"{f.code}: {f.text}" for f in bad)
     return result(validator, worst([f.verdict for f in bad]), score, reason, _unique(f.code for f in bad), **extra)
@@ -174,8 +176,9 @@ def run_validators(
 
     With a :class:`pipeline.validate.cache.VerdictCache`, cached verdicts are reused and only the missing
     ones are computed (and stored).  A validator with ``needs_fit`` true (stats, not yet fitted) is first
-    fitted on all ``items``, so its verdicts do not depend on which ones were cached.  A validator that raises does not stop the run: its items get a
-    ``flag`` with reason ``validator_error: ...`` (never cached).
+    fitted on all ``items``, so its verdicts do not depend on which ones were cached.  A validator that
+    raises does not stop the run: its items get a ``flag`` with reason ``validator_error: ...`` (never
+    cached).
     """
     out: list[list[ValidationResult]] = [[None] * len(validators) for _ in items]  # type: ignore[list-item]
     for j, v in enumerate(validators):
@@ -202,7 +205,8 @@ def run_validators(
         except Exception as exc:  # noqa: BLE001 - failure of a validator is per stage, not fatal
             log.exception("validator %s failed on %d items", getattr(v, "name", v), len(sub))
             for i in todo:
-                out[i][j] = result(v, "flag", None, f"validator_error: {type(exc).__name__}: {exc}", ["validator_error"])
+                reason = f"validator_error: {type(exc).__name__}: {exc}"
+                out[i][j] = result(v, "flag", None, reason, ["validator_error"])
             continue
         for i, r in zip(todo, res, strict=True):
             out[i][j] = r
@@ -263,4 +267,6 @@ def result_from_meta(entry: dict[str, Any]) -> ValidationResult:
     """Inverse of :func:`validation_meta` for one stored entry (codes back to a list)."""
     d = dict(entry)
     codes = d.pop("codes", "")
-    return ValidationResult.model_validate({**d, "codes": [c for c in codes.split(",") if c] if isinstance(codes, str) else codes})
+    if isinstance(codes, str):
+        codes = [c for c in codes.split(",") if c]
+    return ValidationResult.model_validate({**d, "codes": codes})

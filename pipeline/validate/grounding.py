@@ -220,7 +220,9 @@ class TransformersBackend:
         tok = getattr(self._processor, "tokenizer", None)
         if tok is not None:
             tok.padding_side = "left"  # decoder-only batched generation
-        auto = getattr(transformers, "AutoModelForImageTextToText", None) or transformers.AutoModelForVision2Seq
+        # AutoModelForImageTextToText in recent transformers, AutoModelForVision2Seq in older ones (gone in 5)
+        new = "AutoModelForImageTextToText"
+        auto = getattr(transformers, new if hasattr(transformers, new) else "AutoModelForVision2Seq")
         dtype = "bfloat16" if self.device == "cuda" else "float32"
         self._model = auto.from_pretrained(cfg.model_path, dtype=dtype, **kw).eval().to(self.device)
 

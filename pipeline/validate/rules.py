@@ -182,8 +182,8 @@ class RulesValidator:
         std = float(crop.std()) if crop.size else 0.0
         if std < self.config.blank_std:
             box = list(reg["box_px"])
-            out.append(RegionFinding("fail", "blank", f"{term} box {box} pixel std {std:.2f} < {self.config.blank_std:g}",
-                                     (term,)))
+            text = f"{term} box {box} pixel std {std:.2f} < {self.config.blank_std:g}"
+            out.append(RegionFinding("fail", "blank", text, (term,)))
 
     def _check_geometry(self, reg: dict[str, Any], term: str, w: int, h: int, out: list[RegionFinding]) -> bool:
         cfg = self.config
@@ -200,7 +200,7 @@ class RulesValidator:
         if not bn or len(bn) != 4 or not all(0 <= int(v) <= 999 for v in bn) or not (bn[0] < bn[2] and bn[1] < bn[3]):
             out.append(RegionFinding("fail", "degenerate_box", f"{term} box {bn} is not 0<=x1<x2<=999, 0<=y1<y2<=999"))
             ok = False
-        if not ok:
+        if not ok or not bn:  # (a missing box was reported as degenerate_box above)
             return False
         expect = normalise_box((x0, y0, x1, y1), w, h)
         diff = max(abs(int(a) - b) for a, b in zip(bn, expect, strict=True))
@@ -238,7 +238,8 @@ class RulesValidator:
                         RegionFinding(
                             "fail",
                             "laterality",
-                            f"{term} centre x={cx:.0f} is right of {partner} x={px:.0f} (patient right must be image left)",
+                            f"{term} centre x={cx:.0f} is right of {partner} x={px:.0f} "
+                            "(patient right must be image left)",
                             (term, partner),
                         )
                     )
@@ -275,10 +276,10 @@ class RulesValidator:
         out: list[RegionFinding] = []
         extra = sorted(text_boxes - meta_boxes)
         if extra:
-            out.append(RegionFinding("fail", "box_not_in_meta", f"text boxes {[list(b) for b in extra]} are not region boxes"))
+            text = f"text boxes {[list(b) for b in extra]} are not region boxes"
+            out.append(RegionFinding("fail", "box_not_in_meta", text))
         missing = sorted(meta_boxes - text_boxes)
         if missing:
-            out.append(
-                RegionFinding(self.config.missing_text_box_verdict, "box_missing_in_text", f"region boxes {[list(b) for b in missing]} not in the text")
-            )
+            text = f"region boxes {[list(b) for b in missing]} not in the text"
+            out.append(RegionFinding(self.config.missing_text_box_verdict, "box_missing_in_text", text))
         return out

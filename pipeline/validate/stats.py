@@ -206,7 +206,8 @@ class StatsValidator:
         }
         df = pl.read_ndjson(io.BytesIO(blob), schema=schema).unnest("meta").unnest("features")
         key = pl.concat_str(
-            [pl.col("term") if g == "term" else pl.col(g).fill_null("None") for g in self.config.group_by], separator="|"
+            [pl.col("term") if g == "term" else pl.col(g).fill_null("None") for g in self.config.group_by],
+            separator="|",
         )
         return df.select(key.alias("__key__"), pl.col("dedup").hash(seed=0).alias("__dedup__"), *self.config.features)
 
