@@ -220,6 +220,30 @@ def test_glossary_drafts_are_checked_against_every_term(llm, workdir):
     assert g.resolve("右肾区") is None  # not accepted
 
 
+def test_malformed_replies_and_review_entries_are_rejected_not_crashed_on(llm, workdir):
+    """A model's names that are not a list (a number) are rejected with a reason; a hand-edited review entry
+    whose term / file / bank is not a string is skipped."""
+    llm.reply = lambda body: json.dumps({"kidney_right": {"en": 5, "zh": "右肾区"}, "liver": {"en": ["hepar"]}},
+                                        ensure_ascii=False)
+    res = run_expand("glossary", load_expand_config(_config(workdir, llm)))
+    doc = yaml.safe_load(res.review_path.read_text(encoding="utf-8"))
+    assert {(e["term"], e["value"]) for e in doc["entries"]} == {("kidney_right", "右肾区"), ("liver", "hepar")}
+    assert {"term": "kidney_right", "lang": "en", "text": "5", "reason": "not a list of names"} in doc["rejected"]
+    for e in doc["entries"]:
+        e["accepted"] = True
+    doc["entries"][0]["term"] = ["kidney_right"]
+    doc["entries"][1]["file"] = {"a": 1}
+    res.review_path.write_text(yaml.safe_dump(doc, allow_unicode=True, sort_keys=False), encoding="utf-8")
+    plan = plan_accept(res.review_path)
+    assert plan.count == 0 and len(plan.skipped) == 2 and all("unknown term or file" in s for s in plan.skipped)
+    review = workdir / "templates.review.yaml"
+    entry = {"bank": ["text_to_region.en"], "id": "x", "slot": "question_single", "text": VALID_1, "accepted": True}
+    review.write_text(yaml.safe_dump({"kind": "templates", "data_dir": str(workdir / "langdata"),
+                                      "entries": [entry]}), encoding="utf-8")
+    plan = plan_accept(review)
+    assert plan.count == 0 and "unknown bank" in plan.skipped[0]
+
+
 def test_validate_template_uses_the_bank_rules():
     bank = yaml.safe_load((DEFAULT_DATA_DIR / "templates" / "region_to_text.zh.yaml").read_text(encoding="utf-8"))
     assert validate_template(bank, "answer_sentence", "图中框出的是{term}。", "r2t.zh.a099") is None
