@@ -1,20 +1,19 @@
 """LLM-assisted expansion: generation -> validation -> review file -> human accept with a diff.
 
 The LLM is a loopback HTTP server (``http.server`` on 127.0.0.1, port 0, in a thread) that speaks the
-OpenAI chat-completions wire format.  It stands for a remote LLM service (any OpenAI-compatible endpoint:
-a hosted API, vLLM, llama.cpp server, ...); no test leaves the machine.
+OpenAI chat-completions wire format (:class:`helpers_llm.FakeLLM`).  It stands for a remote LLM service (any
+OpenAI-compatible endpoint: a hosted API, vLLM, llama.cpp server, ...); no test leaves the machine.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 import yaml
+from helpers_llm import FakeLLM, loopback_only
 
 from pipeline.evaluate.expand import (
     DEFAULT_DATA_DIR,
@@ -33,61 +32,15 @@ INVALID_UNBALANCED = "Locate {ref} (in this {image}."
 INVALID_NO_REF = "Where is it in this {image}?"
 
 
-class FakeLLM:
-    """Stands for a remote LLM service: answers POST /v1/chat/completions like an OpenAI-compatible API."""
-
-    def __init__(self) -> None:
-        self.requests: list[dict] = []
-        self.fail_next: list[int] = []  # HTTP status codes to answer with before succeeding
-        self.reply = lambda body: json.dumps([VALID_1, INVALID_NO_REF, VALID_2, INVALID_MISSING_REF, INVALID_UNBALANCED])
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):  # keep test output clean
-                pass
-
-            def do_POST(self):  # noqa: N802
-                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
-                fake.requests.append({"path": self.path, "body": body})
-                if self.path != "/v1/chat/completions":
-                    return self._send(404, {"error": {"message": "not found"}})
-                if fake.fail_next:
-                    code = fake.fail_next.pop(0)
-                    return self._send(code, {"error": {"message": "server error", "type": "server_error"}})
-                content = fake.reply(body)
-                return self._send(200, {
-                    "id": f"chatcmpl-{len(fake.requests)}",
-                    "object": "chat.completion",
-                    "created": 0,
-                    "model": body.get("model"),
-                    "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
-                    "usage": {"prompt_tokens": 10, "completion_tokens": 10, "total_tokens": 20},
-                })
-
-            def _send(self, code, obj):
-                data = json.dumps(obj).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+def _paraphrases(body: dict) -> str:
+    """The loopback model's reply to a template request: two valid paraphrases and three invalid ones."""
+    return json.dumps([VALID_1, INVALID_NO_REF, VALID_2, INVALID_MISSING_REF, INVALID_UNBALANCED])
 
 
 @pytest.fixture
 def llm(monkeypatch):
-    for var in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-    fake = FakeLLM()
+    loopback_only(monkeypatch)
+    fake = FakeLLM(_paraphrases)
     yield fake
     fake.close()
 
@@ -265,6 +218,30 @@ def test_glossary_drafts_are_checked_against_every_term(llm, workdir):
     g = load_glossary(workdir / "langdata" / "glossary")
     assert g.resolve("dextral kidney") == "kidney_right" and g.resolve("hepar") == "liver"
     assert g.resolve("右肾区") is None  # not accepted
+
+
+def test_malformed_replies_and_review_entries_are_rejected_not_crashed_on(llm, workdir):
+    """A model's names that are not a list (a number) are rejected with a reason; a hand-edited review entry
+    whose term / file / bank is not a string is skipped."""
+    llm.reply = lambda body: json.dumps({"kidney_right": {"en": 5, "zh": "右肾区"}, "liver": {"en": ["hepar"]}},
+                                        ensure_ascii=False)
+    res = run_expand("glossary", load_expand_config(_config(workdir, llm)))
+    doc = yaml.safe_load(res.review_path.read_text(encoding="utf-8"))
+    assert {(e["term"], e["value"]) for e in doc["entries"]} == {("kidney_right", "右肾区"), ("liver", "hepar")}
+    assert {"term": "kidney_right", "lang": "en", "text": "5", "reason": "not a list of names"} in doc["rejected"]
+    for e in doc["entries"]:
+        e["accepted"] = True
+    doc["entries"][0]["term"] = ["kidney_right"]
+    doc["entries"][1]["file"] = {"a": 1}
+    res.review_path.write_text(yaml.safe_dump(doc, allow_unicode=True, sort_keys=False), encoding="utf-8")
+    plan = plan_accept(res.review_path)
+    assert plan.count == 0 and len(plan.skipped) == 2 and all("unknown term or file" in s for s in plan.skipped)
+    review = workdir / "templates.review.yaml"
+    entry = {"bank": ["text_to_region.en"], "id": "x", "slot": "question_single", "text": VALID_1, "accepted": True}
+    review.write_text(yaml.safe_dump({"kind": "templates", "data_dir": str(workdir / "langdata"),
+                                      "entries": [entry]}), encoding="utf-8")
+    plan = plan_accept(review)
+    assert plan.count == 0 and "unknown bank" in plan.skipped[0]
 
 
 def test_validate_template_uses_the_bank_rules():

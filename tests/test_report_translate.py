@@ -1,5 +1,5 @@
 """Glossary-safe translation of report sentences on a loopback OpenAI-compatible server (a test double for a remote
-LLM service, as in tests/test_expand.py): placeholders for glossary terms, replies checked (a model that
+LLM service, tests/helpers_llm.py): placeholders for glossary terms, replies checked (a model that
 re-translates or drops a term is rejected), the cache, the review file and `accept`."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import json
 import pytest
 import yaml
 from report_fixtures import build as build_fixture
-from test_expand import FakeLLM
+from helpers_llm import FakeLLM, good_model, loopback_only
 
 from flows.translate import source_sentences, translate_source
 from pipeline.evaluate.translate import (
@@ -20,42 +20,6 @@ from pipeline.evaluate.translate import (
     protect,
 )
 from pipeline.language.glossary import load_glossary
-
-#: what the loopback "model" answers for the protected (placeholder) form of each fixture sentence
-ZH = {
-    "⟦T1⟧ ⟦T2⟧.": "⟦T1⟧⟦T2⟧。",
-    "Small right ⟦T1⟧.": "少量右侧⟦T1⟧。",
-    "Moderate ⟦T1⟧.": "中度⟦T1⟧。",
-    "Patchy opacities in both lower ⟦T1⟧.": "双下⟦T1⟧见斑片状阴影。",
-    "Left basilar ⟦T1⟧.": "左肺底⟦T1⟧。",
-    "⟦T1⟧ is clear without ⟦T2⟧.": "⟦T1⟧清晰，未见⟦T2⟧。",
-    "Left basilar opacity likely reflects ⟦T1⟧.": "左肺底阴影，考虑⟦T1⟧。",
-    "The ⟦T1⟧ size is normal.": "⟦T1⟧大小正常。",
-    "Mediastinal contours are unremarkable.": "纵隔轮廓未见异常。",
-    "No ⟦T1⟧ or ⟦T2⟧ in the ⟦T3⟧.": "⟦T3⟧未见⟦T1⟧或⟦T2⟧。",
-    "A 5 mm ⟦T1⟧ is seen in the ⟦T2⟧.": "⟦T2⟧见一5 mm⟦T1⟧。",
-    "No focal ⟦T1⟧ is seen in the ⟦T2⟧.": "⟦T2⟧未见局灶性⟦T1⟧。",
-    "⟦T1⟧ size is normal and there is no pericardial effusion.": "⟦T1⟧大小正常，未见心包积液。",
-    "⟦T1⟧ and both main bronchi are open.": "⟦T1⟧及双侧主支气管通畅。",
-    "Ground glass opacities are present in the ⟦T1⟧.": "⟦T1⟧见磨玻璃影。",
-    "The ⟦T1⟧ is clear.": "⟦T1⟧清晰。",
-    "The ⟦T1⟧ is mildly enlarged.": "⟦T1⟧轻度增大。",
-    "No focal ⟦T1⟧.": "未见局灶性⟦T1⟧。",
-    "No ⟦T1⟧ is observed.": "未见⟦T1⟧。",
-}
-EN = {
-    "⟦T1⟧见一⟦T2⟧，直径约8mm。": "A ⟦T2⟧ about 8 mm across is seen in the ⟦T1⟧.",
-    "⟦T1⟧未见明显⟦T2⟧。": "No obvious ⟦T2⟧ in the ⟦T1⟧.",
-    "⟦T1⟧大小正常。": "The ⟦T1⟧ is of normal size.",
-    "肝脏形态大小正常，密度均匀。": "The liver is normal in shape and size, with even density.",
-    "脾脏不大。": "The spleen is not enlarged.",
-}
-
-
-def good_model(body: dict) -> str:
-    """A correct translator of the fixtures' sentences (keeps every placeholder)."""
-    text = body["messages"][-1]["content"]
-    return ZH.get(text) or EN.get(text) or text
 
 
 def mistranslating_model(body: dict) -> str:
@@ -70,11 +34,8 @@ def mistranslating_model(body: dict) -> str:
 
 @pytest.fixture
 def server(monkeypatch):
-    for var in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-    fake = FakeLLM()
-    fake.reply = good_model
+    loopback_only(monkeypatch)
+    fake = FakeLLM(good_model)
     yield fake
     fake.close()
 

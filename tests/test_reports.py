@@ -11,9 +11,8 @@ from pathlib import Path
 import orjson
 import pytest
 import yaml
+from helpers_llm import FakeLLM, good_model
 from report_fixtures import IMAGENOME_IDS, MSCXR_IDS, build as build_fixture
-from test_expand import FakeLLM
-from test_report_translate import good_model
 
 from flows.run import build
 from flows.translate import translate_source
@@ -170,8 +169,7 @@ SOURCES = ("ms-cxr", "chest-imagenome", "radgenome-chestct", "inhouse-reports", 
 def release(data, tmp_path_factory):
     """All four sources, their sentences translated on the loopback server, every translation accepted."""
     tmp = tmp_path_factory.mktemp("report-release")
-    fake = FakeLLM()  # stands for the remote LLM service
-    fake.reply = good_model
+    fake = FakeLLM(good_model)  # stands for the remote LLM service
     cfg = TranslateConfig.model_validate({"llm": {"base_url": fake.url, "model": "fake", "max_retries": 0},
                                           "cache_dir": str(tmp / "cache")})
     accepted = tmp / "accepted.yaml"

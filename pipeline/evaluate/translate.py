@@ -2,7 +2,7 @@
 
 Report-grounded sources have their reports in one language (MIMIC-CXR, CT-RATE: English; a hospital's own:
 Chinese).  ``medreg translate run --card CARD --config FILE`` translates their sentences into the other
-language through an OpenAI-compatible chat endpoint (the ``openai`` client, :class:`~pipeline.evaluate.expand.LLMClient`
+language through an OpenAI-compatible chat endpoint (the ``openai`` client, :class:`~pipeline.evaluate.llm.LLMClient`
 with its JSON directory cache and retries), as ``medreg expand`` drafts templates:
 
 1. **Terms are fixed first.**  Every glossary name in a sentence ("right lung", "pleural effusion") is replaced
@@ -31,7 +31,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from pipeline.core.atomic import write_bytes_atomic
-from pipeline.evaluate.expand import ExpandError, LLMClient, LLMConfig
+from pipeline.evaluate.llm import ExpandError, LLMClient, LLMConfig, ReviewResult, write_review_file
 from pipeline.language.report_text import clean_sentence, has_cjk, term_spans
 from schemas.yamlio import YamlError, load_yaml
 
@@ -172,12 +172,8 @@ def _messages(prot: Protected, source_lang: str, target_lang: str) -> list[dict[
 
 
 @dataclass
-class TranslateResult:
-    review_path: Path
-    proposed: int
-    rejected: int
-    requests: int
-    cache_hits: int
+class TranslateResult(ReviewResult):
+    """What ``medreg translate run`` did (:class:`~pipeline.evaluate.llm.ReviewResult`)."""
 
 
 _REVIEW_HEADER = (
@@ -230,10 +226,7 @@ def run_translate(
                         "accepted": False})
     out = Path(review_path) if review_path else cfg.path(cfg.review_file or f"translate-{source_name}.review.yaml")
     doc = {"kind": "translations", "model": client.model, "entries": entries, "rejected": rejected}
-    text_out = _REVIEW_HEADER.format(path=out.name) + yaml.safe_dump(doc, allow_unicode=True, sort_keys=False,
-                                                                      width=1000)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    write_bytes_atomic(out, text_out.encode("utf-8"))
+    write_review_file(out, _REVIEW_HEADER, doc)
     return TranslateResult(out, len(entries), len(rejected), client.requests, client.cache_hits)
 
 
