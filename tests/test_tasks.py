@@ -15,7 +15,7 @@ from pathlib import Path
 from pipeline.core.types import Region
 from pipeline.language.glossary import load_glossary, load_label_map
 from pipeline.language.lint import lint_rows
-from pipeline.language.slices import SliceView, box_list_text
+from pipeline.language.slices import SliceView
 from pipeline.language.tasks import (
     AMBIGUOUS_IOU,
     Generated,
@@ -26,7 +26,7 @@ from pipeline.language.tasks import (
 )
 from pipeline.language.templates import check_grounding, load_templates
 from pipeline.language.voice import phrase_traits
-from pipeline.regions.coords import box_iou, format_boxes, normalise_box, order_boxes
+from pipeline.regions.coords import box_iou, normalise_box, order_boxes
 from schemas.records import Turn
 
 G = load_glossary()
@@ -697,13 +697,6 @@ def test_languages_share_the_plan(corpus) -> None:
             assert set(pair) == {"en", "zh"}
             assert pair["en"].regions == pair["zh"].regions
             assert pair["en"].subtask == pair["zh"].subtask
-
-
-def test_fast_box_text_matches_format_boxes() -> None:
-    r = np.random.default_rng(0)
-    for _ in range(500):
-        boxes = [tuple(int(v) for v in r.integers(0, 1000, 4)) for _ in range(int(r.integers(1, 5)))]
-        assert box_list_text(boxes) == format_boxes(boxes)
 
 
 def test_ambiguity_window_is_exact() -> None:

@@ -26,6 +26,7 @@ import numpy as np
 
 from pipeline.core.types import Region
 from pipeline.language.slices import SliceView
+from pipeline.regions.coords import one_box_tag
 
 
 def _blocks(rng: np.random.Generator) -> Iterator[list[float]]:
@@ -68,10 +69,6 @@ class Plan:
     boxes: list[str] = field(default_factory=list)  # region -> text: the box tag of each asked region
     grouped: list[tuple[str, str]] = field(default_factory=list)  # region -> text multi: (term, its box tags)
     report: bool = False  # grounded report: the lines are the report's own sentences (SliceView.report)
-
-
-def _box_tag(box: tuple[int, ...]) -> str:
-    return f"<box>[[{box[0]}, {box[1]}, {box[2]}, {box[3]}]]</box>"
 
 
 class Planner:
@@ -125,7 +122,7 @@ class Planner:
             return None
         chosen.sort()  # canonical order
         regs = [sl.regions[i] for i in chosen]
-        boxes = [_box_tag(r.box) for r in regs]
+        boxes = [one_box_tag(r.box) for r in regs]
         if len(regs) == 1:
             return Plan("single", regs, [regs[0].term], boxes)
         lists: dict[str, list[str]] = {}

@@ -11,6 +11,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from pipeline.core.types import Region
+from pipeline.regions.coords import box_iou, box_tag
 
 if TYPE_CHECKING:
     from pipeline.language.glossary import Term
@@ -35,20 +36,6 @@ def region_key(r: Region) -> tuple[int, int, int, int, str]:
     return (b[1], b[0], b[3], b[2], r.term)
 
 
-def box_list_text(boxes: list[tuple[int, ...]]) -> str:
-    """``[[x1, y1, x2, y2], ...]`` exactly as :func:`pipeline.regions.coords.format_boxes` writes it."""
-    return "[" + ", ".join([f"[{b[0]}, {b[1]}, {b[2]}, {b[3]}]" for b in boxes]) + "]"
-
-
-def _iou(a: tuple[int, ...], b: tuple[int, ...]) -> float:
-    ix = min(a[2], b[2]) - max(a[0], b[0])
-    iy = min(a[3], b[3]) - max(a[1], b[1])
-    if ix <= 0 or iy <= 0:
-        return 0.0
-    inter = ix * iy
-    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
-
-
 def position_of(box: tuple[int, ...]) -> str:
     """The ninth of the image (thirds of the 0..999 width and height) holding the box's centre."""
     cx, cy = box[0] + box[2], box[1] + box[3]  # twice the centre
@@ -63,7 +50,7 @@ class TermBoxes(dict[str, str]):  # a dict subclass: a hit is one C-level lookup
     regions: list[Region]
 
     def __missing__(self, term: str) -> str:
-        tag = "<box>" + box_list_text([self.regions[i].box for i in self.by_term[term]]) + "</box>"
+        tag = box_tag([self.regions[i].box for i in self.by_term[term]])
         self[term] = tag
         return tag
 
@@ -168,7 +155,7 @@ class SliceView:
             for rj in regs[j + 1 :]:
                 if rj.box[1] > hi:
                     break
-                if rj.term != ri.term and _iou(bi, rj.box) >= AMBIGUOUS_IOU:
+                if rj.term != ri.term and box_iou(bi, rj.box) >= AMBIGUOUS_IOU:
                     got = True
                     break
             self._amb[i] = got

@@ -127,6 +127,12 @@ def box_tag(boxes: Sequence[Sequence[int]]) -> str:
     return "<box>" + format_boxes(boxes) + "</box>"
 
 
+def one_box_tag(box: Sequence[int]) -> str:
+    """``<box>[[x1, y1, x2, y2]]</box>`` for one integer box: :func:`box_tag` of ``[box]`` at a third of its
+    cost (no integer check; the language stage formats one per sampled region)."""
+    return f"<box>[[{box[0]}, {box[1]}, {box[2]}, {box[3]}]]</box>"
+
+
 def ref_box(text: str, boxes: Sequence[Sequence[int]]) -> str:
     """``<ref>text</ref><box>[[...], ...]</box>``: a term's display text and all of its boxes."""
     return "<ref>" + text + "</ref>" + box_tag(boxes)
