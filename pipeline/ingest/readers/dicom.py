@@ -107,7 +107,7 @@ class DicomSeries:
 
     @property
     def shape(self) -> tuple[int, int, int]:
-        return tuple(self.array.shape)  # type: ignore[return-value]
+        return tuple(self.array.shape)
 
     @property
     def slice_offsets(self) -> np.ndarray:
@@ -117,7 +117,7 @@ class DicomSeries:
     @property
     def sop_to_index(self) -> dict[str, int]:
         out: dict[str, int] = {}
-        for i, (uid, fr) in enumerate(zip(self.sop_uids, self.frames)):
+        for i, (uid, fr) in enumerate(zip(self.sop_uids, self.frames, strict=True)):  # both per slice
             if fr is None:
                 out.setdefault(uid, i)
         return out
@@ -138,7 +138,8 @@ class DicomSeries:
     def to_rc(self, points_lps: np.ndarray, k: int) -> np.ndarray:
         """(N, 3) LPS points on slice ``k`` -> (N, 2) continuous (row, col) pixel coordinates."""
         rel = np.asarray(points_lps, float) - self.positions[k]
-        return np.stack([rel @ self.col_dir / self.pixel_spacing[0], rel @ self.row_dir / self.pixel_spacing[1]], axis=1)
+        return np.stack([rel @ self.col_dir / self.pixel_spacing[0], rel @ self.row_dir / self.pixel_spacing[1]],
+                        axis=1)
 
     def to_canonical(self, array: np.ndarray | None = None) -> tuple[np.ndarray, CanonicalGeometry]:
         """``array`` (default the image; any array on this grid, e.g. labels) in display-canonical layout."""
@@ -168,7 +169,9 @@ def read_series(
             raise_if_damaged(info.path, info.problem)
     groups = group_series(infos)
     group, notes = choose_series(groups, series_uid, where)
-    return read_group(group, notes=notes + ([f"skipped {len(skipped)} non-DICOM file(s): {', '.join(skipped[:5])}"] if skipped else []), workers=workers)
+    if skipped:
+        notes = notes + [f"skipped {len(skipped)} non-DICOM file(s): {', '.join(skipped[:5])}"]
+    return read_group(group, notes=notes, workers=workers)
 
 
 def read_group(group: SeriesGroup, *, notes: list[str] | None = None, workers: int | None = None) -> DicomSeries:
@@ -191,12 +194,12 @@ def read_group(group: SeriesGroup, *, notes: list[str] | None = None, workers: i
     intercepts = np.array([s.intercept for s in slices], dtype=float)
     bits = {(f.bits_stored, f.pixel_representation) for f in group.files}
     array, rescaled = _rescale(stack, slopes, intercepts, bits=bits.pop() if len(bits) == 1 else None)
-    ps = first.pixel_spacing
+    first_ipp, _, ps = first.placement()
     aff = np.eye(4)
     aff[:3, 0] = facts["step"]
     aff[:3, 1] = facts["col_dir"] * ps[0]
     aff[:3, 2] = facts["row_dir"] * ps[1]
-    aff[:3, 3] = first.ipp
+    aff[:3, 3] = first_ipp
     photometric = by_path[first.path].photometric
     if photometric == "MONOCHROME1":
         notes.append("PhotometricInterpretation MONOCHROME1: low values display bright (values kept as stored)")
@@ -212,7 +215,7 @@ def read_group(group: SeriesGroup, *, notes: list[str] | None = None, workers: i
         files=[s.path for s in slices],
         frames=[s.frame for s in slices],
         sop_uids=[s.sop_uid for s in slices],
-        positions=np.stack([s.ipp for s in slices]),
+        positions=np.stack([s.placement()[0] for s in slices]),
         row_dir=facts["row_dir"],
         col_dir=facts["col_dir"],
         normal=normal,
@@ -265,7 +268,7 @@ def index_dicom(paths: str | Path | Iterable[str | Path], *, workers: int | None
     from pipeline.ingest.readers.rtstruct import RtStructHeader
 
     infos, segs, rts, skipped, damaged = [], [], [], [], []
-    for f, r in zip(files, _map(one, files, workers)):
+    for f, r in zip(files, _map(one, files, workers), strict=True):  # one result per file
         if r is None:
             skipped.append(f.name)
         elif isinstance(r, tuple):

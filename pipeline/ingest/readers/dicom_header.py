@@ -12,6 +12,7 @@ from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import overload
 
 import numpy as np
 import pydicom
@@ -81,6 +82,26 @@ class SliceHeader:
     def name(self) -> str:
         return Path(self.path).name + (f" (frame {self.frame + 1})" if self.frame is not None else "")
 
+    def placement(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(ipp, iop, pixel_spacing)``, the facts that place the slice in a volume; ReadError naming the
+        first of them that is missing or malformed."""
+        return (
+            _required(self, self.ipp, "ImagePositionPatient (0020,0032)", "a spatially located image"),
+            _required(self, self.iop, "ImageOrientationPatient (0020,0037)", "a spatially located image"),
+            _required(self, self.pixel_spacing, "PixelSpacing (0028,0030)", "a calibrated cross-sectional image"),
+        )
+
+
+def _required(s: SliceHeader, value: np.ndarray | None, tag: str, what: str) -> np.ndarray:
+    if value is None:
+        raise ReadError(
+            f"{s.name}: {tag} is missing or malformed, so the slice cannot be placed in the volume",
+            file=s.path,
+            hint=f"the file is not {what} (scout, secondary capture, over-anonymised or damaged?); "
+            "remove it from the series folder or restore the tag",
+        )
+    return value
+
 
 @dataclass
 class FileInfo:
@@ -113,6 +134,14 @@ class FileInfo:
             and self.sop_class not in (SEG_SOP_CLASS, RTSTRUCT_SOP_CLASS)
             and self.modality not in _NON_IMAGE_MODALITIES
         )
+
+
+@overload
+def _float(ds, keyword: str, default: float) -> float: ...
+
+
+@overload
+def _float(ds, keyword: str, default: None = None) -> float | None: ...
 
 
 def _float(ds, keyword: str, default: float | None = None) -> float | None:
@@ -155,12 +184,14 @@ def _frame_slices(ds, path: str, n_frames: int) -> list[SliceHeader]:
                 frame=i,
                 sop_uid=str(ds.get("SOPInstanceUID", "")),
                 ipp=_vec(pos.get("ImagePositionPatient") if pos is not None else None, 3),
-                iop=_vec(ori.get("ImageOrientationPatient") if ori is not None else ds.get("ImageOrientationPatient"), 6),
+                iop=_vec(ori.get("ImageOrientationPatient") if ori is not None
+                         else ds.get("ImageOrientationPatient"), 6),
                 pixel_spacing=_vec(mea.get("PixelSpacing") if mea is not None else ds.get("PixelSpacing"), 2),
                 rows=rows,
                 cols=cols,
                 slope=_float(pvt, "RescaleSlope", 1.0) if pvt is not None else _float(ds, "RescaleSlope", 1.0),
-                intercept=_float(pvt, "RescaleIntercept", 0.0) if pvt is not None else _float(ds, "RescaleIntercept", 0.0),
+                intercept=_float(pvt, "RescaleIntercept", 0.0) if pvt is not None
+                else _float(ds, "RescaleIntercept", 0.0),
                 slice_thickness=_float(mea, "SliceThickness") if mea is not None else None,
                 spacing_between=_float(mea, "SpacingBetweenSlices") if mea is not None else None,
             )
@@ -215,7 +246,7 @@ class _Fast:
         return text
 
 
-def _set_problem(info: FileInfo, fast: _Fast, full) -> None:  # noqa: ANN001
+def _set_problem(info: FileInfo, fast: _Fast, full) -> None:
     """Flag an image file whose pixel data cannot be complete (missing, short, truncated, frame count)."""
     if info.sop_class in (SEG_SOP_CLASS, RTSTRUCT_SOP_CLASS) or info.modality in _NON_IMAGE_MODALITIES:
         return
@@ -336,7 +367,9 @@ def _candidate(p: Path) -> bool:
     return not name.lower().endswith(_SKIP_SUFFIXES)
 
 
-def scan_files(files: Sequence[str | Path], *, strict: bool = False, workers: int | None = None) -> tuple[list[FileInfo], list[str]]:
+def scan_files(
+    files: Sequence[str | Path], *, strict: bool = False, workers: int | None = None
+) -> tuple[list[FileInfo], list[str]]:
     """Header facts of every readable DICOM file; unreadable/non-DICOM files are listed as notes
     (or raise with ``strict``)."""
     infos: list[FileInfo] = []
@@ -351,7 +384,7 @@ def scan_files(files: Sequence[str | Path], *, strict: bool = False, workers: in
             return exc
 
     results = _map(one, [str(f) for f in files], workers)
-    for f, r in zip(files, results):
+    for f, r in zip(files, results, strict=True):  # _map keeps one result per file
         if isinstance(r, ReadError) and looks_like_dicom(f):
             raise damaged_file_error(str(f), str(r).split(": ", 1)[-1])
         if isinstance(r, ReadError):

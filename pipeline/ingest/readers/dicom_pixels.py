@@ -18,7 +18,8 @@ from pipeline.ingest.readers.dicom_header import FileInfo, _map
 
 def _read_native(info: FileInfo) -> np.ndarray | None:
     """Uncompressed little-endian pixel data straight from the file (None when not applicable)."""
-    if info.pixel_tell is None or info.samples_per_pixel != 1 or info.bits_allocated not in (8, 16, 32):
+    if info.pixel_tell is None or info.pixel_length is None or info.samples_per_pixel != 1 \
+            or info.bits_allocated not in (8, 16, 32):
         return None
     rows, cols = info.slices[0].rows, info.slices[0].cols
     n = rows * cols * info.n_frames
@@ -68,7 +69,8 @@ def _read_pixels(info: FileInfo) -> np.ndarray:
 
 def _native_dtype(info: FileInfo) -> np.dtype | None:
     """numpy dtype of a file's pixel data when it can be read straight from the file, else None."""
-    if info.pixel_tell is None or info.samples_per_pixel != 1 or info.bits_allocated not in (8, 16, 32):
+    if info.pixel_tell is None or info.pixel_length is None or info.samples_per_pixel != 1 \
+            or info.bits_allocated not in (8, 16, 32):
         return None
     itemsize = info.bits_allocated // 8
     rows, cols = info.slices[0].rows, info.slices[0].cols
@@ -84,15 +86,17 @@ def _read_stack(files: list[FileInfo], index: dict, shape: tuple[int, int, int],
     intermediate copy); anything else goes through :func:`_read_pixels` (pydicom's decoders).
     """
     dtypes = {_native_dtype(f) for f in files}
-    if len(dtypes) == 1 and None not in dtypes and all(f.n_frames == 1 for f in files):
-        dtype = dtypes.pop()
+    dtype = dtypes.pop() if len(dtypes) == 1 else None  # one dtype, and every file readable straight
+    if dtype is not None and all(f.n_frames == 1 for f in files):
         stack = np.empty(shape, dtype=dtype)
         nbytes = shape[1] * shape[2] * dtype.itemsize
 
         def load(info: FileInfo) -> FileInfo | None:
-            k = index[(info.path, None)]
+            k, tell = index[(info.path, None)], info.pixel_tell
+            if tell is None:  # not read straight (cannot happen: _native_dtype checked it); the generic path
+                return info
             with open(info.path, "rb") as fh:
-                fh.seek(info.pixel_tell)
+                fh.seek(tell)
                 got = fh.readinto(memoryview(stack[k]).cast("B"))
             if got != nbytes:
                 return info  # truncated: let the generic path produce the error
@@ -118,14 +122,14 @@ def _read_stack(files: list[FileInfo], index: dict, shape: tuple[int, int, int],
         return info, _read_pixels(info)
 
     results = _map(load_any, files, workers)
-    dtype = np.result_type(*[r[1].dtype for r in results])
-    stack = np.empty(shape, dtype=dtype)
+    common = np.result_type(*[r[1].dtype for r in results])
+    stack = np.empty(shape, dtype=common)
     for info, px in results:
         if px.shape[1:] != shape[1:] or px.shape[0] != max(1, len(info.slices)):
             raise ReadError(
                 f"{Path(info.path).name}: pixel data shape {px.shape} does not match Rows/Columns/NumberOfFrames",
                 file=info.path, hint="the file is damaged or its header is wrong")
-        for s, frame in zip(info.slices, px):
+        for s, frame in zip(info.slices, px, strict=False):  # counts checked above (no slices: nothing placed)
             stack[index[(s.path, s.frame)]] = frame
     return stack
 
@@ -136,7 +140,7 @@ def _stored_range(stack: np.ndarray, bits: tuple[int, int] | None) -> tuple[int,
     if bits is not None:
         bs, signed = bits
         lo, hi = (-(1 << (bs - 1)), (1 << (bs - 1)) - 1) if signed else (0, (1 << bs) - 1)
-        if -32768 <= lo - 4096 and hi + 4096 <= 32767:
+        if lo - 4096 >= -32768 and hi + 4096 <= 32767:
             return lo, hi
     if not stack.size:
         return 0, 0
@@ -163,10 +167,11 @@ def _rescale(stack: np.ndarray, slopes: np.ndarray, intercepts: np.ndarray,
                 out = stack.astype(target)
             out += target(intercepts[0])
             return out, True
-        out = stack.astype(np.int32) * slopes.astype(np.int32)[:, None, None] + intercepts.astype(np.int32)[:, None, None]
+        out = (stack.astype(np.int32) * slopes.astype(np.int32)[:, None, None]
+               + intercepts.astype(np.int32)[:, None, None])
         return out.astype(target), True
-    out = stack.astype(np.float32)
-    out *= slopes.astype(np.float32)[:, None, None]
-    out += intercepts.astype(np.float32)[:, None, None]
-    return out, True
+    scaled = stack.astype(np.float32)
+    scaled *= slopes.astype(np.float32)[:, None, None]
+    scaled += intercepts.astype(np.float32)[:, None, None]
+    return scaled, True
 

@@ -77,35 +77,25 @@ def choose_series(groups: dict[str, SeriesGroup], series_uid: str | None, where:
 
 def _check_geometry(slices: list[SliceHeader]) -> None:
     first = slices[0]
+    _, first_iop, first_ps = first.placement()
     for s in slices:
-        for attr, tag, what in (
-            ("ipp", "ImagePositionPatient (0020,0032)", "a spatially located image"),
-            ("iop", "ImageOrientationPatient (0020,0037)", "a spatially located image"),
-            ("pixel_spacing", "PixelSpacing (0028,0030)", "a calibrated cross-sectional image"),
-        ):
-            if getattr(s, attr) is None:
-                raise ReadError(
-                    f"{s.name}: {tag} is missing or malformed, so the slice cannot be placed in the volume",
-                    file=s.path,
-                    hint=f"the file is not {what} (scout, secondary capture, over-anonymised or damaged?); "
-                    "remove it from the series folder or restore the tag",
-                )
+        _, iop, ps = s.placement()
         if (s.rows, s.cols) != (first.rows, first.cols):
             raise ReadError(
                 f"{s.name} is {s.rows}x{s.cols} (rows x columns) but {first.name} is {first.rows}x{first.cols}",
                 file=s.path,
                 hint="a series must have one matrix size; the folder mixes series or holds a scout/localizer",
             )
-        if not np.allclose(s.iop, first.iop, atol=_ORIENT_TOL):
+        if not np.allclose(iop, first_iop, atol=_ORIENT_TOL):
             raise ReadError(
-                f"{s.name} has ImageOrientationPatient {np.round(s.iop, 4).tolist()} but {first.name} has "
-                f"{np.round(first.iop, 4).tolist()}: mixed orientations in one series",
+                f"{s.name} has ImageOrientationPatient {np.round(iop, 4).tolist()} but {first.name} has "
+                f"{np.round(first_iop, 4).tolist()}: mixed orientations in one series",
                 file=s.path,
                 hint="remove scout/localizer images, or split the stacks (e.g. axial + reformats) into separate series",
             )
-        if not np.allclose(s.pixel_spacing, first.pixel_spacing, rtol=1e-3, atol=1e-4):
+        if not np.allclose(ps, first_ps, rtol=1e-3, atol=1e-4):
             raise ReadError(
-                f"{s.name} has PixelSpacing {s.pixel_spacing.tolist()} but {first.name} has {first.pixel_spacing.tolist()}",
+                f"{s.name} has PixelSpacing {ps.tolist()} but {first.name} has {first_ps.tolist()}",
                 file=s.path,
                 hint="a series must have one pixel spacing; the folder mixes series",
             )
@@ -114,11 +104,11 @@ def _check_geometry(slices: list[SliceHeader]) -> None:
 def sort_slices(slices: list[SliceHeader]) -> tuple[list[SliceHeader], np.ndarray, dict]:
     """Sort slices along the normal; returns (sorted slices, normal, geometry facts incl. notes)."""
     _check_geometry(slices)
-    iop = slices[0].iop
+    iop = slices[0].placement()[1]
     row_dir, col_dir = iop[:3] / np.linalg.norm(iop[:3]), iop[3:] / np.linalg.norm(iop[3:])
     normal = np.cross(row_dir, col_dir)
     normal /= np.linalg.norm(normal)
-    keys = np.array([float(s.ipp @ normal) for s in slices])
+    keys = np.array([float(s.placement()[0] @ normal) for s in slices])
     order = np.argsort(keys, kind="stable")
     slices = [slices[i] for i in order]
     keys = keys[order]
@@ -155,12 +145,14 @@ def sort_slices(slices: list[SliceHeader]) -> tuple[list[SliceHeader], np.ndarra
             f"non-uniform slice spacing: {diffs.min():.3f}..{diffs.max():.3f} mm (median {nominal:.3f} mm); "
             "the volume uses the mean spacing"
         )
-    span = slices[-1].ipp - slices[0].ipp
+    span = slices[-1].placement()[0] - slices[0].placement()[0]
     step = span / (len(slices) - 1)
     along = float(step @ normal)
     tilt = float(np.degrees(np.arccos(np.clip(abs(along) / np.linalg.norm(step), 0, 1))))
     if tilt > 0.1:
-        notes.append(f"slice positions are sheared by {tilt:.2f} deg from the normal (gantry tilt); the affine keeps the shear")
+        notes.append(
+            f"slice positions are sheared by {tilt:.2f} deg from the normal (gantry tilt); the affine keeps the shear"
+        )
     facts["spacing"] = float(abs(along))
     facts["step"] = step
     if gaps.size:
