@@ -60,7 +60,8 @@ def write_synthetic_series(
     for k in range(K):
         sop = generate_uid(entropy_srcs=[f"sop-{seed}-{patient_id}-{k}"])
         meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.2" if modality == "CT" else "1.2.840.10008.5.1.4.1.1.4"
+        meta.MediaStorageSOPClassUID = UID("1.2.840.10008.5.1.4.1.1.2" if modality == "CT"
+                                           else "1.2.840.10008.5.1.4.1.1.4")
         meta.MediaStorageSOPInstanceUID = sop
         meta.TransferSyntaxUID = ExplicitVRLittleEndian if ts.is_compressed else ts
         ds = Dataset()
@@ -81,7 +82,8 @@ def write_synthetic_series(
         ds.Modality = modality
         ds.SeriesNumber = 2
         ds.InstanceNumber = int(perm[k]) + 1
-        pos = np.asarray(positions[k], float) if positions is not None else np.asarray(origin, float) + k * spacing[0] * normal
+        pos = (np.asarray(positions[k], float) if positions is not None
+               else np.asarray(origin, float) + k * spacing[0] * normal)
         ds.ImagePositionPatient = [f"{v:.6g}" for v in pos]
         ds.ImageOrientationPatient = [f"{v:.6g}" for v in iop_a]
         ds.PixelSpacing = [f"{spacing[1]:.6g}", f"{spacing[2]:.6g}"]

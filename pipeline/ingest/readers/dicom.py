@@ -26,6 +26,10 @@ Array layout: ``array[k, r, c]`` with ``k`` the sorted slice index (ascending po
 ``r`` the stored row and ``c`` the stored column; ``affine_lps`` maps ``(k, r, c, 1)`` to LPS mm.
 Use :meth:`DicomSeries.to_canonical` (``geometry.lps_to_ras_affine`` + ``geometry.to_canonical``) for
 the display-canonical layout of ``pipeline.core.types``.
+
+Modules: :mod:`.dicom_header` (tags, per-file facts, folder scan), :mod:`.dicom_slices` (series grouping,
+slice checks and sorting), :mod:`.dicom_pixels` (pixel reading, rescale), :mod:`.dicom_checks` (integrity);
+this module assembles a :class:`DicomSeries` and re-exports their public names.
 """
 
 from __future__ import annotations
