@@ -23,7 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.ingest.readers.dicom import read_series, write_synthetic_series
+from pipeline.ingest.readers.dicom import read_series
+from tests.synthetic_dicom import write_synthetic_series
 
 
 def make_series(folder: Path, slices: int, size: int, seed: int = 0) -> None:

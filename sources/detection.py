@@ -42,7 +42,6 @@ import re
 from pathlib import Path
 from typing import Literal
 
-import numpy as np
 from pydantic import Field
 
 from pipeline.core.paths import shown
@@ -269,14 +268,3 @@ class CocoJsonAdapter(_BoxAdapter):
                 refs[cid] = self._ref(cid, folder / name, path, group, split, size if size and all(size) else None)
         return sorted(refs.values(), key=lambda r: r.case_id)
 
-
-def synthesise_blank_images(folder: str | Path, names: list[str], size: tuple[int, int] = (1024, 1024)) -> None:
-    """Write blank grey PNGs named ``names`` (test helper for CSV edge cases; the card and the demo use the real
-    images of the nih-cxr14-images sample)."""
-    from PIL import Image
-
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    blank = Image.fromarray(np.zeros((size[1], size[0]), dtype=np.uint8))
-    for n in names:
-        blank.save(folder / n, optimize=False, compress_level=1)

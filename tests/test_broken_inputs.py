@@ -12,11 +12,12 @@ import pydicom
 import pytest
 
 from pipeline.ingest.readers import ReadError
-from pipeline.ingest.readers.dicom import read_series, write_synthetic_series
+from pipeline.ingest.readers.dicom import read_series
 from pipeline.ingest.readers.dicom_seg import read_seg
 from pipeline.ingest.readers.rtstruct import read_rtstruct
 from schemas.card import SourceCard
 from sources.base import get_adapter, load_card
+from synthetic_dicom import write_synthetic_series
 
 SAMPLES = Path(os.environ.get("MEDREG_SAMPLES", Path(__file__).resolve().parents[2] / "shared" / "data"))
 DCMQI = SAMPLES / "dcmqi-ct-liver-seg"
@@ -185,7 +186,7 @@ def test_csv_row_with_negative_width_fails_only_its_case(tmp_path):
     lines[3] = ",".join(bad)
     (tmp_path / CSV.name).write_text("\n".join(lines) + "\n")
     bad_image = bad[0]
-    from sources.detection import synthesise_blank_images
+    from synthetic_images import synthesise_blank_images
 
     names = sorted({ln.split(",")[0] for ln in lines[1:]})
     synthesise_blank_images(tmp_path / "images", names[:3] + [bad_image])

@@ -24,7 +24,7 @@ from schemas.card import SourceCard
 from sources.base import get_adapter, load_card
 from pipeline.ingest.convert import convert
 from schemas.config import SlicingConfig
-from sources.detection import synthesise_blank_images
+from synthetic_images import synthesise_blank_images
 
 SAMPLES = Path(os.environ.get("MEDREG_SAMPLES", Path(__file__).resolve().parents[2] / "shared" / "data"))
 CSV = SAMPLES / "nih-cxr14-bbox" / "BBox_List_2017.csv"

@@ -14,7 +14,8 @@ import pytest
 
 from pipeline.ingest.geometry import display_view
 from pipeline.ingest.readers import ReadError
-from pipeline.ingest.readers.dicom import read_series, write_synthetic_series
+from pipeline.ingest.readers.dicom import read_series
+from synthetic_dicom import write_synthetic_series
 
 SAMPLES = Path(os.environ.get("MEDREG_SAMPLES", Path(__file__).resolve().parents[2] / "shared" / "data"))
 DCMQI = SAMPLES / "dcmqi-ct-liver-seg"

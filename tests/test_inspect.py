@@ -11,7 +11,7 @@ import pydicom
 import pytest
 
 from pipeline.ingest.inspect import format_inspection, inspect_path
-from pipeline.ingest.readers.dicom import write_synthetic_series
+from synthetic_dicom import write_synthetic_series
 
 SAMPLES = Path(os.environ.get("MEDREG_SAMPLES", Path(__file__).resolve().parents[2] / "shared" / "data"))
 

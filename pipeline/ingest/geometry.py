@@ -34,7 +34,7 @@ class CanonicalGeometry:
 
 
 def orientation_codes(affine: np.ndarray) -> tuple[str, str, str]:
-    return tuple(nio.aff2axcodes(affine))  # type: ignore[return-value]
+    return tuple(nio.aff2axcodes(affine))
 
 
 def _obliquity_deg(affine: np.ndarray) -> float:

@@ -45,6 +45,8 @@ def inspect_nifti(path: Path) -> dict[str, Any]:
     import nibabel as nib
 
     img = nib.load(str(path))
+    if not isinstance(img, nib.Nifti1Image):  # NIfTI-2 images are Nifti1Image subclasses
+        raise TypeError(f"{path.name} did not load as a NIfTI image ({type(img).__name__})")
     hdr = img.header
     arr = np.asanyarray(img.dataobj)
     out: dict[str, Any] = {
@@ -65,10 +67,11 @@ def inspect_nifti(path: Path) -> dict[str, Any]:
         integral = bool(np.all(np.isfinite(sample)) and np.array_equal(sample, np.rint(sample)))
     vmin, vmax = float(np.min(arr)), float(np.max(arr))
     out["range"] = [vmin, vmax]
-    ids = counts = None
+    labels = None
     if integral and vmin >= 0 and vmax <= 65535:
-        ids, counts = np.unique(np.asarray(arr).astype(np.int64, copy=False), return_counts=True)
-    if ids is not None and len(ids) <= 1000:
+        labels = np.unique(np.asarray(arr).astype(np.int64, copy=False), return_counts=True)
+    if labels is not None and len(labels[0]) <= 1000:
+        ids, counts = labels
         out["looks_like"] = "label map"
         nz = [(int(i), int(c)) for i, c in zip(ids, counts, strict=True) if i != 0]
         out["label_ids"] = [i for i, _ in nz]
@@ -119,14 +122,14 @@ def _series_summary(group, number: int, root: Path) -> dict[str, Any]:
         out["problem"] = str(exc)
         out["hint"] = exc.hint
         return out
-    ps = sl[0].pixel_spacing
+    first_ipp, first_iop, ps = sl[0].placement()
     aff = np.eye(4)
     aff[:3, 0] = facts["step"]
     aff[:3, 1] = facts["col_dir"] * ps[0]
     aff[:3, 2] = facts["row_dir"] * ps[1]
-    aff[:3, 3] = sl[0].ipp
+    aff[:3, 3] = first_ipp
     out.update({
-        "orientation": _orientation_name(sl[0].iop),
+        "orientation": _orientation_name(first_iop),
         "axis_codes": "".join(orientation_codes(lps_to_ras_affine(aff))),  # (slice, row, col) in sorted order
         "spacing_mm": [round(float(facts["spacing"]), 4), round(float(ps[0]), 4), round(float(ps[1]), 4)],
         "rescale": sorted({(s.slope, s.intercept) for s in sl})[:3],
@@ -309,8 +312,9 @@ def inspect_csv(path: Path) -> dict[str, Any]:
     widths = Counter(len([c for c in r if c.strip() != ""]) for r in body)
     out["header"] = header
     out["fields_per_row"] = dict(sorted(widths.items()))
-    out["columns"] = max(widths, key=widths.get) if widths else len(header)
-    names, depth = [], 0
+    out["columns"] = max(widths, key=lambda w: widths[w]) if widths else len(header)
+    names: list[str] = []
+    depth = 0
     for h in header:  # re-join names that an unquoted comma inside brackets split ("Bbox [x,y,w,h]")
         if depth > 0:
             names[-1] += "," + h

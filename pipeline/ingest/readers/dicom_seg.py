@@ -30,8 +30,9 @@ from pipeline.ingest.align import align_labels_to_image
 from pipeline.core.paths import shown
 from pipeline.ingest.packing import LayerPacker, MaskRuns
 from pipeline.ingest.readers import ReadError
-from pipeline.ingest.readers.dicom import SEG_SOP_CLASS, DicomSeries, _vec, short_uid
+from pipeline.ingest.readers.dicom import SEG_SOP_CLASS, DicomSeries, short_uid
 from pipeline.ingest.readers.dicom_checks import check_decoded, pixel_problem, raise_if_damaged
+from pipeline.ingest.readers.dicom_header import _vec
 
 LABELMAP_SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.7"
 

@@ -64,7 +64,7 @@ class RtStructVolume:
     notes: list[str] = field(default_factory=list)
 
     def mask(self, number: int) -> np.ndarray:
-        for arr, rois in zip(self.layers, self.layer_rois):
+        for arr, rois in zip(self.layers, self.layer_rois, strict=True):  # one ROI list per layer
             if number in rois:
                 return arr == number
         return np.zeros(self.layers[0].shape if self.layers else (0, 0, 0), dtype=bool)
@@ -92,6 +92,18 @@ def _open(path: str | Path):
 def read_rtstruct_header(path: str | Path, ds=None) -> RtStructHeader:
     if ds is None:
         ds = _open(path)
+    series_uids, sops, frame_ref = _references(ds)
+    return RtStructHeader(
+        path=str(path),
+        frame_of_reference_uid=frame_ref or str(ds.get("FrameOfReferenceUID", "")),
+        referenced_series_uids=list(dict.fromkeys(series_uids)),
+        referenced_sop_uids=list(dict.fromkeys(sops)),
+        rois=_rois(ds),
+    )
+
+
+def _rois(ds) -> dict[int, RoiInfo]:
+    """ROI number -> name, interpreted type, code and contour facts."""
     rois: dict[int, RoiInfo] = {}
     for it in ds.get("StructureSetROISequence") or []:
         n = int(it.get("ROINumber", 0) or 0)
@@ -108,7 +120,14 @@ def read_rtstruct_header(path: str | Path, ds=None) -> RtStructHeader:
             cs = it.get("ContourSequence") or []
             rois[n].n_contours = len(cs)
             rois[n].geometric_types = tuple(sorted({str(c.get("ContourGeometricType", "")) for c in cs}))
-    series_uids, sops, frame_ref = [], [], ""
+    return rois
+
+
+def _references(ds) -> tuple[list[str], list[str], str]:
+    """(referenced series UIDs, referenced SOP instance UIDs, first FrameOfReferenceUID), in file order."""
+    series_uids: list[str] = []
+    sops: list[str] = []
+    frame_ref = ""
     for fr in ds.get("ReferencedFrameOfReferenceSequence") or []:
         frame_ref = frame_ref or str(fr.get("FrameOfReferenceUID", ""))
         for st in fr.get("RTReferencedStudySequence") or []:
@@ -123,13 +142,7 @@ def read_rtstruct_header(path: str | Path, ds=None) -> RtStructHeader:
             for im in c.get("ContourImageSequence") or []:
                 if im.get("ReferencedSOPInstanceUID"):
                     sops.append(str(im.ReferencedSOPInstanceUID))
-    return RtStructHeader(
-        path=str(path),
-        frame_of_reference_uid=frame_ref or str(ds.get("FrameOfReferenceUID", "")),
-        referenced_series_uids=list(dict.fromkeys(series_uids)),
-        referenced_sop_uids=list(dict.fromkeys(sops)),
-        rois=rois,
-    )
+    return series_uids, sops, frame_ref
 
 
 MAX_COORD_MM = 1e5  # 100 m: no patient coordinate is further from the origin
@@ -170,7 +183,10 @@ def fill_even_odd(polygons: list[np.ndarray], shape: tuple[int, int]) -> np.ndar
         if len(p) < 3:
             continue
         q = np.roll(p, -1, axis=0)
-        r0s.append(p[:, 0]); c0s.append(p[:, 1]); r1s.append(q[:, 0]); c1s.append(q[:, 1])
+        r0s.append(p[:, 0])
+        c0s.append(p[:, 1])
+        r1s.append(q[:, 0])
+        c1s.append(q[:, 1])
     if not r0s:
         return np.zeros(shape, dtype=bool)
     r0, c0, r1, c1 = (np.concatenate(a) for a in (r0s, c0s, r1s, c1s))
