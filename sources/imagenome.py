@@ -141,15 +141,9 @@ class ImaGenomeAdapter(ReportAdapter):
         return [(self.report_lang, t) for t in dict.fromkeys(texts) if t]
 
     def load(self, ref: CaseRef) -> Study:
-        from pipeline.ingest.readers.image2d import read_image
-
         sg = Path(ref.paths["scene_graph"])
         doc = self._read(sg)
-        path = Path(ref.paths["image"])
-        if not path.is_file():
-            raise ReadError(f"image {path.name} of {sg.name} not found under {shown(path.parent)}", file=str(path),
-                            hint="point the card's layout.images at the MIMIC-CXR-JPG folder holding files/")
-        image = read_image(path)
+        image = self.read_mimic_image(Path(ref.paths["image"]), sg.name)
         h, w = image.shape[:2]
         notes: list[str] = []
         boxes, terms = self._boxes(doc, sg.name, w, h, notes)

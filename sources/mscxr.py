@@ -87,13 +87,8 @@ class MsCxrAdapter(ReportAdapter):
         return [(self.report_lang, t) for t in dict.fromkeys(texts) if t]
 
     def load(self, ref: CaseRef) -> Study:
-        from pipeline.ingest.readers.image2d import read_image
-
         path, table = Path(ref.paths["image"]), ref.extra["table"]
-        if not path.is_file():
-            raise ReadError(f"image {path.name} of {table} not found under {shown(path.parent)}", file=str(path),
-                            hint="point the card's layout.images at the MIMIC-CXR-JPG folder holding files/")
-        image = read_image(path)
+        image = self.read_mimic_image(path, table)
         h, w = image.shape[:2]
         notes: list[str] = []
         boxes: list[PixelBoxAnnotation] = []

@@ -67,6 +67,17 @@ class ReportAdapter(SourceAdapter):
     def translations_file(self) -> Path | None:
         return self.card.report.translations_path(self.card.card_path) if self.card.report else None
 
+    @staticmethod
+    def read_mimic_image(path: Path, of: str) -> np.ndarray:
+        """The MIMIC-CXR-JPG image a scene graph or box table (``of``) names; a clear error when the images
+        were not downloaded next to the annotations."""
+        from pipeline.ingest.readers.image2d import read_image
+
+        if not path.is_file():
+            raise ReadError(f"image {path.name} of {of} not found under {shown(path.parent)}", file=str(path),
+                            hint="point the card's layout.images at the MIMIC-CXR-JPG folder holding files/")
+        return read_image(path)
+
     def accepted(self) -> dict[tuple[str, str, str], str]:
         if self._accepted is None:
             from pipeline.evaluate.translate import load_accepted
