@@ -5,6 +5,10 @@ Kept apart from the public API so each module stays small; nothing here is meant
 
 from __future__ import annotations
 
+import types
+from collections.abc import Callable
+from typing import Any
+
 import numpy as np
 
 try:  # numba is a hard dependency of the project; the fallback only keeps the module importable.
@@ -135,6 +139,21 @@ def _boxes_kernel_py(  # pragma: no cover - compiled; covered through slice_labe
         flags[ch] = flag
 
 
+def _as_own_function(fn: Callable[..., Any], name: str) -> types.FunctionType:
+    """A copy of ``fn`` under another name. numba's on-disk cache is keyed by the function's file, qualified
+    name and line, not by its compile flags: two dispatchers of one function (parallel and serial) shared
+    one cache entry, so whichever compiled first served both. A serial kernel loaded as the parallel one
+    launched numba's OpenMP pool in the process pool's fork server, and every forked worker that then ran
+    a parallel kernel aborted ("fork() called from a process already using GNU OpenMP"); a parallel kernel
+    loaded as the serial one ran volumes on one thread."""
+    assert isinstance(fn, types.FunctionType)
+    code = fn.__code__.replace(co_name=name, co_qualname=name)
+    copy = types.FunctionType(code, fn.__globals__, name, fn.__defaults__, fn.__closure__)
+    copy.__qualname__ = name
+    copy.__doc__ = fn.__doc__
+    return copy
+
+
 if HAVE_NUMBA:
     _helper = njit(cache=True, nogil=True, inline="always")
     _skip = _helper(_skip_py)
@@ -145,7 +164,8 @@ if HAVE_NUMBA:
     # the same kernel compiled twice: threads for volumes, serial for a slice or two (a thread-pool
     # launch per 2-D call costs milliseconds when the other core is busy)
     _boxes_kernel = njit(cache=True, parallel=True, nogil=True)(_boxes_kernel_py)
-    _boxes_kernel_serial = njit(cache=True, parallel=False, nogil=True)(_boxes_kernel_py)
+    _boxes_kernel_serial = njit(cache=True, parallel=False, nogil=True)(
+        _as_own_function(_boxes_kernel_py, "_boxes_kernel_serial_py"))
 
 
 _WORD_MULT = {1: 0x0101010101010101, 2: 0x0001000100010001, 4: 0x0000000100000001, 8: 1}
