@@ -37,7 +37,9 @@ a note.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -55,6 +57,8 @@ from pipeline.ingest.readers.rtstruct import read_rtstruct
 from sources.base import SourceAdapter
 from sources.layouts import Layout3D
 from sources.terms import card_terms_known, label_table
+
+T = TypeVar("T")
 
 # SNOMED CT / SNOMED-RT codes of common segmented structures -> canonical term.  Card ``labels``
 # override and extend this table.
@@ -130,6 +134,19 @@ class _DicomBase(SourceAdapter):
     """Shared discover/load plumbing: a series plus one annotation file per case."""
 
     role: str = ""  # "seg" / "rtstruct" / "labels"
+
+    @staticmethod
+    def _named(items: Iterable[tuple[int, T]], term_of: Callable[[T], str | None],
+               skipped: Callable[[int, T], str], notes: list[str]) -> dict[int, str]:
+        """Number -> term for every item (segment, ROI, label id) with a term; a note for each without."""
+        names: dict[int, str] = {}
+        for n, item in items:
+            term = term_of(item)
+            if term is None:
+                notes.append(skipped(n, item))
+            else:
+                names[n] = term
+        return names
 
     # discovery ---------------------------------------------------------------------------------
     def discover(self) -> list[CaseRef]:
@@ -327,17 +344,15 @@ class DicomSegAdapter(_DicomBase):
         series = self._read_series(ref)
         vol = read_seg(ref.paths["seg"], series)
         notes = list(vol.notes)
-        names: dict[int, str] = {}
-        for n, seg in sorted(vol.header.segments.items()):
-            term = self.segment_term(seg)
-            if term is not None and seg.laterality and not re.search(r"(^|_)(left|right)(_|$)", term):
+        names = self._named(
+            sorted(vol.header.segments.items()), self.segment_term,
+            lambda n, seg: (f"segment {n} ({seg.label!r}, {seg.property_type.key if seg.property_type else 'no code'}"
+                            f") has no term in card {self.card.name}; skipped"), notes)
+        for n, term in names.items():
+            seg = vol.header.segments[n]
+            if seg.laterality and not re.search(r"(^|_)(left|right)(_|$)", term):
                 notes.append(f"segment {n} ({seg.label!r}) is {seg.laterality}, but term {term!r} has no "
                              f"{term}_{seg.laterality}; emitted as {term!r}")
-            if term is None:
-                code = seg.property_type.key if seg.property_type else "no code"
-                notes.append(f"segment {n} ({seg.label!r}, {code}) has no term in card {self.card.name}; skipped")
-            else:
-                names[n] = term
         layers = self._layers(series, vol.layers, vol.layer_segments, names, ref.paths["seg"])
         if not layers:
             raise ReadError(
@@ -371,14 +386,9 @@ class DicomRtstructAdapter(_DicomBase):
         from pipeline.ingest.readers.rtstruct import read_rtstruct_header
 
         hdr = read_rtstruct_header(ref.paths["rtstruct"])
-        names: dict[int, str] = {}
         notes: list[str] = []
-        for n, roi in sorted(hdr.rois.items()):
-            term = self.roi_term(roi)
-            if term is None:
-                notes.append(f"ROI {roi.name!r} has no term in card {self.card.name}; skipped")
-            else:
-                names[n] = term
+        names = self._named(sorted(hdr.rois.items()), self.roi_term,
+                            lambda n, roi: f"ROI {roi.name!r} has no term in card {self.card.name}; skipped", notes)
         if not names:
             raise ReadError(
                 f"{Path(ref.paths['rtstruct']).name}: no ROI maps to a term of card {self.card.name} "
@@ -411,15 +421,9 @@ class DicomNiftiLabelsAdapter(_DicomBase):
                  and np.allclose(m[:3, 3], np.round(m[:3, 3]), atol=1e-3))
         notes = header_notes + [f"label map {Path(ref.paths['labels']).name} reoriented onto the series grid (exact "
                                 "voxel match)" if exact else note]
-        names: dict[int, str] = {}
-        for v in np.unique(arr).tolist():
-            if v == 0:
-                continue
-            term = self.term_for(str(v))
-            if term is None:
-                notes.append(f"label id {v} in {Path(ref.paths['labels']).name} has no term in card {self.card.name}")
-            else:
-                names[int(v)] = term
+        label_file = Path(ref.paths["labels"]).name
+        names = self._named(((int(v), str(v)) for v in np.unique(arr).tolist() if v != 0), self.term_for,
+                            lambda v, _: f"label id {v} in {label_file} has no term in card {self.card.name}", notes)
         if not names:
             raise ReadError(f"{Path(ref.paths['labels']).name}: no label id maps to a term of card {self.card.name}",
                             file=ref.paths["labels"], hint="check the card's labels against the label file")
