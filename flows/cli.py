@@ -253,7 +253,7 @@ def sources(
         try:
             c = load_card(str(path))
             t.add_row(*(Text(x) for x in (name, c.adapter, c.modality, c.body_region or "", c.licence, c.title)))
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             t.add_row(name, "[red]invalid[/red]", "", "", "", str(exc)[:80])
     console.print(t)
 

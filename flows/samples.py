@@ -235,7 +235,7 @@ def _fetch_bytes(url: str, timeout: float, retries: int, on_chunk=None) -> bytes
                     if on_chunk is not None:
                         on_chunk(len(chunk))
                 return b"".join(parts)
-        except Exception as exc:  # noqa: BLE001 - classified below
+        except Exception as exc:  # classified below
             last = exc
             if attempt >= retries or not _is_retryable(exc):
                 break
@@ -316,7 +316,7 @@ def _download_one(
                         advance(len(chunk))
                     f.flush()
                     os.fsync(f.fileno())
-            except Exception as exc:  # noqa: BLE001 - classified below
+            except Exception as exc:  # classified below
                 last = exc
                 advance(-n)
                 if attempt >= retries or not _is_retryable(exc):

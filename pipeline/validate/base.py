@@ -202,7 +202,7 @@ def run_validators(
             res = v.validate(sub)
             if len(res) != len(sub):
                 raise RuntimeError(f"returned {len(res)} results for {len(sub)} items")
-        except Exception as exc:  # noqa: BLE001 - failure of a validator is per stage, not fatal
+        except Exception as exc:  # failure of a validator is per stage, not fatal
             log.exception("validator %s failed on %d items", getattr(v, "name", v), len(sub))
             for i in todo:
                 reason = f"validator_error: {type(exc).__name__}: {exc}"

@@ -171,7 +171,7 @@ class OpenAIBackend:
                     temperature=cfg.temperature,
                     extra_body=cfg.extra_body or None,
                 )
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:  # one failed batch flags its rows only
                 last = f"{type(exc).__name__}: {str(exc)[:200]}"
                 if _retryable(exc) and attempt < cfg.max_retries:
                     self._sleep(min(cfg.backoff_s * (2**attempt), cfg.backoff_max_s))
@@ -254,7 +254,7 @@ class TransformersBackend:
                 new = out[:, inputs["input_ids"].shape[1] :]
                 texts = self._processor.batch_decode(new, skip_special_tokens=True)
                 answers.extend(Answer(t.strip(), None if t.strip() else "empty answer") for t in texts)
-            except Exception as exc:  # noqa: BLE001 - one failed batch flags its rows only
+            except Exception as exc:
                 log.exception("generation failed for %d requests", len(chunk))
                 answers.extend(Answer(None, f"{type(exc).__name__}: {exc}") for _ in chunk)
         return answers

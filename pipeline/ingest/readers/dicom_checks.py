@@ -40,7 +40,7 @@ def expected_pixel_bytes(rows: int, cols: int, frames: int, bits: int, samples: 
     return (rows * cols * frames * samples * bits + 7) // 8
 
 
-def pixel_problem(ds, path: str, *, rows: int, cols: int, frames: int, bits: int, samples: int = 1,  # noqa: ANN001
+def pixel_problem(ds, path: str, *, rows: int, cols: int, frames: int, bits: int, samples: int = 1,
                   per_frame: int | None = None) -> str | None:
     """Why the pixel data of ``ds`` (read with deferred large values) cannot be complete, or None.
 

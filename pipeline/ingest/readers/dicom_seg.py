@@ -272,7 +272,7 @@ def _shared_geometry(ds) -> tuple[np.ndarray | None, np.ndarray | None, float | 
     return iop, ps, thick
 
 
-def _check_pixels(ds, hdr: SegHeader) -> None:  # noqa: ANN001
+def _check_pixels(ds, hdr: SegHeader) -> None:
     """Before any frame is built or decoded: the frame count and pixel data the header claims must be in
     the file (a truncated SEG would decode its lost frames as empty) and under the decode limit."""
     per = ds.get("PerFrameFunctionalGroupsSequence") if "PerFrameFunctionalGroupsSequence" in ds else None

@@ -44,7 +44,7 @@ _NIFTI_ERRORS = (EOFError, OSError, zlib.error, gzip.BadGzipFile, GzipError, nib
                  ValueError)
 
 
-def _raw_header(path: Path, name: str):  # noqa: ANN202 - a nibabel Nifti1Header / Nifti2Header
+def _raw_header(path: Path, name: str):  # a nibabel Nifti1Header / Nifti2Header
     """The header as stored (nibabel's load "fixes" zero pixdims silently; this one is not fixed)."""
     try:
         with ImageOpener(str(path)) as fh:
@@ -63,7 +63,7 @@ def _raw_header(path: Path, name: str):  # noqa: ANN202 - a nibabel Nifti1Header
                     file=str(path), hint=_HINT_DAMAGED)
 
 
-def _check_header(path: Path, name: str, hdr, notes: list[str] | None) -> None:  # noqa: ANN001
+def _check_header(path: Path, name: str, hdr, notes: list[str] | None) -> None:
     dim = [int(d) for d in hdr["dim"]]
     if not 1 <= dim[0] <= 7 or any(d < 1 for d in dim[1 : dim[0] + 1]):
         raise ReadError(f"{name}: header dim {dim[: dim[0] + 1] if 0 <= dim[0] <= 7 else dim} is not a valid shape",
