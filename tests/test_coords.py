@@ -90,3 +90,14 @@ def test_matching_helpers():
     assert count_matches_at(half, 0.5) == 1 and count_matches_at(half, 0.5, strict=True) == 0
     assert match_max_iou(np.zeros((0, 3))) == [] and count_matches_at(np.zeros((2, 0)), 0.5) == 0
     assert hungarian_iou([(0, 0, 10, 10), (50, 50, 60, 60)], [(0, 0, 10, 10)]) == (0.5, [1.0])
+
+
+@given(st.tuples(*[st.integers(0, 999)] * 4))
+def test_one_box_tag_is_box_tag_of_one_box(box):
+    """The language stage's single-box tag writes exactly what the general box_tag writes (numpy ints too)."""
+    import numpy as np
+
+    from pipeline.regions.coords import box_tag, one_box_tag
+
+    assert one_box_tag(box) == box_tag([box])
+    assert one_box_tag(tuple(np.int64(v) for v in box)) == box_tag([box])
