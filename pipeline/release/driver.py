@@ -21,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import partial
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +29,7 @@ from typing import Any
 
 import orjson
 
-from pipeline.core.atomic import write_bytes_atomic
+from pipeline.core.atomic import atomic_writer, write_bytes_atomic
 from pipeline.core.environment import EnvironmentFailure, environment_failure, is_environment_error
 from pipeline.release.case import run_batch
 from pipeline.release.executors import Executor, SerialExecutor
@@ -37,6 +37,7 @@ from pipeline.release.plan import CaseJob, FingerprintCache, Plan, batches
 from pipeline.release.publish import BuildRefused, output_lock, recover
 from pipeline.release.shards import write_release
 from pipeline.release.store import Store
+from pipeline.release.summaries import SummaryLog
 from pipeline.validate.stage import ReleaseVerdicts, release_validation
 from pipeline.versions.release import PreviousReleaseError, open_previous, prepare
 from schemas.records import CaseSummary, ErrorRecord, Manifest
@@ -54,7 +55,7 @@ class BuildFailure(RuntimeError):
 class BuildResult:
     release: Path
     manifest: Manifest
-    summaries: list[CaseSummary]
+    summaries: Sequence[CaseSummary]  # a SummaryLog: read from the store, one at a time
     built: int = 0
     cached: int = 0
     seconds: dict[str, float] = field(default_factory=dict)
@@ -83,38 +84,49 @@ def check_sources(plan: Plan) -> None:
             )
 
 
-def _cached_parts(plan: Plan, store: Store,
-                  progress: Progress | None) -> tuple[dict[tuple[str, str], CaseSummary], list[CaseJob]]:
-    done: dict[tuple[str, str], CaseSummary] = {}
+def _cached_parts(plan: Plan, store: Store, log: SummaryLog, progress: Progress | None) -> list[CaseJob]:
+    """Record the summaries of the cases already in the store; returns the jobs left to build."""
     todo: list[CaseJob] = []
-    for job in plan.jobs:
+    for i, job in enumerate(plan.jobs):
         if plan.cfg.runner.cache and job.key is not None and store.has_part(job.key):
             s = store.read_summary(job.key)
             if store.images_present(s):
-                done[job.order] = s
+                _put(log, i, s, store)
                 if progress:
                     progress("cached", s)
                 continue
         todo.append(job)
-    return done, todo
+    return todo
+
+
+def _put(log: SummaryLog, i: int, s: CaseSummary, store: Store) -> None:
+    try:
+        log.put(i, s)
+    except OSError as exc:
+        if is_environment_error(exc):
+            raise environment_failure(exc, store.root) from exc
+        raise
 
 
 def run_cases(plan: Plan, store: Store, executor: Executor,
-              progress: Progress | None = None) -> tuple[list[CaseSummary], int]:
-    """Build every case not in the store; returns the summaries in plan order and how many were built."""
-    done, todo = _cached_parts(plan, store, progress)
+              progress: Progress | None = None) -> tuple[SummaryLog, int]:
+    """Build every case not in the store; returns the summaries in plan order (spilled to the store, see
+    :mod:`pipeline.release.summaries`) and how many were built."""
+    log = SummaryLog(len(plan.jobs), store.root / "tmp")
+    todo = _cached_parts(plan, store, log, progress)
     r = plan.cfg.runner
     work = batches(todo, r.batch_cases, int(r.batch_mb * 1e6), executor.workers)
+    position = {j.order: i for i, j in enumerate(plan.jobs)}
     memo = FingerprintCache(store.fingerprints)
     try:
-        reused = _collect(plan, store, executor, work, done, memo, progress)
+        reused = _collect(plan, store, executor, work, log, position, memo, progress)
     finally:
         memo.close()
-    return [done[j.order] for j in plan.jobs], len(todo) - reused
+    return log, len(todo) - reused
 
 
-def _collect(plan: Plan, store: Store, executor: Executor, work: list[list[CaseJob]],
-             done: dict[tuple[str, str], CaseSummary], memo: FingerprintCache, progress: Progress | None) -> int:
+def _collect(plan: Plan, store: Store, executor: Executor, work: list[list[CaseJob]], log: SummaryLog,
+             position: dict[tuple[str, str], int], memo: FingerprintCache, progress: Progress | None) -> int:
     reused = 0
     for batch, result in executor.map_unordered(run_batch, work, plan.cfg, str(store.root)):
         if isinstance(result, EnvironmentFailure):
@@ -129,10 +141,9 @@ def _collect(plan: Plan, store: Store, executor: Executor, work: list[list[CaseJ
                 f"and report the error if it repeats"
             ) from result
         for s in result:
-            done[(s.source, s.case_id)] = s
             if s.fingerprints:
                 memo.remember(s.fingerprints)
-                s.fingerprints = []  # ~30 paths and digests a case: kept, they grew the driver by ~14 KB a case
+            _put(log, position[(s.source, s.case_id)], s, store)
             reused += int(s.reused)
             if progress:
                 progress("cached" if s.reused else "built", s)
@@ -189,7 +200,7 @@ def build(plan: Plan, out_dir: str | Path, executor: Executor | None = None, pro
     return result
 
 
-def build_key(plan: Plan, summaries: list[CaseSummary], verdicts: ReleaseVerdicts, overrides: dict[str, str],
+def build_key(plan: Plan, summaries: Sequence[CaseSummary], verdicts: ReleaseVerdicts, overrides: dict[str, str],
               versions: Any) -> str:
     """Everything the release's bytes depend on: config, code, every part (in order), the release-level
     verdicts, split overrides and version decisions.  Equal keys give byte-identical releases."""
@@ -198,11 +209,19 @@ def build_key(plan: Plan, summaries: list[CaseSummary], verdicts: ReleaseVerdict
 
     blob = orjson.dumps(
         {"config": plan.cfg.config_hash(), "code": code_fingerprint(), "code_version": code_version(),
-         "parts": [s.key for s in summaries], "verdicts": verdicts.vkey, "overrides": overrides,
+         "parts": _parts_digest(summaries), "verdicts": verdicts.vkey, "overrides": overrides,
          "versions": versions, "excluded": [str(x) for x in getattr(plan, "excluded", [])]},
         option=orjson.OPT_SORT_KEYS, default=repr,
     )
     return hashlib.sha256(blob).hexdigest()
+
+
+def _parts_digest(summaries: Sequence[CaseSummary]) -> str:
+    """sha256 of every part key in plan order (streamed: no list of keys)."""
+    h = hashlib.sha256()
+    for s in summaries:
+        h.update(s.key.encode() + b"\n")
+    return h.hexdigest()
 
 
 def published_unchanged(store: Store, out_dir: Path, name: str, bkey: str) -> Manifest | None:
@@ -266,24 +285,29 @@ def _validate(plan: Plan, store: Store, keys: list[str], progress: Progress | No
 
 def write_run_log(store: Store, name: str, config_sha: str, result: BuildResult, verdicts: ReleaseVerdicts) -> Path:
     """Per-run observability beside the release (not inside it: timings differ between runs, the release
-    does not): per-case seconds, rows, errors, notes and drops; cases built vs cached; verdicts."""
-    log: dict[str, Any] = {
+    does not): per-case seconds, rows, errors, notes and drops; cases built vs cached; verdicts.
+
+    Written case by case (one JSON object a line inside the ``cases`` list): memory does not grow with the
+    number of cases."""
+    head: dict[str, Any] = {
         "release": name,
         "config_sha256": config_sha,
         "cases_built": result.built,
         "cases_cached": result.cached,
         "stage_seconds": {k: round(v, 3) for k, v in result.seconds.items()},
         "recovered": result.recovered,
-        "cases": [
-            {"source": s.source, "case_id": s.case_id, "seconds": s.seconds, "rows": s.rows, "slices": s.slices,
-             "errors": [e.one_line() for e in s.errors], "notes": s.notes, "dropped": s.dropped}
-            for s in result.summaries
-        ],
         "verdicts": {"computed": verdicts.computed, "cached": verdicts.cached,
                      "parts_validated": verdicts.parts_validated, "parts_reused": verdicts.parts_reused},
         "totals": {"cases": len(result.summaries), "rows": result.manifest.counts.get("rows", 0),
                    "errors": len(result.manifest.errors), "dropped": result.manifest.dropped},
     }
     path = store.run_log(name)
-    write_bytes_atomic(path, orjson.dumps(log, option=orjson.OPT_INDENT_2))
+    with atomic_writer(path) as fh:
+        fh.write(orjson.dumps(head)[:-1] + b',\n"cases": [')
+        for i, s in enumerate(result.summaries):
+            case = {"source": s.source, "case_id": s.case_id, "seconds": s.seconds, "rows": s.rows,
+                    "slices": s.slices, "errors": [e.one_line() for e in s.errors], "notes": s.notes,
+                    "dropped": s.dropped}
+            fh.write((b",\n" if i else b"\n") + orjson.dumps(case))
+        fh.write(b"\n]}\n")
     return path

@@ -5,6 +5,7 @@ manifest, dataset card and QA report, all in a staging folder swapped into place
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 import shutil
 from collections import Counter
 from dataclasses import dataclass
@@ -58,7 +59,7 @@ def _git_head() -> str | None:
         return None
 
 
-def counts_of(merge: MergeResult, images: int, summaries: list[CaseSummary], errors: int) -> dict[str, Any]:
+def counts_of(merge: MergeResult, images: int, summaries: Sequence[CaseSummary], errors: int) -> dict[str, Any]:
     out: dict[str, Any] = {"rows": merge.counts["rows"], "images": images}
     for k, c in merge.by.items():
         out[f"by_{k}"] = dict(sorted(c.items()))
@@ -68,7 +69,7 @@ def counts_of(merge: MergeResult, images: int, summaries: list[CaseSummary], err
     return out
 
 
-def _dropped(summaries: list[CaseSummary], merge: MergeResult) -> dict[str, int]:
+def _dropped(summaries: Sequence[CaseSummary], merge: MergeResult) -> dict[str, int]:
     dropped: Counter[str] = Counter()
     for s in summaries:
         dropped.update(s.dropped)
@@ -76,13 +77,13 @@ def _dropped(summaries: list[CaseSummary], merge: MergeResult) -> dict[str, int]
     return dict(sorted(dropped.items()))
 
 
-def _errors(plan: Plan, summaries: list[CaseSummary]) -> list[ErrorRecord]:
+def _errors(plan: Plan, summaries: Sequence[CaseSummary]) -> list[ErrorRecord]:
     errors = [e for s in summaries for e in s.errors] + [sp.error for sp in plan.sources if sp.error is not None]
     errors.sort(key=lambda e: (e.source, e.case_id, e.stage))
     return errors
 
 
-def _source_entries(plan: Plan, summaries: list[CaseSummary], errors: list[ErrorRecord]) -> list[SourceEntry]:
+def _source_entries(plan: Plan, summaries: Sequence[CaseSummary], errors: list[ErrorRecord]) -> list[SourceEntry]:
     cases = Counter(s.source for s in summaries)
     errs = Counter(e.source for e in errors)
     out = []
@@ -101,7 +102,7 @@ def _llava_copies(staging: Path, shards: list[ShardEntry]) -> dict[str, str]:
     return write_llava_splits(staging, [(e.path, e.split) for e in shards])
 
 
-def write_release(plan: Plan, summaries: list[CaseSummary], verdicts: ReleaseVerdicts, store: Store,
+def write_release(plan: Plan, summaries: Sequence[CaseSummary], verdicts: ReleaseVerdicts, store: Store,
                   out_dir: str | Path, split_overrides: dict[str, str] | None = None,
                   versions: VersionInfo | None = None) -> tuple[Path, Manifest]:
     """Merge the parts into a staging folder, write manifest/card/report, check the guards and swap the
@@ -129,7 +130,7 @@ def write_release(plan: Plan, summaries: list[CaseSummary], verdicts: ReleaseVer
     return out_dir / name, manifest
 
 
-def _finish(plan: Plan, summaries: list[CaseSummary], merge: MergeResult, staging: Path,
+def _finish(plan: Plan, summaries: Sequence[CaseSummary], merge: MergeResult, staging: Path,
             versions: VersionInfo | None = None) -> Manifest:
     from pipeline.release.card import release_files
     from pipeline.release.report import render_report

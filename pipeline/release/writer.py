@@ -15,7 +15,7 @@ import heapq
 import os
 import shutil
 from collections import Counter, defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -186,7 +186,7 @@ class Merger:
         self.state = _MergeState()
         self.review_fh: Any = None
 
-    def run(self, summaries: list[CaseSummary]) -> MergeResult:
+    def run(self, summaries: Sequence[CaseSummary]) -> MergeResult:
         review_tmp = self.staging / ".review.jsonl.tmp"
         self.review_fh = open_for_write(review_tmp)
         try:

@@ -20,6 +20,7 @@ The split and drop decisions are made in :mod:`pipeline.versions.splits`.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 import hashlib
 from collections import defaultdict
 from dataclasses import dataclass
@@ -78,7 +79,7 @@ class Group:
         return sorted({m.patient for m in self.members})
 
 
-def members_of(summaries: list[CaseSummary]) -> list[Member]:
+def members_of(summaries: Sequence[CaseSummary]) -> list[Member]:
     """Every fingerprinted image of the cases that have rows."""
     out = []
     for s in summaries:

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,7 +76,7 @@ def open_previous(cfg: ReleaseConfig, out_dir: str | Path) -> Previous | None:
     return Previous(path, manifest, sha, splits)
 
 
-def prepare(plan: Plan, summaries: list[CaseSummary], previous: Previous | None) -> VersionInfo:
+def prepare(plan: Plan, summaries: Sequence[CaseSummary], previous: Previous | None) -> VersionInfo:
     cfg = plan.cfg
     order = {sp.name: i for i, sp in enumerate(plan.sources)}
     official = {(j.ref.source, j.ref.case_id) for j in plan.jobs if j.ref.official_split and cfg.splits.keep_official}

@@ -19,7 +19,7 @@ image) whose rows are left out).
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from pipeline.versions.duplicates import Group, UnionFind, find_groups, members_of
@@ -47,14 +47,17 @@ class SplitDecisions:
     pinned: int = 0  # patients held at their previous split although their own split differs now
 
 
-def _current_splits(summaries: list[CaseSummary]) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for s in sorted(summaries, key=lambda s: (s.source, s.case_id)):
-        out.setdefault(s.patient, s.split)
-    return out
+def _current_splits(summaries: Sequence[CaseSummary]) -> dict[str, str]:
+    """Each patient's split: that of its first case in (source, case id) order (one pass, nothing sorted)."""
+    first: dict[str, tuple[str, str, str]] = {}
+    for s in summaries:
+        seen = first.get(s.patient)
+        if seen is None or (s.source, s.case_id) < seen[:2]:
+            first[s.patient] = (s.source, s.case_id, s.split)
+    return {p: v[2] for p, v in first.items()}
 
 
-def decide(summaries: list[CaseSummary], ctx: SplitContext, cfg: DuplicateConfig) -> SplitDecisions:
+def decide(summaries: Sequence[CaseSummary], ctx: SplitContext, cfg: DuplicateConfig) -> SplitDecisions:
     """Split overrides, dropped copies and the duplicate report (see the module docstring)."""
     current = _current_splits(summaries)
     prev = ctx.previous or {}
@@ -66,8 +69,12 @@ def decide(summaries: list[CaseSummary], ctx: SplitContext, cfg: DuplicateConfig
             out.pinned += 1
     pinned = dict(final)
     groups = find_groups(members_of(summaries), cfg.near_threshold)
-    patient_source = {s.patient: s.source for s in summaries}
-    official_patients = {s.patient for s in summaries if (s.source, s.case_id) in ctx.official}
+    patient_source: dict[str, str] = {}
+    official_patients: set[str] = set()
+    for s in summaries:
+        patient_source[s.patient] = s.source
+        if (s.source, s.case_id) in ctx.official:
+            official_patients.add(s.patient)
 
     def priority(p: str) -> tuple[int, int, int, str]:
         return (0 if p in prev else 1, 0 if p in official_patients else 1,
