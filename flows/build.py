@@ -148,6 +148,7 @@ def build_release(config_path: str, out: str = "out", wait_seconds: float = 0.0)
         "errors": [e.one_line() for e in result.errors],
         "built": result.built,
         "cached": result.cached,
+        "orchestrated": True,
     }
 
 
@@ -216,6 +217,9 @@ def run_build(
     """Run the flow with the config's task runner, on PREFECT_API_URL or a temporary server that dies with
     this process."""
     cfg = load_config(config_path)
+    checked = check_without_server(cfg, out, progress, wait_seconds, say)
+    if checked is not None:
+        return checked
     progress_hub.current = progress
     try:
         with temporary_server(say=say):
@@ -223,3 +227,39 @@ def run_build(
             return build_release.with_options(task_runner=runner)(str(config_path), str(out), wait_seconds)
     finally:
         progress_hub.current = None
+
+
+def check_without_server(cfg: ReleaseConfig, out: str | Path, progress: Progress | None = None,
+                         wait_seconds: float = 0.0, say: Callable[[str], None] | None = None) -> dict[str, Any] | None:
+    """A rerun with nothing to orchestrate, done without starting a temporary Prefect server.
+
+    With no ``PREFECT_API_URL`` a flow run first starts a temporary server (7-13 s), more than the whole
+    rerun of a 1,000-case build whose cases are all in the store (issue 10: a rerun must cost <= 10% of
+    the first build).  So when no server is configured and every case of the plan already has its part,
+    the same driver checks the release in this process (validation sidecars, split decisions, the build
+    key; a missing or changed release is rewritten) and the flow is not run.  Returns None - run the
+    flow - when a server is configured (the run is then recorded there), when any case has to be built,
+    when the cache is off, for ``runner.kind: dask`` and when a model validator is configured (its stage
+    belongs under the flow's GPU concurrency limit)."""
+    from flows.run import executor_for
+    from flows.server import api_url_configured
+    from pipeline.release.store import Store
+
+    if api_url_configured() or not cfg.runner.cache or cfg.runner.kind == "dask" or uses_model(cfg.validation):
+        return None
+    plan = make_plan(cfg, resolve_samples_root(cfg), out)
+    store = Store.for_output(out)
+    if not plan.jobs or not all(j.key is not None and store.has_part(j.key) for j in plan.jobs):
+        return None
+    result = drive(plan, out, executor_for(cfg), progress, wait_seconds)
+    if say is not None:
+        say(f"all {len(plan.jobs)} cases were already built: the release was checked in this process and no "
+            f"temporary Prefect server was started (set PREFECT_API_URL to record every run on a server)")
+    return {
+        "release": str(result.release),
+        "counts": result.manifest.counts,
+        "errors": [e.one_line() for e in result.errors],
+        "built": result.built,
+        "cached": result.cached,
+        "orchestrated": False,
+    }

@@ -59,6 +59,7 @@ def test_flow_builds_caches_and_reports(prefect_harness, tmp_path, samples):
     m2 = orjson.loads((tmp_path / "out" / "flowtest-1" / "manifest.json").read_bytes())
     assert {s["path"]: s["sha256"] for s in m2["shards"]} == shards_first
     assert (second["built"], second["cached"]) == (0, 6)  # every part reused: no case task submitted
+    assert first["orchestrated"] and second["orchestrated"]  # a configured server: every run is recorded
     with get_client(sync_client=True) as client:
         assert len([r for r in client.read_task_runs() if r.name.startswith("kvasir-seg/")]) == 1
     assert second["release"] == rel
@@ -95,3 +96,37 @@ def test_flow_model_validator_stage_uses_the_gpu_limit(prefect_harness, tmp_path
         assert limit.limit == 1
         assert any(a.key == "release-validation" for a in client.read_artifacts())
     assert res["release"].endswith("gpuflow-1")
+
+
+def test_an_all_cached_rerun_without_a_server_is_checked_in_process(tmp_path, samples):
+    """No PREFECT_API_URL and every case in the store: no temporary server is started (its start-up alone
+    is more than 10% of a 1,000-case build); the release is the in-process build's, byte for byte."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows.build import check_without_server, run_build
+    from flows.run import run_build as run_local
+    from schemas.config import load_config
+
+    cfg_path = _config(tmp_path, samples)
+    cfg = load_config(cfg_path)
+    out = tmp_path / "out"
+    first = run_local(cfg, out)
+    manifest = (first.release / "manifest.json").read_bytes()
+    with temporary_settings(restore_defaults={PREFECT_API_URL}):
+        said: list[str] = []
+        second = run_build(str(cfg_path), str(out), say=said.append)
+        assert second["orchestrated"] is False and (second["built"], second["cached"]) == (0, 6)
+        assert second["release"] == str(first.release)
+        assert (first.release / "manifest.json").read_bytes() == manifest
+        assert len(said) == 1 and "no temporary Prefect server was started" in said[0]
+        # a config change that reaches the cases: there is work, so the flow runs (returns None here)
+        fewer = cfg.model_copy(update={"slicing": cfg.slicing.model_copy(update={"max_slices_per_case": 1})})
+        assert check_without_server(fewer, out) is None
+        # a deleted release with every case cached is rewritten in process, byte-identical
+        import shutil
+
+        shutil.rmtree(first.release)
+        third = run_build(str(cfg_path), str(out))
+        assert third["orchestrated"] is False and (first.release / "manifest.json").read_bytes() == manifest
+    with temporary_settings(updates={PREFECT_API_URL: "http://127.0.0.1:9/api"}):
+        assert check_without_server(cfg, out) is None  # a configured server records every run
