@@ -38,10 +38,10 @@ GPU_LIMIT = "medreg-gpu"
 
 
 def batch_name(batch: list[CaseJob]) -> str:
-    first = f"{batch[0].ref.source}/{batch[0].ref.case_id}"
+    first = f"{batch[0].source}/{batch[0].case_id}"
     if len(batch) == 1:
         return first
-    return f"{first} .. {batch[-1].ref.case_id} ({len(batch)} cases)"
+    return f"{first} .. {batch[-1].case_id} ({len(batch)} cases)"
 
 
 def build_cases(batch: list[CaseJob], cfg: ReleaseConfig, store_root: str) -> list[Any]:

@@ -411,7 +411,7 @@ def run_job(job: CaseJob, cfg: ReleaseConfig, store_root: str) -> CaseSummary:
     fingerprints: list[list[Any]] = []
     if job.key is None:  # a new or changed input file: hash here, in parallel with the other cases
         key, fingerprints = hash_inputs(job, cfg)
-        job = replace(job, key=key)
+        job = job.with_key(key)
         if cfg.runner.cache and store.has_part(key):
             found = store.read_summary(key)
             if store.images_present(found):

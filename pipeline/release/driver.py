@@ -77,7 +77,7 @@ def check_sources(plan: Plan) -> None:
         if sp.error is not None:
             raise BuildRefused(f"source {sp.name}: {sp.error.error} -> {sp.error.hint or 'fix the card or data'} "
                                f"(or set output.allow_shrink: true to build without it)")
-        if not sp.refs:
+        if not sp.cases:
             raise BuildRefused(
                 f"source {sp.name} found no case under its data folder: check the card's root/layout and the "
                 f"data (or set output.allow_shrink: true to build without it)"
@@ -134,7 +134,7 @@ def _collect(plan: Plan, store: Store, executor: Executor, work: list[list[CaseJ
         if isinstance(result, OSError) and is_environment_error(result):
             raise environment_failure(result, store.root) from result
         if isinstance(result, BaseException):
-            cases = ", ".join(f"{j.ref.source}/{j.ref.case_id}" for j in batch[:3])
+            cases = ", ".join(f"{j.source}/{j.case_id}" for j in batch[:3])
             raise BuildFailure(
                 f"a case task crashed ({type(result).__name__}: {result}) on {cases}"
                 f"{' ...' if len(batch) > 3 else ''}; finished cases are kept in {store.root} - rerun to resume, "

@@ -169,31 +169,61 @@ class StatsValidator:
 
     def fit_tables(self, paths: list[Any], chunk_bytes: int = 8 << 20) -> StatsValidator:
         """Fit from the compact per-region tables the case tasks wrote (JSONL of :func:`region_features`
-        records), read with polars: the rows and images of the release are never loaded for the fit.
+        records): the rows and images of the release are never loaded for the fit.
 
-        The files are parsed a few MB at a time into one compact columnar table (group key, a 64-bit hash
-        of the dedup key, the five features): memory is that table (~60 bytes a region), never the files."""
+        The files are parsed a few MB at a time (polars) into plain numpy columns: a group id (int32), a
+        64-bit hash of the dedup key and the features (float64) - ~60 bytes a region, about 17 MB for a
+        10,000-case SA-Med2D build with 290,000 regions.  Medians and MADs are exact (``np.median``, as
+        :meth:`fit_features`), so both ways of fitting give the same statistics."""
         import polars as pl
 
         self.groups, self.fitted = {}, True
-        parts = [self._compact(pl, blob) for blob in _chunks(paths, chunk_bytes)]
-        parts = [t for t in parts if t.height]
-        if not parts:
+        names: dict[str, int] = {}
+        codes: list[np.ndarray] = []
+        hashes: list[np.ndarray] = []
+        values: list[np.ndarray] = []
+        for blob in _chunks(paths, chunk_bytes):
+            df = self._compact(pl, blob)
+            if not df.height:
+                continue
+            keys = df["__key__"].to_list()
+            codes.append(np.fromiter((names.setdefault(k, len(names)) for k in keys), np.int32, len(keys)))
+            hashes.append(df["__dedup__"].to_numpy())
+            values.append(df.select(self.config.features).to_numpy().astype(np.float64, copy=False))
+            del df, keys
+        if not codes:
             return self
-        table = (
-            pl.concat(parts).unique("__dedup__", keep="first")
-            .group_by("__key__").agg(self._aggs(pl)).sort("__key__")
-        )
-        for rec in table.iter_rows(named=True):
-            g: dict[str, Any] = {"n": int(rec["__n__"]), "median": {}, "scale": {}}
-            for f in self.config.features:
-                med, mad = rec[f"med_{f}"], rec[f"mad_{f}"]
-                if med is None:
-                    continue
-                g["median"][f] = round(float(med), 9)
-                g["scale"][f] = round(max(MAD_TO_SD * float(mad), SCALE_FLOOR[f]), 9)
-            self.groups[rec["__key__"]] = g
+        hash_all = np.concatenate(hashes)
+        del hashes
+        _, first = np.unique(hash_all, return_index=True)  # the first record of every region
+        del hash_all
+        first.sort()
+        code = np.concatenate(codes)[first]
+        feats = np.concatenate(values)[first]
+        del codes, values, first
+        order = np.argsort(code, kind="stable")
+        code, feats = code[order], feats[order]
+        bounds = np.flatnonzero(np.diff(code)) + 1
+        by_id = {i: k for k, i in names.items()}
+        fitted = {}
+        for block_codes, block in zip(np.split(code, bounds), np.split(feats, bounds), strict=True):
+            fitted[by_id[int(block_codes[0])]] = self._group_stats(block)
+        self.groups = {k: fitted[k] for k in sorted(fitted)}
         return self
+
+    def _group_stats(self, block: np.ndarray) -> dict[str, Any]:
+        """n, median and robust scale per feature of one group's (regions x features) block."""
+        g: dict[str, Any] = {"n": int(block.shape[0]), "median": {}, "scale": {}}
+        for j, f in enumerate(self.config.features):
+            arr = block[:, j]
+            arr = arr[np.isfinite(arr)]
+            if arr.size == 0:
+                continue
+            med = float(np.median(arr))
+            mad = float(np.median(np.abs(arr - med)))
+            g["median"][f] = round(med, 9)
+            g["scale"][f] = round(max(MAD_TO_SD * mad, SCALE_FLOOR[f]), 9)
+        return g
 
     def _compact(self, pl: Any, blob: bytes) -> Any:
         """One chunk of feature records as (group key, dedup hash, features) columns."""
@@ -209,14 +239,8 @@ class StatsValidator:
             [pl.col("term") if g == "term" else pl.col(g).fill_null("None") for g in self.config.group_by],
             separator="|",
         )
-        return df.select(key.alias("__key__"), pl.col("dedup").hash(seed=0).alias("__dedup__"), *self.config.features)
-
-    def _aggs(self, pl: Any) -> list[Any]:
-        aggs: list[Any] = [pl.len().alias("__n__")]
-        for f in self.config.features:
-            x = pl.col(f).filter(pl.col(f).is_finite())
-            aggs += [x.median().alias(f"med_{f}"), (x - x.median()).abs().median().alias(f"mad_{f}")]
-        return aggs
+        return df.select(key.alias("__key__"), pl.col("dedup").hash(seed=0).alias("__dedup__"),
+                         *[pl.col(f).fill_null(float("nan")) for f in self.config.features])
 
     def to_dict(self) -> dict[str, Any]:
         return {"version": self.version, "config": self.config.model_dump(mode="json"), "groups": self.groups}

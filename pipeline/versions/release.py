@@ -79,7 +79,7 @@ def open_previous(cfg: ReleaseConfig, out_dir: str | Path) -> Previous | None:
 def prepare(plan: Plan, summaries: Sequence[CaseSummary], previous: Previous | None) -> VersionInfo:
     cfg = plan.cfg
     order = {sp.name: i for i, sp in enumerate(plan.sources)}
-    official = {(j.ref.source, j.ref.case_id) for j in plan.jobs if j.ref.official_split and cfg.splits.keep_official}
+    official = {(j.source, j.case_id) for j in plan.jobs if j.official_split and cfg.splits.keep_official}
     ctx = SplitContext(order, official, previous.splits if previous else None)
     decisions = decide(summaries, ctx, cfg.duplicates)
     included = [(sp.name, sp.card.licence) for sp in plan.sources if sp.card is not None]
