@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
+from inspect import signature
 from pathlib import Path
 from typing import Any
 
@@ -102,7 +103,8 @@ def release_validation(
         return ReleaseVerdicts()
     for v in validators:
         if getattr(v, "needs_fit", False) and hasattr(v, "fit_tables"):
-            v.fit_tables([store.features_path(k) for k in part_keys])
+            spill = {"spill_dir": store.root / "tmp"} if "spill_dir" in signature(v.fit_tables).parameters else {}
+            v.fit_tables([store.features_path(k) for k in part_keys], **spill)
     vkey = stable_id(vc.config_hash(), *(f"{v.name}:{v.version}:{getattr(v, 'config_hash', '')}" for v in validators))
     out = ReleaseVerdicts(vkey=vkey)
     cache_root = vc.cache_dir or cache_dir

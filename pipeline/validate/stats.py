@@ -29,9 +29,12 @@ import hashlib
 import io
 import json
 import math
+import os
+import tempfile
 from collections import defaultdict
 from collections.abc import Iterator
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -64,6 +67,17 @@ def _chunks(paths: list[Any], size: int) -> Iterator[bytes]:
             buf, n = [], 0
     if buf:
         yield b"".join(buf)
+
+
+def _read_group(spill: Any, parts: list[tuple[int, int]], width: int) -> tuple[np.ndarray, np.ndarray]:
+    """One group's (dedup hashes, features) from the fit's spill file, in the order they were written."""
+    hashes, values = [], []
+    for off, n in parts:
+        spill.seek(off)
+        data = spill.read(n * (1 + width) * 8)
+        hashes.append(np.frombuffer(data, dtype=np.uint64, count=n))
+        values.append(np.frombuffer(data, dtype=np.float64, offset=n * 8).reshape(n, width))
+    return np.concatenate(hashes), np.concatenate(values)
 
 
 def group_key(meta: dict[str, Any], term: str, group_by: Sequence[str]) -> str:
@@ -167,52 +181,56 @@ class StatsValidator:
         self.fitted = True
         return self
 
-    def fit_tables(self, paths: list[Any], chunk_bytes: int = 8 << 20) -> StatsValidator:
+    def fit_tables(self, paths: list[Any], chunk_bytes: int = 8 << 20, spill_dir: Any = None) -> StatsValidator:
         """Fit from the compact per-region tables the case tasks wrote (JSONL of :func:`region_features`
         records): the rows and images of the release are never loaded for the fit.
 
-        The files are parsed a few MB at a time (polars) into plain numpy columns: a group id (int32), a
-        64-bit hash of the dedup key and the features (float64) - ~60 bytes a region, about 17 MB for a
-        10,000-case SA-Med2D build with 290,000 regions.  Medians and MADs are exact (``np.median``, as
-        :meth:`fit_features`), so both ways of fitting give the same statistics."""
+        The files are parsed a few MB at a time (polars); each chunk's records are appended, group by
+        group, as (dedup hash, features) blocks to an unlinked spill file in ``spill_dir`` (the build
+        passes its store; default: the system's temp folder).  Each group is then read back alone and
+        fitted with exact ``np.median`` (as :meth:`fit_features`).  Memory: one chunk and the largest
+        group (48 bytes a region of it), not the release.  A region repeated in its group (same dedup
+        key) counts once."""
         import polars as pl
 
         self.groups, self.fitted = {}, True
+        if spill_dir is not None:
+            Path(spill_dir).mkdir(parents=True, exist_ok=True)
         names: dict[str, int] = {}
-        codes: list[np.ndarray] = []
-        hashes: list[np.ndarray] = []
-        values: list[np.ndarray] = []
-        for blob in _chunks(paths, chunk_bytes):
-            df = self._compact(pl, blob)
-            if not df.height:
-                continue
-            keys = df["__key__"].to_list()
-            codes.append(np.fromiter((names.setdefault(k, len(names)) for k in keys), np.int32, len(keys)))
-            hashes.append(df["__dedup__"].to_numpy())
-            values.append(df.select(self.config.features).to_numpy().astype(np.float64, copy=False))
-            del df, keys
-        if not codes:
-            return self
-        hash_all = np.concatenate(hashes)
-        del hashes
-        _, first = np.unique(hash_all, return_index=True)  # the first record of every region
-        del hash_all
-        first.sort()
-        code = np.concatenate(codes)[first]
-        feats = np.concatenate(values)[first]
-        del codes, values, first
-        order = np.argsort(code, kind="stable")
-        code, feats = code[order], feats[order]
-        bounds = np.flatnonzero(np.diff(code)) + 1
-        by_id = {i: k for k, i in names.items()}
-        fitted = {}
-        for block_codes, block in zip(np.split(code, bounds), np.split(feats, bounds), strict=True):
-            fitted[by_id[int(block_codes[0])]] = self._group_stats(block)
+        blocks: list[tuple[int, int, int]] = []  # (group id, offset, records) in the spill file
+        width = len(self.config.features)
+        fd, name = tempfile.mkstemp(prefix=".stats-fit-", suffix=".tmp", dir=spill_dir)
+        os.unlink(name)
+        with os.fdopen(fd, "w+b") as spill:
+            for blob in _chunks(paths, chunk_bytes):
+                df = self._compact(pl, blob)
+                if not df.height:
+                    continue
+                keys = df["__key__"].to_list()
+                code = np.fromiter((names.setdefault(k, len(names)) for k in keys), np.int64, len(keys))
+                dedup = df["__dedup__"].to_numpy().astype(np.uint64, copy=False)
+                table = df.select(self.config.features).to_numpy().astype(np.float64, copy=False)
+                del df, keys
+                order = np.argsort(code, kind="stable")
+                code, dedup, table = code[order], dedup[order], table[order]
+                starts = np.flatnonzero(np.r_[True, code[1:] != code[:-1]])
+                for a, b in zip(starts, [*starts[1:], len(code)], strict=True):
+                    blocks.append((int(code[a]), spill.tell(), int(b - a)))
+                    spill.write(dedup[a:b].tobytes() + np.ascontiguousarray(table[a:b]).tobytes())
+            by_id = {i: k for k, i in names.items()}
+            per_group: dict[int, list[tuple[int, int]]] = {}
+            for gid, off, n in blocks:
+                per_group.setdefault(gid, []).append((off, n))
+            fitted = {by_id[gid]: self._group_stats(*_read_group(spill, parts, width))
+                      for gid, parts in per_group.items()}
         self.groups = {k: fitted[k] for k in sorted(fitted)}
         return self
 
-    def _group_stats(self, block: np.ndarray) -> dict[str, Any]:
-        """n, median and robust scale per feature of one group's (regions x features) block."""
+    def _group_stats(self, dedup: np.ndarray, block: np.ndarray) -> dict[str, Any]:
+        """n, median and robust scale per feature of one group's (regions x features) block, its repeated
+        regions (same dedup hash) counted once."""
+        _, first = np.unique(dedup, return_index=True)
+        block = block[np.sort(first)]
         g: dict[str, Any] = {"n": int(block.shape[0]), "median": {}, "scale": {}}
         for j, f in enumerate(self.config.features):
             arr = block[:, j]
