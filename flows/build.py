@@ -29,7 +29,7 @@ from flows.server import temporary_server
 from pipeline.release.case import run_batch
 from pipeline.release.driver import BuildResult, Progress
 from pipeline.release.driver import build as drive
-from pipeline.release.plan import CaseJob, default_workers
+from pipeline.release.plan import CaseJob, Plan, default_workers
 from pipeline.validate.stage import ReleaseVerdicts, release_validation, uses_model
 from schemas.config import ReleaseConfig, load_config
 from sources.plan import make_plan
@@ -118,8 +118,13 @@ def _ensure_gpu_limit() -> None:
 def build_release(config_path: str, out: str = "out", wait_seconds: float = 0.0) -> dict[str, Any]:
     """Build a release from a YAML config; returns {release, counts, errors}."""
     logger = get_run_logger()
-    cfg = load_config(config_path)
-    plan = make_plan(cfg, resolve_samples_root(cfg), out)
+    made = progress_hub.plan
+    if made is not None and made[:2] == (config_path, out):
+        plan = made[2]  # planned by run_build while the temporary server started
+        cfg = plan.cfg
+    else:
+        cfg = load_config(config_path)
+        plan = make_plan(cfg, resolve_samples_root(cfg), out)
     for sp in plan.sources:
         if sp.error is not None:
             logger.error(sp.error.one_line())
@@ -215,25 +220,29 @@ def run_build(
     say: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Run the flow with the config's task runner, on PREFECT_API_URL or a temporary server that dies with
-    this process."""
+    this process.  The plan is made here while the temporary server starts (and handed to the flow); a rerun
+    with every case already built is checked without the server (:func:`check_without_server`)."""
     cfg = load_config(config_path)
-    checked = check_without_server(cfg, out, progress, wait_seconds, say)
-    if checked is not None:
-        return checked
-    progress_hub.current = progress
-    try:
-        with temporary_server(say=say):
+    with temporary_server(say=say, wait=False) as server:
+        plan = make_plan(cfg, resolve_samples_root(cfg), out)
+        checked = check_without_server(plan, out, progress, wait_seconds, say)
+        if checked is not None:
+            return checked
+        server.ready()
+        progress_hub.current = progress
+        progress_hub.plan = (str(config_path), str(out), plan)
+        try:
             runner = task_runner_for(cfg)
             return build_release.with_options(task_runner=runner)(str(config_path), str(out), wait_seconds)
-    finally:
-        progress_hub.current = None
+        finally:
+            progress_hub.current = progress_hub.plan = None
 
 
-def check_without_server(cfg: ReleaseConfig, out: str | Path, progress: Progress | None = None,
+def check_without_server(plan: Plan, out: str | Path, progress: Progress | None = None,
                          wait_seconds: float = 0.0, say: Callable[[str], None] | None = None) -> dict[str, Any] | None:
-    """A rerun with nothing to orchestrate, done without starting a temporary Prefect server.
+    """A rerun with nothing to orchestrate, done without a temporary Prefect server.
 
-    With no ``PREFECT_API_URL`` a flow run first starts a temporary server (7-13 s), more than the whole
+    With no ``PREFECT_API_URL`` a flow run needs a temporary server (7-13 s to start), more than the whole
     rerun of a 1,000-case build whose cases are all in the store (issue 10: a rerun must cost <= 10% of
     the first build).  So when no server is configured and every case of the plan already has its part,
     the same driver checks the release in this process (validation sidecars, split decisions, the build
@@ -245,16 +254,16 @@ def check_without_server(cfg: ReleaseConfig, out: str | Path, progress: Progress
     from flows.server import api_url_configured
     from pipeline.release.store import Store
 
+    cfg = plan.cfg
     if api_url_configured() or not cfg.runner.cache or cfg.runner.kind == "dask" or uses_model(cfg.validation):
         return None
-    plan = make_plan(cfg, resolve_samples_root(cfg), out)
     store = Store.for_output(out)
     if not plan.jobs or not all(j.key is not None and store.has_part(j.key) for j in plan.jobs):
         return None
     result = drive(plan, out, executor_for(cfg), progress, wait_seconds)
     if say is not None:
         say(f"all {len(plan.jobs)} cases were already built: the release was checked in this process and no "
-            f"temporary Prefect server was started (set PREFECT_API_URL to record every run on a server)")
+            f"temporary Prefect server was used (set PREFECT_API_URL to record every run on a server)")
     return {
         "release": str(result.release),
         "counts": result.manifest.counts,

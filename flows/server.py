@@ -95,48 +95,83 @@ def _stop(proc: subprocess.Popen[Any]) -> None:
         proc.stderr.close()
 
 
-@contextlib.contextmanager
-def temporary_server(timeout: float = 60.0, say: Any = None) -> Iterator[str | None]:
-    """Yield the API URL of a temporary server for this build (None when PREFECT_API_URL is set: that
-    server is used).  The server stops when the block ends, and with the build if it is killed."""
-    if api_url_configured():
-        yield None
-        return
-    from prefect.settings import PREFECT_API_URL, get_current_settings, temporary_settings
+class TemporaryServer:
+    """A temporary API server for one build: :meth:`start` launches it (no wait), :meth:`ready` waits until
+    it answers (one retry) and points this process's Prefect settings at it, :meth:`stop` ends it.  Work that
+    needs no server (planning) runs between start and ready, while the server boots.  Nothing is started
+    when PREFECT_API_URL is set: that server is used."""
 
-    env = {
-        **os.environ,
-        **get_current_settings().to_environment_variables(exclude_unset=True),
-        "PREFECT_UI_ENABLED": "0",
-        "PREFECT__SERVER_EPHEMERAL": "1",
-        "PREFECT__SERVER_FINAL": "1",
-    }
-    proc = None
-    for attempt in (1, 2):
+    def __init__(self, timeout: float = 60.0, say: Any = None) -> None:
+        self.timeout, self.say = timeout, say
+        self.proc: subprocess.Popen[Any] | None = None
+        self.url: str | None = None
+        self._env: dict[str, str] = {}
+        self._stack = contextlib.ExitStack()
+
+    def start(self) -> None:
+        if api_url_configured():
+            return
+        from prefect.settings import get_current_settings
+
+        self._env = {
+            **os.environ,
+            **get_current_settings().to_environment_variables(exclude_unset=True),
+            "PREFECT_UI_ENABLED": "0",
+            "PREFECT__SERVER_EPHEMERAL": "1",
+            "PREFECT__SERVER_FINAL": "1",
+        }
+        self._launch()
+
+    def _launch(self) -> None:
         port = _free_port()
-        url = f"http://127.0.0.1:{port}/api"
-        proc = _start(port, env)
-        if _wait_healthy(proc, url, timeout):
-            break
-        _stop(proc)
-        if attempt == 1 and say is not None:
-            say(
-                f"the temporary Prefect server did not start within {timeout:.0f} s (a first start on a fresh "
-                f"PREFECT_HOME migrates its database); retrying once"
-            )
-    else:
-        raise RuntimeError(
-            f"the temporary Prefect server did not start twice (within {timeout:.0f} s each) -> set PREFECT_API_URL "
-            f"to a running server (`prefect server start`), or build with --no-prefect"
-        )
+        self.url = f"http://127.0.0.1:{port}/api"
+        self.proc = _start(port, self._env)
+
+    def ready(self) -> str | None:
+        """The server's API URL once it answers (None: the configured PREFECT_API_URL is used)."""
+        if self.proc is None or self.url is None:
+            return None
+        if not _wait_healthy(self.proc, self.url, self.timeout):
+            _stop(self.proc)
+            if self.say is not None:
+                self.say(
+                    f"the temporary Prefect server did not start within {self.timeout:.0f} s (a first start on a "
+                    f"fresh PREFECT_HOME migrates its database); retrying once"
+                )
+            self._launch()
+            assert self.proc is not None and self.url is not None
+            if not _wait_healthy(self.proc, self.url, self.timeout):
+                raise RuntimeError(
+                    f"the temporary Prefect server did not start twice (within {self.timeout:.0f} s each) -> set "
+                    f"PREFECT_API_URL to a running server (`prefect server start`), or build with --no-prefect"
+                )
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+
+        self._stack.enter_context(temporary_settings(updates={PREFECT_API_URL: self.url}))
+        self._stack.callback(_flush_logs)  # runs first on close: logs are sent while the server still listens
+        return self.url
+
+    def stop(self) -> None:
+        try:
+            self._stack.close()
+        finally:
+            if self.proc is not None:
+                _stop(self.proc)
+                self.proc = None
+
+
+@contextlib.contextmanager
+def temporary_server(timeout: float = 60.0, say: Any = None, wait: bool = True) -> Iterator[TemporaryServer]:
+    """A :class:`TemporaryServer`, started (and, with ``wait``, ready) for the block; stopped when the block
+    ends, and with the build if it is killed."""
+    server = TemporaryServer(timeout, say)
     try:
-        with temporary_settings(updates={PREFECT_API_URL: url}):
-            try:
-                yield url
-            finally:
-                _flush_logs()
+        server.start()
+        if wait:
+            server.ready()
+        yield server
     finally:
-        _stop(proc)
+        server.stop()
 
 
 def _flush_logs() -> None:

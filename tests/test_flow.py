@@ -106,6 +106,7 @@ def test_an_all_cached_rerun_without_a_server_is_checked_in_process(tmp_path, sa
     from flows.build import check_without_server, run_build
     from flows.run import run_build as run_local
     from schemas.config import load_config
+    from sources.plan import make_plan
 
     cfg_path = _config(tmp_path, samples)
     cfg = load_config(cfg_path)
@@ -118,10 +119,10 @@ def test_an_all_cached_rerun_without_a_server_is_checked_in_process(tmp_path, sa
         assert second["orchestrated"] is False and (second["built"], second["cached"]) == (0, 6)
         assert second["release"] == str(first.release)
         assert (first.release / "manifest.json").read_bytes() == manifest
-        assert len(said) == 1 and "no temporary Prefect server was started" in said[0]
+        assert len(said) == 1 and "no temporary Prefect server was used" in said[0]
         # a config change that reaches the cases: there is work, so the flow runs (returns None here)
         fewer = cfg.model_copy(update={"slicing": cfg.slicing.model_copy(update={"max_slices_per_case": 1})})
-        assert check_without_server(fewer, out) is None
+        assert check_without_server(make_plan(fewer, samples, out), out) is None
         # a deleted release with every case cached is rewritten in process, byte-identical
         import shutil
 
@@ -129,4 +130,4 @@ def test_an_all_cached_rerun_without_a_server_is_checked_in_process(tmp_path, sa
         third = run_build(str(cfg_path), str(out))
         assert third["orchestrated"] is False and (first.release / "manifest.json").read_bytes() == manifest
     with temporary_settings(updates={PREFECT_API_URL: "http://127.0.0.1:9/api"}):
-        assert check_without_server(cfg, out) is None  # a configured server records every run
+        assert check_without_server(make_plan(cfg, samples, out), out) is None  # a server records every run
