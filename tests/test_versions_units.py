@@ -20,7 +20,14 @@ from pipeline.release.case import rows_for_slice, task_mix
 from pipeline.release.executors import SerialExecutor
 from pipeline.release.writer import canonical_row
 from pipeline.versions.diff import diff_releases
-from pipeline.versions.duplicates import Member, find_groups, image_fingerprint, near_pairs
+from pipeline.versions.duplicates import (
+    Member,
+    _max_distance,
+    find_groups,
+    image_fingerprint,
+    iter_near_pairs,
+    near_pairs,
+)
 from pipeline.versions.frame import KEYS, ROW_SCHEMA, read_keys
 from pipeline.versions.licences import exclusion_reason, licence_id, licence_summary
 from pipeline.versions.splits import SplitContext, decide
@@ -155,7 +162,14 @@ def test_near_pairs_equal_brute_force():
         brute = {(i, j) for i, j in itertools.combinations(range(len(hashes)), 2)
                  if bin(int(hashes[i]) ^ int(hashes[j])).count("1") <= t}
         assert near_pairs(hashes, t) == brute
+        # the streaming form with a tiny distance budget (one row at a time) finds the same pairs
+        small = {(int(a), int(b)) for aa, bb in iter_near_pairs(hashes, t, budget=7) for a, b in zip(aa, bb)}
+        assert small == brute
     assert near_pairs(hashes, -1) == set()
+    # a group's reported distance: the largest bit distance of any two of its hashes
+    some = [int(h) for h in hashes[:37]] + [int(hashes[0])]
+    brute_max = max(bin(a ^ b).count("1") for a in some for b in some)
+    assert _max_distance(some, budget=5) == _max_distance(some) == brute_max > 0
 
 
 def _m(source, case, patient, image, pixel, phash, **kw):

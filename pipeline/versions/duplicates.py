@@ -20,7 +20,7 @@ The split and drop decisions are made in :mod:`pipeline.versions.splits`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 import hashlib
 from collections import defaultdict
 from dataclasses import dataclass
@@ -109,7 +109,7 @@ class UnionFind:
 
 
 def _popcount(x: np.ndarray) -> np.ndarray:
-    return np.unpackbits(x.view(np.uint8).reshape(-1, 8), axis=1).sum(axis=1).reshape(x.shape)
+    return np.bitwise_count(x)  # uint8, same shape: 1 byte per entry (unpackbits needed 72)
 
 
 def _bands(threshold: int) -> list[tuple[int, int]]:
@@ -123,11 +123,13 @@ def _bands(threshold: int) -> list[tuple[int, int]]:
     return out
 
 
-def near_pairs(hashes: np.ndarray, threshold: int, block: int = 2048) -> set[tuple[int, int]]:
-    """Index pairs (i < j) of distinct 64-bit hashes at most ``threshold`` bits apart (multi-index hashing)."""
-    pairs: set[tuple[int, int]] = set()
+def iter_near_pairs(hashes: np.ndarray, threshold: int,
+                    budget: int = 1 << 20) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Index pairs (i < j, as two arrays per step) of distinct 64-bit hashes at most ``threshold`` bits apart
+    (multi-index hashing: two such hashes agree on at least one of ``threshold + 1`` bands).  A pair can come
+    more than once (from several bands).  Memory: ``budget`` distance entries at a time, however many pairs."""
     if threshold < 0 or len(hashes) < 2:
-        return pairs
+        return
     for shift, width in _bands(threshold):
         band = (hashes >> np.uint64(shift)) & np.uint64((1 << width) - 1)
         order = np.argsort(band, kind="stable")
@@ -138,13 +140,24 @@ def near_pairs(hashes: np.ndarray, threshold: int, block: int = 2048) -> set[tup
                 continue
             idx = np.sort(idx)
             h = hashes[idx]
+            block = max(1, budget // len(idx))
             for start in range(0, len(idx), block):
                 d = _popcount(h[start:start + block, None] ^ h[None, :])
                 ii, jj = np.nonzero(d <= threshold)
-                for a, b in zip(ii + start, jj, strict=True):
-                    if a < b:
-                        pairs.add((int(idx[a]), int(idx[b])))
-    return pairs
+                keep = ii + start < jj
+                yield idx[ii[keep] + start], idx[jj[keep]]
+
+
+def near_pairs(hashes: np.ndarray, threshold: int) -> set[tuple[int, int]]:
+    """Index pairs (i < j) of distinct 64-bit hashes at most ``threshold`` bits apart, as a set."""
+    return {(int(a), int(b)) for aa, bb in iter_near_pairs(hashes, threshold) for a, b in zip(aa, bb, strict=True)}
+
+
+def _max_distance(hashes: list[int], budget: int = 1 << 20) -> int:
+    """The largest bit distance between two of these 64-bit hashes (blocks of ``budget`` entries)."""
+    h = np.array(sorted(set(hashes)), dtype=np.uint64)
+    block = max(1, budget // len(h))
+    return max(int(_popcount(h[s:s + block, None] ^ h[None, :]).max()) for s in range(0, len(h), block))
 
 
 def _link(uf: UnionFind, members: list[Member], a: list[int], b: list[int]) -> None:
@@ -175,8 +188,9 @@ def find_groups(members: list[Member], near_threshold: int) -> list[Group]:
         for idx in by_hash.values():
             _link(uf, members, idx, idx)
         uniq = sorted(by_hash)
-        for a, b in sorted(near_pairs(np.array(uniq, dtype=np.uint64), near_threshold)):
-            _link(uf, members, by_hash[uniq[a]], by_hash[uniq[b]])
+        for aa, bb in iter_near_pairs(np.array(uniq, dtype=np.uint64), near_threshold):
+            for a, b in zip(aa.tolist(), bb.tolist(), strict=True):  # components do not depend on the order
+                _link(uf, members, by_hash[uniq[a]], by_hash[uniq[b]])
     comps: dict[int, list[Member]] = defaultdict(list)
     for i, m in enumerate(members):
         comps[uf.find(i)].append(m)
@@ -186,7 +200,7 @@ def find_groups(members: list[Member], near_threshold: int) -> list[Group]:
             continue
         ms = sorted(ms, key=lambda m: (m.source, m.case_id, m.axis, m.slice_index, m.image))
         exact = len({m.pixel for m in ms}) == 1
-        dist = 0 if exact else max(bin(a.phash ^ b.phash).count("1") for a in ms for b in ms)
+        dist = 0 if exact else _max_distance([m.phash for m in ms])
         groups.append(Group("exact" if exact else "near", dist, ms))
     groups.sort(key=lambda g: (g.members[0].source, g.members[0].case_id, g.members[0].axis,
                                g.members[0].slice_index, g.members[0].image))
