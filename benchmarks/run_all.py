@@ -15,7 +15,7 @@ import sys
 BENCHES = [
     "benchmarks.b1_boxes", "benchmarks.b2_end_to_end", "benchmarks.b7_dicom_series", "benchmarks.b8_samples",
     "benchmarks.b9_diff", "benchmarks.b10_costs", "benchmarks.b11_ct_case",
-    "benchmarks.b13_seg_reader", "benchmarks.b14_discovery",
+    "benchmarks.b13_seg_reader", "benchmarks.b14_discovery", "benchmarks.b15_duplicates",
 ]
 
 

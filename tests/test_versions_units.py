@@ -332,3 +332,42 @@ def test_the_two_pet_cards_are_exact_duplicates(tmp_path, samples):
     assert m2["dropped"]["row:duplicate_image"] == m2["duplicates"]["rows_dropped"] == nifti_rows
     assert m2["counts"]["by_source"] == {"ibsi-sts-pet-dicom": m["counts"]["by_source"]["ibsi-sts-pet-dicom"]}
     assert m2["counts"]["images"] == n_images
+
+
+def _brute_groups(ms, t):
+    """Reference: link every pair of members of different patients with equal pixels or phashes at most
+    ``t`` bits apart (none when t < 0 except equal pixels), transitively; components of >= 2 patients."""
+    parent = list(range(len(ms)))
+
+    def find(i):
+        while parent[i] != i:
+            i = parent[i]
+        return i
+
+    for i, j in itertools.combinations(range(len(ms)), 2):
+        a, b = ms[i], ms[j]
+        near = t >= 0 and bin(a.phash ^ b.phash).count("1") <= t
+        if a.patient != b.patient and (a.pixel == b.pixel or near):
+            parent[find(j)] = find(i)
+    comps = {}
+    for i, m in enumerate(ms):
+        comps.setdefault(find(i), []).append(m.case_id)
+    return sorted(sorted(c) for c in comps.values() if len({ms[int(x[1:])].patient for x in c}) >= 2)
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_find_groups_equal_linking_every_cross_patient_pair(seed):
+    """The component shortcut (whole buckets, one edge per qualifying bucket pair) gives the groups of linking
+    every cross-patient pair: repeated patients, shared phashes within one patient, exact pixel copies."""
+    rng = np.random.default_rng(seed)
+    centres = [int(c) for c in rng.integers(0, 2**63, 4, dtype=np.uint64)]
+    ms = []
+    for i in range(int(rng.integers(2, 40))):
+        h = centres[int(rng.integers(0, 4))]
+        for b in rng.choice(64, int(rng.integers(0, 4)), replace=False):
+            h ^= 1 << int(b)
+        pixel = f"px{int(rng.integers(0, 6))}" if rng.random() < 0.3 else f"u{i}"
+        ms.append(Member("s", f"c{i}", f"p{int(rng.integers(0, 5))}", f"im{i}", "axial", i, pixel, h))
+    for t in (-1, 0, 2, 4):
+        got = sorted(sorted(m.case_id for m in g.members) for g in find_groups(ms, t))
+        assert got == _brute_groups(ms, t), (seed, t)

@@ -22,10 +22,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 import hashlib
-from collections import defaultdict
 from dataclasses import dataclass
 
 import imagehash
+from typing import Any
+
 import numpy as np
 from PIL import Image
 
@@ -124,7 +125,7 @@ def _bands(threshold: int) -> list[tuple[int, int]]:
 
 
 def iter_near_pairs(hashes: np.ndarray, threshold: int,
-                    budget: int = 1 << 20) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+                    budget: int = 1 << 18) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Index pairs (i < j, as two arrays per step) of distinct 64-bit hashes at most ``threshold`` bits apart
     (multi-index hashing: two such hashes agree on at least one of ``threshold + 1`` bands).  A pair can come
     more than once (from several bands).  Memory: ``budget`` distance entries at a time, however many pairs."""
@@ -160,48 +161,125 @@ def _max_distance(hashes: list[int], budget: int = 1 << 20) -> int:
     return max(int(_popcount(h[s:s + block, None] ^ h[None, :]).max()) for s in range(0, len(h), block))
 
 
-def _link(uf: UnionFind, members: list[Member], a: list[int], b: list[int]) -> None:
-    """Union every member of ``a`` with every member of ``b`` of another patient (one link per patient pair
-    suffices: the union is transitive)."""
-    seen: set[tuple[str, str]] = set()
-    for i in a:
-        for j in b:
-            pi, pj = members[i].patient, members[j].patient
-            if pi != pj and (pi, pj) not in seen:
-                seen.add((pi, pj))
-                uf.union(i, j)
-
-
 def find_groups(members: list[Member], near_threshold: int) -> list[Group]:
     """Groups of images of at least two patients, linked by exact (equal pixels) or near (phash within the
     threshold) duplicates between *different* patients, transitively (a group's patients end up in one
-    split); slices of one patient are never linked to each other.  Deterministic order."""
-    uf = UnionFind(len(members))
-    by_pixel: dict[str, list[int]] = defaultdict(list)
-    by_hash: dict[int, list[int]] = defaultdict(list)
-    for i, m in enumerate(members):
-        by_pixel[m.pixel].append(i)
-        by_hash[m.phash].append(i)
-    for idx in by_pixel.values():
-        _link(uf, members, idx, idx)
+    split); slices of one patient are never linked to each other.  Deterministic order.
+
+    Linking every cross-patient pair of members is what defines the groups; the same components come from
+    far fewer edges, found with numpy and joined by ``scipy.sparse.csgraph.connected_components``: a bucket
+    (equal pixels, equal phash) holding two or more patients is connected as a whole; a near pair of phash
+    buckets joins both unless they are one and the same single patient, and then each bucket is connected
+    as a whole too.  Memory: a bounded batch of near pairs and a few integers per member."""
+    n = len(members)
+    if n == 0:
+        return []
+    patient = _codes([m.patient for m in members])
+    edges: list[tuple[np.ndarray, np.ndarray]] = []
+    _bucket_edges(_codes([m.pixel for m in members]), patient, None, edges)
     if near_threshold >= 0:
-        for idx in by_hash.values():
-            _link(uf, members, idx, idx)
-        uniq = sorted(by_hash)
+        hcode, uniq = _codes([m.phash for m in members], keys=True)
+        first, single_patient, active = _bucket_edges(hcode, patient, None, edges)
+        joined = _BucketComponents(len(uniq))
         for aa, bb in iter_near_pairs(np.array(uniq, dtype=np.uint64), near_threshold):
-            for a, b in zip(aa.tolist(), bb.tolist(), strict=True):  # components do not depend on the order
-                _link(uf, members, by_hash[uniq[a]], by_hash[uniq[b]])
-    comps: dict[int, list[Member]] = defaultdict(list)
-    for i, m in enumerate(members):
-        comps[uf.find(i)].append(m)
+            same = single_patient[aa] & single_patient[bb] & (patient[first[aa]] == patient[first[bb]])
+            aa, bb = aa[~same], bb[~same]
+            if len(aa):
+                joined.add(aa, bb)
+                active[aa] = active[bb] = True
+        _bucket_edges(hcode, patient, active & single_patient, edges)
+        buckets = np.flatnonzero(active)
+        edges.append((first[buckets], first[joined.representative()[buckets]]))
+    label = _components(n, edges)
+    order = np.argsort(label, kind="stable")
+    cuts = np.flatnonzero(np.diff(label[order])) + 1
     groups = []
-    for ms in comps.values():
-        if len({m.patient for m in ms}) < 2:
+    for idx in np.split(order, cuts):
+        if len(idx) < 2 or len(np.unique(patient[idx])) < 2:
             continue
-        ms = sorted(ms, key=lambda m: (m.source, m.case_id, m.axis, m.slice_index, m.image))
+        ms = sorted((members[i] for i in idx.tolist()),
+                    key=lambda m: (m.source, m.case_id, m.axis, m.slice_index, m.image))
         exact = len({m.pixel for m in ms}) == 1
         dist = 0 if exact else _max_distance([m.phash for m in ms])
         groups.append(Group("exact" if exact else "near", dist, ms))
     groups.sort(key=lambda g: (g.members[0].source, g.members[0].case_id, g.members[0].axis,
                                g.members[0].slice_index, g.members[0].image))
     return groups
+
+
+def _codes(values: list[Any], keys: bool = False) -> Any:
+    """Integer codes of the values in sorted order of the distinct values (and those values, with ``keys``)."""
+    uniq = sorted(set(values))
+    index = {v: i for i, v in enumerate(uniq)}
+    codes = np.fromiter((index[v] for v in values), dtype=np.int64, count=len(values))
+    return (codes, uniq) if keys else codes
+
+
+def _bucket_edges(code: np.ndarray, patient: np.ndarray, only: np.ndarray | None,
+                  edges: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Star edges (member -> its bucket's first member) of the buckets with two or more patients, or of the
+    buckets marked in ``only``.  Returns each bucket's first member, whether it holds a single patient, and
+    an all-False mark per bucket."""
+    k = int(code.max()) + 1
+    order = np.lexsort((np.arange(len(code)), code))
+    sc = code[order]
+    starts = np.flatnonzero(np.r_[True, sc[1:] != sc[:-1]])
+    first = np.empty(k, dtype=np.int64)
+    first[sc[starts]] = order[starts]
+    lo = np.full(k, np.iinfo(np.int64).max)
+    hi = np.full(k, -1)
+    np.minimum.at(lo, code, patient)
+    np.maximum.at(hi, code, patient)
+    single = lo == hi
+    star = ~single if only is None else only
+    pick = star[code]
+    if pick.any():
+        members = np.flatnonzero(pick)
+        edges.append((members, first[code[members]]))
+    return first, single, np.zeros(k, dtype=bool)
+
+
+class _BucketComponents:
+    """Connected components of phash buckets joined by near pairs, merged every ``budget`` pairs so memory
+    stays one batch of pairs and a label per bucket, however many pairs there are."""
+
+    def __init__(self, k: int, budget: int = 1 << 18) -> None:
+        self.k, self.budget = k, budget
+        self.rep = np.arange(k)  # each bucket's representative (the smallest bucket of its component)
+        self.pending: list[tuple[np.ndarray, np.ndarray]] = []
+        self.size = 0
+
+    def add(self, a: np.ndarray, b: np.ndarray) -> None:
+        self.pending.append((a, b))
+        self.size += len(a)
+        if self.size >= self.budget:
+            self._merge()
+
+    def _merge(self) -> None:
+        if not self.pending:
+            return
+        nodes = np.arange(self.k)
+        self.pending.append((nodes, self.rep))
+        label = _components(self.k, self.pending)
+        rep = np.full(int(label.max()) + 1, self.k)
+        np.minimum.at(rep, label, nodes)
+        self.rep = rep[label]
+        self.pending, self.size = [], 0
+
+    def representative(self) -> np.ndarray:
+        self._merge()
+        return self.rep
+
+
+def _components(n: int, edges: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    if not edges:
+        return np.arange(n)
+    a = np.concatenate([e[0] for e in edges])
+    b = np.concatenate([e[1] for e in edges])
+    graph = coo_matrix((np.ones(len(a), dtype=np.int8), (a, b)), shape=(n, n)).tocsr()
+    return connected_components(graph, directed=False)[1]
+
+
