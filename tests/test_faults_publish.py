@@ -92,19 +92,26 @@ def test_a_source_without_cases_never_replaces_a_release(tmp_path, samples):
 
 @pytest.mark.faults
 def test_a_second_build_into_the_same_folder_fails_clearly_or_waits(tmp_path, samples):
+    """Another process holds the output folder's lock (the build's own ``output_lock``, in a process that
+    keeps it until told: no race with a first build that finishes before the second starts)."""
     cfg = _config(tmp_path, samples)
     out = tmp_path / "out"
-    first = _cli(str(cfg), "--out", str(out), "--no-prefect")
-    lock = out / ".medreg.lock"
-    deadline = time.time() + 120
-    while time.time() < deadline and not (lock.is_file() and lock.read_text().strip() == str(first.pid)):
-        time.sleep(0.05)
-    second = _cli(str(cfg), "--out", str(out), "--no-prefect")
-    assert second.wait(timeout=600) == 1
-    msg = second.stderr.read()
-    assert f"pid {first.pid}" in msg and str(out) in msg.replace("\n", "") and "--wait" in msg
-    third = _cli(str(cfg), "--out", str(out), "--no-prefect", "--wait", "600")
-    assert first.wait(timeout=600) == 0, first.stderr.read()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from pathlib import Path; from pipeline.release.publish import output_lock\n"
+         f"with output_lock(Path({str(out)!r})):\n    print('locked', flush=True)\n    sys.stdin.read()"],
+        cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        second = _cli(str(cfg), "--out", str(out), "--no-prefect")
+        assert second.wait(timeout=600) == 1
+        msg = second.stderr.read()
+        assert f"pid {holder.pid}" in msg and str(out) in msg.replace("\n", "") and "--wait" in msg
+        third = _cli(str(cfg), "--out", str(out), "--no-prefect", "--wait", "600")
+        time.sleep(3)
+        assert third.poll() is None  # waiting for the lock, not failing
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=60)
     assert third.wait(timeout=600) == 0, third.stderr.read()
     assert verify_release(out / "f-1") == []
     assert sorted(p.name for p in out.iterdir()) == [".medreg-cache", ".medreg.lock", "f-1"]
