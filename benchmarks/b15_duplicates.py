@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"B15: find_groups over N images in {args.clusters} clusters of near hashes (threshold {THRESHOLD})")
     print(f"{'N':>7s} {'previous s':>11s} {'now s':>8s} {'ratio':>7s} {'previous MB':>12s} {'now MB':>8s} "
           f"{'groups':>7s}")
-    find_groups(members(50, 2), THRESHOLD)  # warm-up: scipy's imports are not part of the figure
+    find_groups(members(50, 2), THRESHOLD)  # warm-up
     for n in ns:
         ms = members(n, args.clusters)
         t_old, old = _timed(lambda ms=ms: previous_find_groups(ms, THRESHOLD))
