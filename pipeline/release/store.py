@@ -11,6 +11,7 @@
       fingerprints.sqlite               input-file sha256 memo (path, size, mtime, inode)
       verdicts/                         model-judge verdict cache (per row and image)
       runs/<name>-<version>.last-run.json
+      tmp/                              a build's spill files (case summaries, the stats fit), unlinked at creation
 
 Every file is written atomically, so a killed run leaves whole parts or none.
 """
