@@ -147,13 +147,19 @@ def build_release(config_path: str, out: str = "out", wait_seconds: float = 0.0)
     for e in result.errors:
         logger.warning(e.one_line())
     logger.info("release written to %s (%s rows)", result.release, result.manifest.counts.get("rows"))
+    return build_summary(result, orchestrated=True)
+
+
+def build_summary(result: BuildResult, orchestrated: bool) -> dict[str, Any]:
+    """What a build returns to its caller: release, counts, errors, cases built/cached, and whether the
+    flow ran (False: an all-cached rerun checked in process, see :func:`check_without_server`)."""
     return {
         "release": str(result.release),
         "counts": result.manifest.counts,
         "errors": [e.one_line() for e in result.errors],
         "built": result.built,
         "cached": result.cached,
-        "orchestrated": True,
+        "orchestrated": orchestrated,
     }
 
 
@@ -264,11 +270,4 @@ def check_without_server(plan: Plan, out: str | Path, progress: Progress | None 
     if say is not None:
         say(f"all {len(plan.jobs)} cases were already built: the release was checked in this process and no "
             f"temporary Prefect server was used (set PREFECT_API_URL to record every run on a server)")
-    return {
-        "release": str(result.release),
-        "counts": result.manifest.counts,
-        "errors": [e.one_line() for e in result.errors],
-        "built": result.built,
-        "cached": result.cached,
-        "orchestrated": False,
-    }
+    return build_summary(result, orchestrated=False)

@@ -69,6 +69,16 @@ def _chunks(paths: list[Any], size: int) -> Iterator[bytes]:
         yield b"".join(buf)
 
 
+def _robust(g: dict[str, Any], feature: str, arr: np.ndarray) -> None:
+    """The group's median and robust scale of one feature from its finite values (none: left out)."""
+    if arr.size == 0:
+        return
+    med = float(np.median(arr))
+    mad = float(np.median(np.abs(arr - med)))
+    g["median"][feature] = round(med, 9)
+    g["scale"][feature] = round(max(MAD_TO_SD * mad, SCALE_FLOOR[feature]), 9)
+
+
 def _read_group(spill: Any, parts: list[tuple[int, int]], width: int) -> tuple[np.ndarray, np.ndarray]:
     """One group's (dedup hashes, features) from the fit's spill file, in the order they were written."""
     hashes, values = [], []
@@ -169,13 +179,7 @@ class StatsValidator:
             fv = values[key]
             g: dict[str, Any] = {"n": len(fv["__n__"]), "median": {}, "scale": {}}
             for f in self.config.features:
-                arr = np.asarray(fv.get(f, []), dtype=np.float64)
-                if arr.size == 0:
-                    continue
-                med = float(np.median(arr))
-                mad = float(np.median(np.abs(arr - med)))
-                g["median"][f] = round(med, 9)
-                g["scale"][f] = round(max(MAD_TO_SD * mad, SCALE_FLOOR[f]), 9)
+                _robust(g, f, np.asarray(fv.get(f, []), dtype=np.float64))
             groups[key] = g
         self.groups = groups
         self.fitted = True
@@ -234,13 +238,7 @@ class StatsValidator:
         g: dict[str, Any] = {"n": int(block.shape[0]), "median": {}, "scale": {}}
         for j, f in enumerate(self.config.features):
             arr = block[:, j]
-            arr = arr[np.isfinite(arr)]
-            if arr.size == 0:
-                continue
-            med = float(np.median(arr))
-            mad = float(np.median(np.abs(arr - med)))
-            g["median"][f] = round(med, 9)
-            g["scale"][f] = round(max(MAD_TO_SD * mad, SCALE_FLOOR[f]), 9)
+            _robust(g, f, arr[np.isfinite(arr)])
         return g
 
     def _compact(self, pl: Any, blob: bytes) -> Any:
