@@ -4,6 +4,8 @@
    (adapter.load, best of N). Before: the previous packing (nibabel read of each mask, a C-order uint16
    layer, ``layer[fg].any()`` and ``layer[fg] = id`` on the Fortran-ordered mask) timed on the first
    ``--before-masks`` files and scaled to all 117; after: run reader + one packer in the files' order.
+   Then the mask folder read three ways (every byte inflated by ISA-L, the sparse inflater, the sparse
+   inflater with the case's files read on two threads) against the label map on one and two threads.
 2. gzip: reading the 512x512x300 CT (``read_nifti``) and draining all 117 mask files, zlib vs ISA-L.
    The B2 floor comparison is in benchmarks/b2_end_to_end.py.
 3. ``regions_2d`` on SA-Med2D-style instance masks and label maps: the kernel's per-call scratch of
@@ -52,7 +54,16 @@ def old_mask_folder_pack(files: list[Path], shape: tuple[int, ...]) -> None:
         arr[fg] = lid
 
 
-def mask_folders(corpus: Path, repeat: int, before_masks: int) -> None:
+MASK_CONFIGS = {  # name: (layout, MEDREG_READ_THREADS, MEDREG_MASK_INFLATE)
+    "label map, 1 thread": ("labelmap", "1", "sparse"),
+    "label map, 2 threads": ("labelmap", "2", "sparse"),
+    "masks, inflate every byte, 1 thread (before)": ("masks", "1", "stream"),
+    "masks, sparse inflater, 1 thread": ("masks", "1", "sparse"),
+    "masks, sparse inflater, 2 threads": ("masks", "2", "sparse"),
+}
+
+
+def mask_folders(corpus: Path, repeat: int, before_masks: int) -> dict[str, tuple[float, float]]:
     from pipeline.ingest.readers.nifti import read_nifti
     from sources.base import get_adapter, load_card
 
@@ -63,24 +74,36 @@ def mask_folders(corpus: Path, repeat: int, before_masks: int) -> None:
         ref = adapter.discover()[0]
         adapter.load(ref)  # numba compile / cache load
         loaders[layout] = (adapter, ref)
-    loads = {k: 1e9 for k in loaders}
-    cpu = {k: 1e9 for k in loaders}
-    for _ in range(repeat):  # interleaved
-        for layout, (adapter, ref) in loaders.items():
-            t0, c0 = time.perf_counter(), time.process_time()
-            adapter.load(ref)
-            loads[layout] = min(loads[layout], time.perf_counter() - t0)
-            cpu[layout] = min(cpu[layout], time.process_time() - c0)
+    wall = {k: 1e9 for k in MASK_CONFIGS}
+    cpu = {k: 1e9 for k in MASK_CONFIGS}
+    saved = {k: os.environ.get(k) for k in ("MEDREG_READ_THREADS", "MEDREG_MASK_INFLATE")}
+    try:
+        for _ in range(repeat):  # interleaved: the machine's load changes between runs
+            for name, (layout, threads, inflate) in MASK_CONFIGS.items():
+                os.environ["MEDREG_READ_THREADS"], os.environ["MEDREG_MASK_INFLATE"] = threads, inflate
+                adapter, ref = loaders[layout]
+                t0, c0 = time.perf_counter(), time.process_time()
+                adapter.load(ref)
+                wall[name] = min(wall[name], time.perf_counter() - t0)
+                cpu[name] = min(cpu[name], time.process_time() - c0)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
     files = sorted((corpus / "ct" / "s0001" / "segmentations").glob("*.nii.gz"))
     shape = read_nifti(corpus / "ct" / "s0001" / "segmentations.nii.gz")[0].shape
     before = best(lambda: old_mask_folder_pack(files[:before_masks], shape), 1) / before_masks
-    after = (loads["masks"] - loads["labelmap"]) / len(files)
+    after = (wall["masks, sparse inflater, 1 thread"] - wall["label map, 1 thread"]) / len(files)
     print(f"\n1. per-structure masks ({len(files)} files) vs combined label map, adapter.load, best of {repeat}")
-    print(f"   combined label map                      {loads['labelmap']:8.2f} s wall {cpu['labelmap']:8.2f} s CPU")
-    print(f"   per-structure folder (after)            {loads['masks']:8.2f} s wall {cpu['masks']:8.2f} s CPU  = "
-          f"{loads['masks'] / loads['labelmap']:.2f}x the label map (CPU {cpu['masks'] / cpu['labelmap']:.2f}x)")
-    print(f"   per mask: before {before:.3f} s (measured on {before_masks} masks; x{len(files)} = "
-          f"{before * len(files):.0f} s per case), after {after:.3f} s -> {before / max(after, 1e-9):.0f}x less")
+    for name in MASK_CONFIGS:
+        base = "label map, 2 threads" if name.endswith("2 threads") else "label map, 1 thread"
+        print(f"   {name:<46}{wall[name]:6.2f} s wall {cpu[name]:6.2f} s CPU = {wall[name] / wall[base]:.2f}x "
+              f"(CPU {cpu[name] / cpu[base]:.2f}x) the {base}")
+    print(f"   per mask: before {before:.3f} s (the first packing, measured on {before_masks} masks; x{len(files)} = "
+          f"{before * len(files):.0f} s per case), now {after:.3f} s -> {before / max(after, 1e-9):.0f}x less")
+    return {k: (wall[k], cpu[k]) for k in MASK_CONFIGS}
 
 
 def gzip_paths(corpus: Path, repeat: int) -> None:

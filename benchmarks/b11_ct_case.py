@@ -76,7 +76,7 @@ def stage(results: dict[str, list[tuple[float, float]]], name: str, fn: Callable
 def profile_case(corpus: Path, layout: str, out: Path) -> dict[str, list[tuple[float, float]]]:
     from pipeline.ingest.convert import convert
     from pipeline.regions.boxes import slice_label_boxes
-    from pipeline.release.case import assign_split, card_vocabulary, rows_for_slice, task_mix
+    from pipeline.release.case import assign_split, rows_for_slice, task_mix
     from pipeline.core.ids import hash_patient
     from pipeline.core.atomic import write_bytes_atomic
     from pipeline.release.images import ImageStore, encode_png
@@ -109,7 +109,7 @@ def profile_case(corpus: Path, layout: str, out: Path) -> dict[str, list[tuple[f
     patient = hash_patient(ref.source, ref.patient_id)
     kw = dict(ref=ref, card=card, cfg=cfg, mix=task_mix(cfg, None), modality=study.modality,
               body_region=card.body_region, split=assign_split(ref.official_split, patient, cfg), patient=patient,
-              vocabulary=card_vocabulary(card), transform=study.transform)
+              vocabulary=adapter.vocabulary(), transform=study.transform)
     rows = stage(res, "language", lambda: [rows_for_slice(sl, image_rel=rel, **kw)
                                            for sl, (_sha, rel) in zip(conv.slices, rels, strict=True)])
     validators = case_validators_for(cfg.validation)

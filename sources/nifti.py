@@ -17,6 +17,7 @@ share one label layer, overlapping ones go to further layers.
 from __future__ import annotations
 
 import re
+from concurrent.futures import Executor, Future
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from pipeline.core.types import CaseRef, LabelLayer, Study
 from pipeline.ingest.align import align_labels_to_image
 from pipeline.core.paths import shown
+from pipeline.ingest.concurrent import case_reader, prefetch
 from pipeline.ingest.geometry import CanonicalGeometry, to_canonical
 from pipeline.ingest.readers import ReadError
 from pipeline.ingest.packing import LayerPacker, MaskRuns
@@ -70,9 +72,10 @@ class NiftiLayout(Layout3D):
         return self
 
 
-def _mask_runs(f: Path, image_shape: tuple[int, ...], img_aff: np.ndarray, notes: list[str]) -> MaskRuns:
-    """One structure's mask on the image grid, as runs in Fortran order (resampled when its grid differs)."""
-    got = read_mask_runs(f, notes=notes)
+def _mask_runs(f: Path, image_shape: tuple[int, ...], img_aff: np.ndarray, notes: list[str],
+               got: tuple[MaskRuns, np.ndarray] | None) -> MaskRuns:
+    """One structure's mask on the image grid, as runs in Fortran order (resampled when its grid differs).
+    ``got`` is what :func:`read_mask_runs` read (on a reader thread)."""
     if got is not None and got[0].shape == tuple(image_shape) and np.allclose(got[1], img_aff, atol=1e-3):
         return got[0]
     mask, aff = read_nifti(f, integer_labels=True, notes=notes)
@@ -80,6 +83,11 @@ def _mask_runs(f: Path, image_shape: tuple[int, ...], img_aff: np.ndarray, notes
         mask, note = align_labels_to_image(mask, aff, image_shape, img_aff, label_file=str(f))
         notes.append(note)
     return MaskRuns.from_array(mask > 0, "F")
+
+
+def _read_mask(f: Path) -> tuple[tuple[MaskRuns, np.ndarray] | None, list[str]]:
+    notes: list[str] = []
+    return read_mask_runs(f, notes=notes), notes
 
 
 class NiftiLabelmapAdapter(SourceAdapter):
@@ -113,28 +121,37 @@ class NiftiLabelmapAdapter(SourceAdapter):
         )
 
     def _mask_folder_layers(
-        self, folder: Path, image_shape: tuple[int, ...], img_aff: np.ndarray, notes: list[str]
+        self, folder: Path, image: Future[tuple[np.ndarray, np.ndarray]], notes: list[str], pool: Executor
     ) -> list[tuple[np.ndarray, dict[int, str]]]:
+        """The folder's masks packed into label layers on the image's grid. The masks are read on
+        ``pool`` a window ahead while this thread packs, and while ``image`` is still being read."""
         files = sorted(p for p in folder.iterdir() if p.name.endswith((".nii", ".nii.gz")))
         if not files:
             raise ReadError(f"mask folder {shown(folder)} holds no .nii/.nii.gz file", file=str(folder),
                             hint="point `labels` at a label map or a folder of per-structure masks")
+        terms = {f: self.term_for(f.name[: -len(".nii.gz")] if f.name.endswith(".nii.gz") else f.name[: -len(".nii")])
+                 for f in files}
+        if image.done():
+            image.result()  # a broken image is reported before any mask is read (always so on one thread)
+        reads = prefetch(pool, _read_mask, [f for f in files if terms[f] is not None])
+        img, img_aff = image.result()
         # keep the dataset's own ids where the card's label map knows the term (meta.regions.label_id)
         id_of = {t: int(k) for k, t in label_table(self.card).items() if k.isdigit()}
         next_id = max(id_of.values(), default=0) + 1
         # layers in the files' (Fortran) order: no transposing copy while packing or in the box pass; uint8
         # when every id that can be given fits (TotalSegmentator: half the memory, twice the box-pass speed)
         dtype = np.uint8 if next_id + len(files) <= 256 else np.uint16
-        packer = LayerPacker(image_shape, order="F", dtype=dtype)
+        packer = LayerPacker(img.shape, order="F", dtype=dtype)
         names: list[dict[int, str]] = []
         used: set[int] = set()
         for f in files:
-            label = f.name[: -len(".nii.gz")] if f.name.endswith(".nii.gz") else f.name[: -len(".nii")]
-            term = self.term_for(label)
+            term = terms[f]
             if term is None:
                 notes.append(f"mask {f.name} has no term in card {self.card.name}; skipped")
                 continue
-            runs = _mask_runs(f, image_shape, img_aff, notes)
+            got, file_notes = next(reads).result()
+            notes.extend(file_notes)
+            runs = _mask_runs(f, img.shape, img_aff, notes, got)
             if not runs:
                 continue
             lid = id_of.get(term)
@@ -151,22 +168,29 @@ class NiftiLabelmapAdapter(SourceAdapter):
 
     def load(self, ref: CaseRef) -> Study:
         notes: list[str] = []
-        image, img_aff = read_nifti(ref.paths["image"], notes=notes)
-        if Path(ref.paths["labels"]).is_dir():
-            packed = self._mask_folder_layers(Path(ref.paths["labels"]), image.shape, img_aff, notes)
-            if not packed:
-                raise ReadError(f"no mask in {shown(ref.paths['labels'])} maps to a term of card {self.card.name}",
-                                file=ref.paths["labels"], hint="check the card's labels")
-            vol, geom = to_canonical(image, img_aff)
-            layers = [LabelLayer(to_canonical(a, img_aff)[0], n, origin=ref.paths["labels"]) for a, n in packed]
-            return self._study(ref, vol, geom, layers, notes)
-        labels, lab_aff = read_nifti(ref.paths["labels"], integer_labels=True, notes=notes)
-        if labels.shape != image.shape or not np.allclose(lab_aff, img_aff, atol=1e-3):
+        with case_reader() as pool:  # the image, and the masks or the label map, read at once
+            image = pool.submit(read_nifti, ref.paths["image"], notes=notes)  # its notes come first
+            if Path(ref.paths["labels"]).is_dir():
+                mask_notes: list[str] = []
+                packed = self._mask_folder_layers(Path(ref.paths["labels"]), image, mask_notes, pool)
+                notes.extend(mask_notes)
+                if not packed:
+                    raise ReadError(f"no mask in {shown(ref.paths['labels'])} maps to a term of card "
+                                    f"{self.card.name}", file=ref.paths["labels"], hint="check the card's labels")
+                img, img_aff = image.result()
+                vol, geom = to_canonical(img, img_aff)
+                layers = [LabelLayer(to_canonical(a, img_aff)[0], n, origin=ref.paths["labels"]) for a, n in packed]
+                return self._study(ref, vol, geom, layers, notes)
+            label_notes: list[str] = []
+            labels, lab_aff = read_nifti(ref.paths["labels"], integer_labels=True, notes=label_notes)
+            img, img_aff = image.result()
+        notes.extend(label_notes)
+        if labels.shape != img.shape or not np.allclose(lab_aff, img_aff, atol=1e-3):
             labels, note = align_labels_to_image(
-                labels, lab_aff, image.shape, img_aff, label_file=ref.paths["labels"], image_file=ref.paths["image"]
+                labels, lab_aff, img.shape, img_aff, label_file=ref.paths["labels"], image_file=ref.paths["image"]
             )
             notes.append(note)
-        vol, geom = to_canonical(image, img_aff)
+        vol, geom = to_canonical(img, img_aff)
         lab, _ = to_canonical(labels, img_aff)
         # every id the card knows; ids present in the file without a term are reported by the
         # pipeline (which finds present ids in its single pass over the volume)

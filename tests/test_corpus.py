@@ -78,8 +78,11 @@ def test_deterministic(small_corpus, samples, tmp_path):
     assert not np.array_equal(other.image, same.image)
 
 
-def test_per_structure_folder_equals_combined_label_map(small_corpus):
-    """Same boxes and byte-identical rows from TotalSegmentator's per-structure layout and a label map."""
+@pytest.mark.parametrize("threads", ["1", "3"])
+def test_per_structure_folder_equals_combined_label_map(small_corpus, monkeypatch, threads):
+    """Same boxes and byte-identical rows from TotalSegmentator's per-structure layout and a label map,
+    with a case's files read on one thread or on three at once."""
+    monkeypatch.setenv("MEDREG_READ_THREADS", threads)
     out, _ = small_corpus
     cfg = load_config(out / "configs" / "ct-labelmap.yaml")
     validators = case_validators_for(cfg.validation)

@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from math import prod
 from pathlib import Path
-from typing import cast
+from typing import Literal, cast
 
 import nibabel as nib
 import numpy as np
@@ -37,18 +37,23 @@ from pipeline.core.limits import check_claim
 from pipeline.core.paths import shown
 from pipeline.ingest.packing import MaskRuns, runs_of_chunk
 from pipeline.ingest.readers import ReadError
-from pipeline.ingest.readers.gz import GzipError, gunzip_chunks
+from pipeline.ingest.readers._inflate import SPARSE_MAX_BYTES, sparse_inflate_on, sparse_rows
+from pipeline.ingest.readers.gz import GzipError, backend, gunzip_chunks
 
 _HINT_DAMAGED = "the file is truncated or not NIfTI; re-download it and compare its sha256"
 _NIFTI_ERRORS = (EOFError, OSError, zlib.error, gzip.BadGzipFile, GzipError, nib.filebasedimages.ImageFileError,
                  ValueError)
 
 
-def _raw_header(path: Path, name: str):  # a nibabel Nifti1Header / Nifti2Header
-    """The header as stored (nibabel's load "fixes" zero pixdims silently; this one is not fixed)."""
+def _raw_header(path: Path, name: str, prefix: bytes | None = None):  # a nibabel Nifti1Header / Nifti2Header
+    """The header as stored (nibabel's load "fixes" zero pixdims silently; this one is not fixed), from
+    the file or from ``prefix``, its first decompressed bytes when the caller has them."""
     try:
-        with ImageOpener(str(path)) as fh:
-            head = fh.read(540)
+        if prefix is not None:
+            head = prefix[:540]
+        else:
+            with ImageOpener(str(path)) as fh:
+                head = fh.read(540)
     except (EOFError, OSError, zlib.error, gzip.BadGzipFile) as exc:
         raise ReadError(f"cannot read NIfTI {name}: {type(exc).__name__}", file=str(path), hint=_HINT_DAMAGED) from exc
     for klass, size in ((nib.Nifti1Header, 348), (nib.Nifti2Header, 540)):
@@ -264,17 +269,55 @@ def read_mask_runs(path: str | Path, *, notes: list[str] | None = None, backend_
 
     Returns None when the file needs the general reader (not gzip, a scaled or non-integer mask, an
     unusual header): call :func:`read_nifti` then.  Raises ReadError for a broken file.
+
+    By default the file goes through the sparse inflater (:mod:`pipeline.ingest.readers._inflate`), which
+    never writes the mask's empty stretches; ``backend_name`` (``"isal"``, ``"zlib"``) or
+    ``MEDREG_MASK_INFLATE=stream`` inflates every byte through that backend instead (same runs).
     """
     path = Path(path)
     if not path.name.endswith(".gz"):
         return None
     name = shown(path)
-    _check_header(path, name, _raw_header(path, name), notes)
+    buf = head = None
+    if backend_name is None and sparse_inflate_on() and path.stat().st_size <= SPARSE_MAX_BYTES:
+        buf = path.read_bytes()
+        head = _gz_prefix(buf)
+    _check_header(path, name, _raw_header(path, name, head), notes)
     try:
+        if buf is not None and head is not None:
+            got = _mask_runs_sparse(path, name, buf, head)
+            if got is not False:
+                return got
         return _mask_runs_gz(path, name, backend_name)
     except _NIFTI_ERRORS as exc:
         raise ReadError(f"cannot read NIfTI {name}: {type(exc).__name__}: {exc}", file=str(path),
                         hint=_HINT_DAMAGED) from exc
+
+
+def _gz_prefix(buf: bytes) -> bytes | None:
+    """Up to 64 KiB of the start of the gzip file ``buf``, decompressed; None if that fails (the general
+    reader then reports why)."""
+    try:
+        return backend().decompressobj(wbits=31).decompress(buf[: 1 << 16], 1 << 16)
+    except Exception:  # isal's and zlib's errors alike: the general reader names the problem
+        return None
+
+
+def _mask_runs_sparse(path: Path, name: str, buf: bytes, head: bytes,
+                      ) -> tuple[MaskRuns, np.ndarray] | None | Literal[False]:
+    """The mask through the sparse inflater; False when it does not take the file (read it in full)."""
+    info = _header_size(head)
+    if info is None or len(head) < max(info[2], info[1] + 4):
+        return False  # an unusual or long header: the general reader
+    nh, _ = _stream_header(iter([head]))
+    if nh is None or nh.scaled or nh.dtype.kind not in "bu":
+        return None  # signed masks go through read_nifti (which rejects negative ids)
+    shape = _check_shape(nh.shape, path, name)
+    _check_affine(nh.affine, path, name)
+    got = sparse_rows(buf, nh.offset, prod(shape) * nh.dtype.itemsize, shape[0] * nh.dtype.itemsize)
+    if got is None:
+        return False  # corrupt, truncated or multi-member: the general reader gives the error or reads it
+    return _rows_to_runs(shape, nh.dtype, *got), nh.affine
 
 
 def _mask_runs_gz(path: Path, name: str, backend_name: str | None) -> tuple[MaskRuns, np.ndarray] | None:
@@ -284,6 +327,24 @@ def _mask_runs_gz(path: Path, name: str, backend_name: str | None) -> tuple[Mask
         return None  # signed masks go through read_nifti (which rejects negative ids)
     shape = _check_shape(nh.shape, path, name)
     _check_affine(nh.affine, path, name)
+    return _stream_runs(chunks, head, nh, shape, name), nh.affine
+
+
+def _rows_to_runs(shape: tuple[int, ...], dtype: np.dtype, rows: np.ndarray, data: np.ndarray) -> MaskRuns:
+    """The sparse inflater's foreground rows (Fortran order: a row runs along the first axis) as runs:
+    consecutive rows form one segment, a view of ``data``."""
+    runs = MaskRuns(shape, "F")
+    if rows.size:
+        flat = data.view(dtype)
+        cuts = np.flatnonzero(np.diff(rows) > 1) + 1
+        for a, b in zip(np.r_[0, cuts].tolist(), np.r_[cuts, rows.size].tolist(), strict=True):
+            runs.runs.append((int(rows[a]) * shape[0], flat[a:b].reshape(-1)))
+    return runs
+
+
+def _stream_runs(chunks: Iterator[bytes], head: bytes, nh: NiftiHeader, shape: tuple[int, ...], name: str,
+                 ) -> MaskRuns:
+    """The mask's runs from the decompressed stream, chunk by chunk (every byte inflated and scanned)."""
     item, total = nh.dtype.itemsize, prod(shape)
     runs = MaskRuns(shape, "F")
     carry = head[nh.offset :]
@@ -298,7 +359,7 @@ def _mask_runs_gz(path: Path, name: str, backend_name: str | None) -> tuple[Mask
             raise ValueError(f"{name}: decompressed chunk not aligned to {item}-byte voxels")
     if pos < total:
         raise EOFError(f"expected {total * item} data bytes, got {pos * item}")
-    return runs, nh.affine
+    return runs
 
 
 def _with_first(first: bytes, rest: Iterator[bytes]) -> Iterator[bytes]:

@@ -1,0 +1,527 @@
+"""A gzip inflater for mostly-empty masks that never writes the empty stretches (numba kernel).
+
+TotalSegmentator ships a case as 117 per-structure masks of the full CT grid: 117 x 75 MiB of
+uncompressed bytes per case, almost all zeros, that an ordinary inflater writes out in full (1 s per case
+with ISA-L before a byte of it is looked at; docs/benchmarks.md, B10). In the deflate stream those zeros
+are long back-references to zeros (a 258-byte match at distance 1, a few bits each). This inflater decodes
+the same stream symbol by symbol but keeps only the last 32 KiB window, and a match whose source is zero
+while the window holds no non-zero byte is just counted: nothing is written. What it hands back is every
+image row (``row`` bytes from the data offset) that holds a non-zero byte, with the row's bytes.
+
+The gzip CRC-32 and length are checked as usual: a run of ``n`` zero bytes advances the CRC through
+precomputed operators for ``2**k`` zeros (the CRC of zeros is linear in the register), so no byte is
+hashed twice and none is skipped. Anything the kernel does not take on (a corrupt or truncated stream,
+rows wider than a quarter of the window, more than one gzip member) is reported by status and the caller
+reads the file with the general chunked reader, which gives the precise error.
+
+Invariant that makes skipping safe: the ring slot of position ``p`` always holds the byte at ``p - 32768``
+(or zero before the start), and a write is skipped only when that byte and every source byte are zero
+(``last_nz`` is the position of the last non-zero byte written).
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+try:  # numba is a hard dependency of the project; the fallback only keeps the module importable.
+    from numba import njit
+
+    HAVE_NUMBA = True
+except ImportError:  # pragma: no cover - exercised only on installs without numba
+    HAVE_NUMBA = False
+
+W = 1 << 15  # the deflate window; also the ring size
+SPARSE_MAX_BYTES = 1 << 28  # compressed files up to this size are read whole into memory
+_M = W - 1
+FB = 10  # bits of the first-level Huffman lookup table
+OK, BAD = 0, 1
+
+_LBASE = np.array([3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 15, 17, 19, 23, 27, 31, 35, 43, 51, 59, 67, 83, 99, 115,
+                   131, 163, 195, 227, 258], np.int64)
+_LEXT = np.array([0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3, 4, 4, 4, 4, 5, 5, 5, 5, 0], np.int64)
+_DBASE = np.array([1, 2, 3, 4, 5, 7, 9, 13, 17, 25, 33, 49, 65, 97, 129, 193, 257, 385, 513, 769, 1025, 1537,
+                   2049, 3073, 4097, 6145, 8193, 12289, 16385, 24577], np.int64)
+_DEXT = np.array([0, 0, 0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7, 8, 8, 9, 9, 10, 10, 11, 11, 12, 12,
+                  13, 13], np.int64)
+_CLORDER = np.array([16, 17, 18, 0, 8, 7, 9, 6, 10, 5, 11, 4, 12, 3, 13, 2, 14, 1, 15], np.int64)
+
+
+def _crc_table() -> np.ndarray:
+    t = np.zeros(256, np.uint64)
+    for i in range(256):
+        c = i
+        for _ in range(8):
+            c = (c >> 1) ^ 0xEDB88320 if c & 1 else c >> 1
+        t[i] = c
+    return t
+
+
+def _zero_ops(t: np.ndarray, levels: int = 48) -> np.ndarray:
+    """``z[k, j, b]``: the CRC register after ``2**k`` zero bytes, from the register ``b << 8j`` (linear)."""
+    z = np.zeros((levels, 4, 256), np.uint64)
+    basis = (np.arange(256, dtype=np.uint64)[None, :] << (8 * np.arange(4, dtype=np.uint64))[:, None])
+    z[0] = t[basis & 0xFF] ^ (basis >> 8)
+    for k in range(1, levels):
+        prev = z[k - 1]
+        once = prev[0][basis & 0xFF] ^ prev[1][(basis >> 8) & 0xFF] ^ prev[2][(basis >> 16) & 0xFF] \
+            ^ prev[3][(basis >> 24) & 0xFF]
+        z[k] = prev[0][once & 0xFF] ^ prev[1][(once >> 8) & 0xFF] ^ prev[2][(once >> 16) & 0xFF] \
+            ^ prev[3][(once >> 24) & 0xFF]
+    return z
+
+
+CRC_T = _crc_table()
+CRC_Z = _zero_ops(CRC_T).astype(np.int64)  # values < 2**32; int64 keeps numba's integer arithmetic signed
+CRC_T = CRC_T.astype(np.int64)
+
+
+def _fixed_lengths() -> tuple[np.ndarray, np.ndarray]:
+    lit = np.zeros(288, np.int64)
+    lit[:144], lit[144:256], lit[256:280], lit[280:] = 8, 9, 7, 8
+    return lit, np.full(30, 5, np.int64)
+
+
+# ----------------------------------------------------------------------------------------------------
+# kernel (plain Python functions, compiled below)
+# ----------------------------------------------------------------------------------------------------
+
+
+def _refill_py(inp, ip, bb, bc):  # pragma: no cover - compiled
+    """Top the bit buffer up to at least 56 bits; past the end of ``inp`` zero bytes are fed (``ip`` keeps
+    counting, so the caller can tell a stream that reads beyond its input)."""
+    n = inp.size
+    while bc <= 56:
+        if ip < n:
+            bb |= np.uint64(inp[ip]) << np.uint64(bc)
+        ip += 1
+        bc += 8
+    return ip, bb, bc
+
+
+def _build_py(lens, n, ft, cnt, srt):  # pragma: no cover - compiled
+    """Canonical Huffman code of ``lens[:n]``: the ``FB``-bit lookup ``ft`` (``sym << 4 | len``, 0 when the
+    code is longer) plus counts and sorted symbols for the bit-by-bit path. False if over-subscribed."""
+    cnt[:] = 0
+    for s in range(n):
+        cnt[lens[s]] += 1
+    cnt[0] = 0
+    left = 1
+    for ln in range(1, 16):
+        left = (left << 1) - cnt[ln]
+        if left < 0:
+            return False
+    offs = np.zeros(16, np.int64)
+    for ln in range(1, 15):
+        offs[ln + 1] = offs[ln] + cnt[ln]
+    ft[:] = 0
+    code = 0
+    nxt = np.zeros(16, np.int64)
+    for ln in range(1, 16):
+        code = (code + cnt[ln - 1]) << 1 if ln > 1 else 0
+        nxt[ln] = code
+    for s in range(n):
+        ln = lens[s]
+        if ln == 0:
+            continue
+        srt[offs[ln]] = s
+        offs[ln] += 1
+        c = nxt[ln]
+        nxt[ln] += 1
+        if ln <= FB:
+            rev = 0
+            for i in range(ln):
+                rev |= ((c >> i) & 1) << (ln - 1 - i)
+            for f in range(rev, 1 << FB, 1 << ln):
+                ft[f] = (s << 4) | ln
+    return True
+
+
+def _decode_py(bb, bc, ft, cnt, srt):  # pragma: no cover - compiled
+    """One symbol: ``(symbol, bits used)``; symbol -1 for a code that is not in the table."""
+    e = ft[np.int64(bb & np.uint64((1 << FB) - 1))]
+    if e != 0:
+        return e >> 4, e & 15
+    code = 0
+    first = 0
+    index = 0
+    for ln in range(1, 16):
+        code |= np.int64((bb >> np.uint64(ln - 1)) & np.uint64(1))
+        count = cnt[ln]
+        if code - count < first:
+            return srt[index + code - first], ln
+        index += count
+        first = (first + count) << 1
+        code <<= 1
+    return -1, 0
+
+
+def _dynamic_py(inp, ip, bb, bc, lft, lcnt, lsrt, dft, dcnt, dsrt):  # pragma: no cover - compiled
+    """Read a dynamic block's code tables into the literal/length and distance decoders."""
+    ip, bb, bc = _refill(inp, ip, bb, bc)
+    nlen = np.int64(bb & np.uint64(31)) + 257
+    ndist = np.int64((bb >> np.uint64(5)) & np.uint64(31)) + 1
+    ncode = np.int64((bb >> np.uint64(10)) & np.uint64(15)) + 4
+    bb >>= np.uint64(14)
+    bc -= 14
+    if nlen > 286 or ndist > 30:
+        return False, ip, bb, bc
+    lens = np.zeros(320, np.int64)
+    for i in range(ncode):
+        ip, bb, bc = _refill(inp, ip, bb, bc)
+        lens[_CLORDER_C[i]] = np.int64(bb & np.uint64(7))
+        bb >>= np.uint64(3)
+        bc -= 3
+    if not _build(lens, 19, lft, lcnt, lsrt):
+        return False, ip, bb, bc
+    code_lens = np.zeros(320, np.int64)
+    i = 0
+    while i < nlen + ndist:
+        ip, bb, bc = _refill(inp, ip, bb, bc)
+        sym, used = _decode(bb, bc, lft, lcnt, lsrt)
+        if sym < 0:
+            return False, ip, bb, bc
+        bb >>= np.uint64(used)
+        bc -= used
+        if sym < 16:
+            code_lens[i] = sym
+            i += 1
+            continue
+        rep, val = _repeat(sym, bb, code_lens, i)
+        extra = 2 if sym == 16 else (3 if sym == 17 else 7)
+        bb >>= np.uint64(extra)
+        bc -= extra
+        if rep < 0 or i + rep > nlen + ndist:
+            return False, ip, bb, bc
+        code_lens[i : i + rep] = val
+        i += rep
+    if code_lens[256] == 0:
+        return False, ip, bb, bc
+    ok = _build(code_lens[:nlen], nlen, lft, lcnt, lsrt) and _build(code_lens[nlen : nlen + ndist], ndist, dft,
+                                                                     dcnt, dsrt)
+    return ok, ip, bb, bc
+
+
+def _repeat_py(sym, bb, code_lens, i):  # pragma: no cover - compiled
+    """Code-length repeat codes 16/17/18: (count, value); count -1 when 16 has nothing to repeat."""
+    if sym == 16:
+        if i == 0:
+            return -1, 0
+        return 3 + np.int64(bb & np.uint64(3)), code_lens[i - 1]
+    if sym == 17:
+        return 3 + np.int64(bb & np.uint64(7)), 0
+    return 11 + np.int64(bb & np.uint64(127)), 0
+
+
+def _zeros_py(crc, n, z):  # pragma: no cover - compiled
+    """The CRC register after ``n`` zero bytes."""
+    k = 0
+    while n:
+        if n & 1:
+            crc = z[k, 0, crc & 0xFF] ^ z[k, 1, (crc >> 8) & 0xFF] ^ z[k, 2, (crc >> 16) & 0xFF] \
+                ^ z[k, 3, (crc >> 24) & 0xFF]
+        n >>= 1
+        k += 1
+    return crc
+
+
+def _copy_py(ring, pos, length, dist, st, t, z, off, dend, row):  # pragma: no cover - compiled
+    """Write ``length`` bytes copied from ``dist`` back (a literal is a copy of itself, ``dist`` 0 with
+    the byte preset), tracking non-zero bytes, the CRC and the rows to hand back. ``st``: last_nz, crc,
+    pending zero bytes, first and last pending row."""
+    last_nz, crc, zrun, lo, hi = st[0], st[1], st[2], st[3], st[4]
+    hi_end = off + (hi + 1) * row if lo >= 0 else -1  # rows below this end are already marked
+    for i in range(length):
+        p = pos + i
+        b = ring[(p - dist) & _M]
+        ring[p & _M] = b
+        if b == 0:
+            zrun += 1
+            continue
+        last_nz = p
+        if zrun:
+            crc = _zeros(crc, zrun, z)
+            zrun = 0
+        crc = t[(crc ^ b) & 0xFF] ^ (crc >> 8)
+        if p >= hi_end and off <= p < dend:
+            hi = (p - off) // row
+            hi_end = off + (hi + 1) * row
+            if lo < 0:
+                lo = hi
+    st[0], st[1], st[2], st[3], st[4] = last_nz, crc, zrun, lo, hi
+
+
+def _zero_run_py(ring, pos, length):  # pragma: no cover - compiled
+    """Write ``length`` zero bytes at ``pos`` (the window still holds a non-zero byte)."""
+    a = pos & _M
+    if a + length <= W:
+        ring[a : a + length] = 0
+    else:
+        ring[a:] = 0
+        ring[: a + length - W] = 0
+
+
+def _flush_py(ring, pos, st, off, row, rows, data, n):  # pragma: no cover - compiled
+    """Hand back the pending rows once the last of them is complete; returns the (grown) outputs."""
+    if st[3] < 0 or pos < off + (st[4] + 1) * row:
+        return rows, data, n
+    for r in range(st[3], st[4] + 1):
+        if n == rows.size:
+            rows2 = np.empty(rows.size * 2, np.int64)
+            rows2[:n] = rows
+            data2 = np.empty((rows.size * 2, row), np.uint8)
+            data2[:n] = data
+            rows, data = rows2, data2
+        a = off + r * row
+        for j in range(row):
+            data[n, j] = ring[(a + j) & _M]
+        rows[n] = r
+        n += 1
+    st[3] = -1
+    return rows, data, n
+
+
+def _block_py(inp, ip, bb, bc, ring, pos, st, lft, lcnt, lsrt, dft, dcnt, dsrt, t, z, off, dend, row, rows, data,
+              n):  # pragma: no cover - compiled
+    """Decode one compressed block's symbols up to its end-of-block code. The hot state (last non-zero
+    position, pending zero bytes) lives in locals and goes back to ``st`` around the rare byte copies.
+
+    Long zero stretches are one match repeated (at level 1, length 258 at distance 258: ~9 bits): its
+    bits are remembered, and while the window is clean as many repeats as fit in the bit buffer are
+    compared with one mask and skipped at once."""
+    limit = inp.size + 16
+    last_nz, zrun = st[0], st[2]
+    status = BAD
+    pbits, pmask, prep, pbytes = 0, np.uint64(0), np.uint64(0), 0  # the repeated zero match, if any
+    while ip <= limit:
+        if pbits and last_nz < pos - W:
+            ip, bb, bc, pos, zrun = _skip_repeats(inp, ip, bb, bc, pos, zrun, pbits, pmask, prep, pbytes)
+        if bc < 48:
+            ip, bb, bc = _refill(inp, ip, bb, bc)
+        bb0, bc0 = bb, bc
+        sym, used = _decode(bb, bc, lft, lcnt, lsrt)
+        bb >>= np.uint64(used)
+        bc -= used
+        if sym < 256:
+            if sym < 0:
+                break
+            length, dist = 1, 0
+            ring[pos & _M] = sym
+        elif sym == 256:
+            status = OK
+            break
+        else:
+            length, dist, bb, bc = _match(sym, bb, bc, dft, dcnt, dsrt)
+            if dist <= 0 or dist > pos:
+                break
+        if last_nz < pos - W and (dist == 0 and sym == 0 or dist > 0 and last_nz < pos - dist):
+            zrun += length  # zeros into a window of zeros: nothing to write
+            if dist > 0 and 2 * (bc0 - bc) <= 56:
+                pbits, pmask, prep, pbytes = _pattern(bb0, bc0 - bc, length)
+        elif dist > 0 and last_nz < pos - dist:
+            _zero_run(ring, pos, length)
+            zrun += length
+        else:
+            st[0], st[2] = last_nz, zrun
+            _copy(ring, pos, length, dist, st, t, z, off, dend, row)
+            last_nz, zrun = st[0], st[2]
+        pos += length
+        if st[3] >= 0 and pos >= off + (st[4] + 1) * row:  # the pending rows are complete
+            rows, data, n = _flush(ring, pos, st, off, row, rows, data, n)
+    st[0], st[2] = last_nz, zrun
+    return status, ip, bb, bc, pos, rows, data, n
+
+
+def _pattern_py(bits, nbits, length):  # pragma: no cover - compiled
+    """The code of one zero match (its ``nbits`` low bits of ``bits``) repeated as often as 56 bits hold:
+    (bits, mask, repeated code, bytes covered)."""
+    one = bits & ((np.uint64(1) << np.uint64(nbits)) - np.uint64(1))
+    k = 56 // nbits
+    rep = np.uint64(0)
+    for i in range(k):
+        rep |= one << np.uint64(i * nbits)
+    return k * nbits, (np.uint64(1) << np.uint64(k * nbits)) - np.uint64(1), rep, k * length
+
+
+def _skip_repeats_py(inp, ip, bb, bc, pos, zrun, pbits, pmask, prep, pbytes):  # pragma: no cover - compiled
+    """Skip whole groups of the remembered zero match while the bit stream repeats it."""
+    while True:
+        if bc < 56:
+            ip, bb, bc = _refill(inp, ip, bb, bc)
+        if (bb & pmask) != prep or ip > inp.size + 8:
+            return ip, bb, bc, pos, zrun
+        bb >>= np.uint64(pbits)
+        bc -= pbits
+        pos += pbytes
+        zrun += pbytes
+
+
+def _match_py(sym, bb, bc, dft, dcnt, dsrt):  # pragma: no cover - compiled
+    """Length and distance of the match that length code ``sym`` starts (distance -1 when invalid)."""
+    li = sym - 257
+    if li >= 29:
+        return 0, -1, bb, bc
+    length = _LBASE_C[li] + np.int64(bb & np.uint64((1 << _LEXT_C[li]) - 1))
+    bb >>= np.uint64(_LEXT_C[li])
+    bc -= _LEXT_C[li]
+    dsym, used = _decode(bb, bc, dft, dcnt, dsrt)
+    if dsym < 0 or dsym >= 30:
+        return 0, -1, bb, bc
+    bb >>= np.uint64(used)
+    bc -= used
+    dist = _DBASE_C[dsym] + np.int64(bb & np.uint64((1 << _DEXT_C[dsym]) - 1))
+    bb >>= np.uint64(_DEXT_C[dsym])
+    bc -= _DEXT_C[dsym]
+    return length, dist, bb, bc
+
+
+def _stored_py(inp, ip, bb, bc, ring, pos, st, t, z, off, dend, row, rows, data, n):  # pragma: no cover - compiled
+    """An uncompressed block: LEN, NLEN, then LEN literal bytes."""
+    drop = bc & 7
+    bb >>= np.uint64(drop)
+    bc -= drop
+    ip, bb, bc = _refill(inp, ip, bb, bc)
+    size = np.int64(bb & np.uint64(0xFFFF))
+    nsize = np.int64((bb >> np.uint64(16)) & np.uint64(0xFFFF))
+    bb >>= np.uint64(32)
+    bc -= 32
+    if size != (~nsize & 0xFFFF):
+        return BAD, ip, bb, bc, pos, rows, data, n
+    for _ in range(size):
+        if bc < 8:
+            ip, bb, bc = _refill(inp, ip, bb, bc)
+        ring[pos & _M] = np.uint8(bb & np.uint64(0xFF))
+        bb >>= np.uint64(8)
+        bc -= 8
+        _copy(ring, pos, 1, 0, st, t, z, off, dend, row)
+        pos += 1
+        rows, data, n = _flush(ring, pos, st, off, row, rows, data, n)
+    return OK, ip, bb, bc, pos, rows, data, n
+
+
+def _inflate_py(inp, start, off, nbytes, row, t, z, flit, fdist):  # pragma: no cover - compiled
+    """Inflate the deflate stream at ``inp[start:]``; see :func:`sparse_rows`. Returns (status, end of the
+    gzip trailer in ``inp``, row indices, row bytes)."""
+    ring = np.zeros(W, np.uint8)
+    st = np.zeros(5, np.int64)
+    st[0] = -(W + 1)
+    st[1] = 0xFFFFFFFF
+    st[3] = -1
+    lft, dft = np.zeros(1 << FB, np.int64), np.zeros(1 << FB, np.int64)
+    lcnt, dcnt = np.zeros(16, np.int64), np.zeros(16, np.int64)
+    lsrt, dsrt = np.zeros(320, np.int64), np.zeros(320, np.int64)
+    rows = np.empty(64, np.int64)
+    data = np.empty((64, row), np.uint8)
+    n = 0
+    ip, bb, bc, pos = start, np.uint64(0), 0, 0
+    dend = off + nbytes
+    final = False
+    while not final:
+        ip, bb, bc = _refill(inp, ip, bb, bc)
+        final = (bb & np.uint64(1)) == 1
+        kind = np.int64((bb >> np.uint64(1)) & np.uint64(3))
+        bb >>= np.uint64(3)
+        bc -= 3
+        if kind == 0:
+            status, ip, bb, bc, pos, rows, data, n = _stored(inp, ip, bb, bc, ring, pos, st, t, z, off, dend, row,
+                                                             rows, data, n)
+        elif kind == 3:
+            status = BAD
+        else:
+            good = True
+            if kind == 1:
+                _build(flit, 288, lft, lcnt, lsrt)
+                _build(fdist, 30, dft, dcnt, dsrt)
+            else:
+                good, ip, bb, bc = _dynamic(inp, ip, bb, bc, lft, lcnt, lsrt, dft, dcnt, dsrt)
+            status = BAD
+            if good:
+                status, ip, bb, bc, pos, rows, data, n = _block(inp, ip, bb, bc, ring, pos, st, lft, lcnt, lsrt, dft,
+                                                                dcnt, dsrt, t, z, off, dend, row, rows, data, n)
+        if status != OK or ip > inp.size + 16:
+            return BAD, 0, rows[:0], data[:0]
+    return _trailer(inp, ip, bb, bc, pos, st, z, dend, rows, data, n)
+
+
+def _trailer_py(inp, ip, bb, bc, pos, st, z, dend, rows, data, n):  # pragma: no cover - compiled
+    """Check the CRC-32 and length of the gzip trailer; the rows when they match."""
+    end = ip - (bc >> 3) + 8  # the trailer's end: unread whole bytes of the bit buffer are given back
+    if end > inp.size or pos < dend or st[3] >= 0:
+        return BAD, 0, rows[:0], data[:0]
+    crc = _zeros(st[1], st[2], z) ^ 0xFFFFFFFF
+    at = end - 8
+    want_crc, size = 0, 0
+    for k in range(4):
+        want_crc |= np.int64(inp[at + k]) << (8 * k)
+        size |= np.int64(inp[at + 4 + k]) << (8 * k)
+    if crc != want_crc or size != (pos & 0xFFFFFFFF):
+        return BAD, 0, rows[:0], data[:0]
+    return OK, end, rows[:n], data[:n]
+
+
+if HAVE_NUMBA:
+    _CLORDER_C, _LBASE_C, _LEXT_C, _DBASE_C, _DEXT_C = _CLORDER, _LBASE, _LEXT, _DBASE, _DEXT
+    _helper = njit(cache=True, nogil=True, inline="always")
+    _refill = _helper(_refill_py)
+    _decode = _helper(_decode_py)
+    _repeat = _helper(_repeat_py)
+    _zero_run = _helper(_zero_run_py)
+    _match = _helper(_match_py)
+    _pattern = _helper(_pattern_py)
+    _skip_repeats = _helper(_skip_repeats_py)
+    _flush = _helper(_flush_py)
+    _copy = njit(cache=True, nogil=True)(_copy_py)
+    _zeros = njit(cache=True, nogil=True)(_zeros_py)
+    _build = njit(cache=True, nogil=True)(_build_py)
+    _dynamic = njit(cache=True, nogil=True)(_dynamic_py)
+    _block = njit(cache=True, nogil=True)(_block_py)
+    _stored = njit(cache=True, nogil=True)(_stored_py)
+    _trailer = njit(cache=True, nogil=True)(_trailer_py)
+    _inflate = njit(cache=True, nogil=True)(_inflate_py)
+
+_FLIT, _FDIST = _fixed_lengths()
+
+
+def sparse_inflate_on() -> bool:
+    """Whether masks go through this inflater: yes unless ``MEDREG_MASK_INFLATE=stream`` (benchmarks and
+    triage compare it with inflating every byte)."""
+    mode = os.environ.get("MEDREG_MASK_INFLATE", "sparse")
+    if mode not in ("sparse", "stream"):
+        raise ValueError(f"MEDREG_MASK_INFLATE={mode!r}: use 'sparse' (default) or 'stream'")
+    return mode == "sparse" and HAVE_NUMBA
+
+
+def gzip_payload_start(buf: bytes) -> int | None:
+    """Offset of the deflate data after a gzip member header, or None if ``buf`` is not gzip as expected."""
+    if len(buf) < 18 or buf[:3] != b"\x1f\x8b\x08" or buf[3] & 0xE0:
+        return None
+    flags, i = buf[3], 10
+    try:
+        if flags & 4:
+            i += 2 + (buf[i] | buf[i + 1] << 8)
+        if flags & 8:
+            i = buf.index(0, i) + 1
+        if flags & 16:
+            i = buf.index(0, i) + 1
+    except (IndexError, ValueError):
+        return None
+    if flags & 2:
+        i += 2
+    return i if i < len(buf) else None
+
+
+def sparse_rows(buf: bytes, offset: int, nbytes: int, row: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """The rows of ``row`` bytes (counted from ``offset`` of the uncompressed gzip file ``buf``, over
+    ``nbytes`` bytes) that hold a non-zero byte: ``(row indices, bytes of shape (n, row))``, in order.
+
+    None when the kernel does not take the file (see the module doc): read it with the general reader.
+    """
+    start = gzip_payload_start(buf)
+    if not HAVE_NUMBA or start is None or row <= 0 or row > W // 4 or offset < 0 or nbytes < 0:
+        return None
+    inp = np.frombuffer(buf, np.uint8)
+    status, end, rows, data = _inflate(inp, start, offset, nbytes, row, CRC_T, CRC_Z, _FLIT, _FDIST)
+    if status != OK or buf[end:].strip(b"\0"):
+        return None  # corrupt, or more members: the general reader gives the error or reads them all
+    return rows, data

@@ -1,0 +1,138 @@
+"""The sparse gzip inflater for masks (pipeline/ingest/readers/_inflate.py): the rows it hands back are
+exactly the rows of the decompressed file that hold a non-zero byte, on every kind of deflate stream, and
+anything it does not take (corrupt, truncated, several members) goes back to the general reader."""
+
+from __future__ import annotations
+
+import gzip
+import zlib
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from pipeline.ingest.readers import ReadError
+from pipeline.ingest.readers._inflate import gzip_payload_start, sparse_inflate_on, sparse_rows
+from pipeline.ingest.readers.nifti import read_mask_runs
+
+
+def _want(raw: bytes, off: int, row: int) -> tuple[np.ndarray, np.ndarray]:
+    n = (len(raw) - off) // row * row
+    a = np.frombuffer(raw, np.uint8)[off : off + n].reshape(-1, row)
+    return np.flatnonzero(a.any(axis=1)), a
+
+
+def _check(buf: bytes, raw: bytes, off: int, row: int) -> None:
+    got = sparse_rows(buf, off, (len(raw) - off) // row * row, row)
+    assert got is not None
+    rows, data = got
+    want, a = _want(raw, off, row)
+    assert np.all(np.diff(rows) > 0)
+    # every row with foreground is there; a row between two of them may come along (all zero: background)
+    assert np.isin(want, rows).all()
+    np.testing.assert_array_equal(data, a[rows])
+    assert not data[~np.isin(rows, want)].any()
+
+
+def _mask_like(seed: int) -> bytes:
+    """A header of non-zero bytes, then a mostly-empty volume with blobs, runs and noise patches."""
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(2_000, 600_000))
+    a = np.zeros(n, np.uint8)
+    for _ in range(int(rng.integers(0, 40))):
+        s, ln = int(rng.integers(0, n)), int(rng.integers(1, 6000))
+        a[s : s + ln] = rng.integers(1, 4) if rng.random() < 0.6 else rng.integers(0, 256, size=a[s : s + ln].size)
+    return bytes(rng.integers(1, 256, size=352, dtype=np.uint8)) + a.tobytes()
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_rows_equal_the_decompressed_file_at_every_level_and_strategy(seed):
+    raw = _mask_like(seed)
+    row = [64, 100, 512, 1024, 8][seed % 5]
+    for level in (0, 1, 6, 9):  # 0: stored blocks; 1: nibabel's default (TotalSegmentator's files)
+        _check(gzip.compress(raw, compresslevel=level, mtime=0), raw, 352, row)
+    for strategy in (zlib.Z_FIXED, zlib.Z_HUFFMAN_ONLY, zlib.Z_RLE, zlib.Z_FILTERED):
+        c = zlib.compressobj(6, zlib.DEFLATED, 31, 9, strategy)
+        _check(c.compress(raw) + c.flush(), raw, 352, row)
+
+
+def test_empty_and_full_volumes():
+    for raw in (bytes(400_000), b"\x01" * 100_000, bytes(352) + b"\x01" + bytes(99_999)):
+        _check(gzip.compress(raw, 1), raw, 352 if len(raw) != 100_000 else 0, 512)
+
+
+def test_gzip_header_fields_are_skipped():
+    raw = bytes(1000) + b"\x05" * 10 + bytes(5000)
+    body = zlib.compressobj(1, zlib.DEFLATED, -15)
+    deflate = body.compress(raw) + body.flush()
+    trailer = zlib.crc32(raw).to_bytes(4, "little") + len(raw).to_bytes(4, "little")
+    extra, fname, comment = b"\x04\x00abcd", b"seg.nii\x00", b"made here\x00"
+    head = b"\x1f\x8b\x08" + bytes([4 | 8 | 16 | 2]) + bytes(6) + extra + fname + comment + b"\x00\x00"
+    buf = head + deflate + trailer
+    assert gzip.decompress(buf) == raw and gzip_payload_start(buf) == len(head)
+    _check(buf, raw, 0, 100)
+    assert sparse_rows(buf + bytes(64), 0, 6000, 100) is not None  # zero padding after the member is fine
+
+
+def test_what_it_does_not_take_is_reported_as_none():
+    raw = b"\x01" * 1000 + bytes(60_000)
+    buf = gzip.compress(raw, 1)
+    bad_crc = bytearray(buf)
+    bad_crc[-6] ^= 1
+    bad_len = bytearray(buf)
+    bad_len[-2] ^= 1
+    middle = bytearray(buf)
+    middle[len(buf) // 2] ^= 0xFF
+    cases = {"crc": bytes(bad_crc), "length": bytes(bad_len), "truncated": buf[:-10], "cut": buf[: len(buf) // 2],
+             "two members": buf + gzip.compress(raw, 1), "not gzip": b"hello world" * 10, "corrupt": bytes(middle)}
+    for name, data in cases.items():
+        assert sparse_rows(data, 0, 61_000 // 8 * 8, 8) is None, name
+    assert sparse_rows(buf, 0, 61_000, 100_000) is None  # rows wider than a quarter of the window
+
+
+def test_real_label_map_rows_equal_nibabel(samples):
+    """The TotalSegmentator sample's combined label map (not a binary mask: any non-zero byte counts)."""
+    path = samples / "totalseg-nifti/ct/example_seg.nii.gz"
+    img = nib.load(str(path))
+    arr = np.asanyarray(img.dataobj)
+    raw = gzip.decompress(path.read_bytes())
+    off = int(img.dataobj.offset)  # after the header's extensions
+    assert raw[off:] == arr.tobytes(order="F")
+    _check(path.read_bytes(), raw, off, arr.shape[0] * arr.dtype.itemsize)
+
+
+def test_sparse_and_stream_readers_give_the_same_runs(samples, tmp_path, monkeypatch):
+    img = nib.load(str(samples / "totalseg-nifti/ct/example_seg.nii.gz"))
+    seg = np.asanyarray(img.dataobj)
+    for lid in (1, 5, 13, 117):
+        f = tmp_path / f"m{lid}.nii.gz"
+        nib.save(nib.Nifti1Image((seg == lid).astype(np.uint8), img.affine), str(f))
+        sparse, aff = read_mask_runs(f)
+        stream, aff2 = read_mask_runs(f, backend_name="isal")
+        np.testing.assert_array_equal(sparse.to_array(), stream.to_array())
+        np.testing.assert_array_equal(aff, aff2)
+        assert sparse.count() == int((seg == lid).sum())
+    monkeypatch.setenv("MEDREG_MASK_INFLATE", "stream")
+    assert not sparse_inflate_on()
+    monkeypatch.setenv("MEDREG_MASK_INFLATE", "fast")
+    with pytest.raises(ValueError, match="MEDREG_MASK_INFLATE='fast'"):
+        read_mask_runs(tmp_path / "m1.nii.gz")
+
+
+def test_a_mask_the_sparse_reader_leaves_still_reads(samples, tmp_path):
+    """Two gzip members (some tools append): the general reader reads both; a damaged one is a ReadError."""
+    img = nib.load(str(samples / "totalseg-nifti/ct/example_seg.nii.gz"))
+    seg = (np.asanyarray(img.dataobj) == 5).astype(np.uint8)
+    one = tmp_path / "one.nii"
+    nib.save(nib.Nifti1Image(seg, img.affine), str(one))
+    raw = one.read_bytes()
+    two = tmp_path / "two.nii.gz"
+    two.write_bytes(gzip.compress(raw[:1000], 1) + gzip.compress(raw[1000:], 1))
+    runs, _ = read_mask_runs(two)
+    np.testing.assert_array_equal(runs.to_array(), seg > 0)
+    bad = tmp_path / "bad.nii.gz"
+    data = bytearray(gzip.compress(raw, 1))
+    data[-6] ^= 1  # the CRC
+    bad.write_bytes(bytes(data))
+    with pytest.raises(ReadError, match="bad.nii.gz"):
+        read_mask_runs(bad)
