@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -182,8 +183,9 @@ def _artifacts(cfg: ReleaseConfig, result: BuildResult) -> None:
         )
 
 
-def task_runner_for(cfg: ReleaseConfig) -> Any:
-    """Dask task runner: a local cluster of worker processes, or the cluster at runner.address."""
+def task_runner_for(cfg: ReleaseConfig, cluster: Any = None) -> Any:
+    """Dask task runner: a local cluster of worker processes, or the cluster at runner.address.  ``cluster``:
+    a local cluster already started for this build (:func:`local_cluster`), which the runner connects to."""
     if cfg.runner.kind == "serial" or (
         cfg.runner.kind == "local" and (cfg.runner.max_workers or default_workers()) == 1
     ):
@@ -192,17 +194,42 @@ def task_runner_for(cfg: ReleaseConfig) -> Any:
 
     if cfg.runner.kind == "dask":
         return DaskTaskRunner(address=cfg.runner.address)
+    if cluster is not None:
+        return DaskTaskRunner(address=cluster.scheduler_address)
     _worker_environment()
-    n = cfg.runner.max_workers or default_workers()
-    return DaskTaskRunner(
-        cluster_kwargs={
-            "n_workers": n,
-            "threads_per_worker": 1,
-            "processes": True,
-            "dashboard_address": None,
-            "preload": ["flows.dask_warm"],
-        }
-    )
+    return DaskTaskRunner(cluster_kwargs=_cluster_kwargs(cfg))
+
+
+def _cluster_kwargs(cfg: ReleaseConfig) -> dict[str, Any]:
+    return {
+        "n_workers": cfg.runner.max_workers or default_workers(),
+        "threads_per_worker": 1,
+        "processes": True,
+        "dashboard_address": None,
+        "preload": ["flows.dask_warm"],
+    }
+
+
+@contextmanager
+def local_cluster(cfg: ReleaseConfig) -> Iterator[Callable[[], Any]]:
+    """Start this build's local Dask cluster now, on a thread, while the temporary server finishes starting
+    (each takes seconds: ~8 s for two warm workers here); yields a function that waits for it (None when
+    the config runs no local cluster).  The cluster is closed on exit."""
+    if cfg.runner.kind != "local" or (cfg.runner.max_workers or default_workers()) == 1:
+        yield lambda: None
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    from dask.distributed import LocalCluster
+
+    _worker_environment()
+    with ThreadPoolExecutor(1, thread_name_prefix="medreg-cluster") as pool:
+        started = pool.submit(lambda: LocalCluster(**_cluster_kwargs(cfg)))
+        try:
+            yield started.result
+        finally:
+            with suppress(Exception):  # a cluster that failed to start raised from the wait already
+                started.result().close()
 
 
 def _worker_environment() -> None:
@@ -234,14 +261,15 @@ def run_build(
         checked = check_without_server(plan, out, progress, wait_seconds, say)
         if checked is not None:
             return checked
-        server.ready()
-        progress_hub.current = progress
-        progress_hub.plan = (str(config_path), str(out), plan)
-        try:
-            runner = task_runner_for(cfg)
-            return build_release.with_options(task_runner=runner)(str(config_path), str(out), wait_seconds)
-        finally:
-            progress_hub.current = progress_hub.plan = None
+        with local_cluster(cfg) as cluster:  # starts while the server finishes starting
+            server.ready()
+            progress_hub.current = progress
+            progress_hub.plan = (str(config_path), str(out), plan)
+            try:
+                runner = task_runner_for(cfg, cluster())
+                return build_release.with_options(task_runner=runner)(str(config_path), str(out), wait_seconds)
+            finally:
+                progress_hub.current = progress_hub.plan = None
 
 
 def check_without_server(plan: Plan, out: str | Path, progress: Progress | None = None,
