@@ -185,11 +185,12 @@ class StatsValidator:
         self.fitted = True
         return self
 
-    def fit_tables(self, paths: list[Any], chunk_bytes: int = 8 << 20, spill_dir: Any = None) -> StatsValidator:
+    def fit_tables(self, paths: list[Any], chunk_bytes: int = 1 << 20, spill_dir: Any = None) -> StatsValidator:
         """Fit from the compact per-region tables the case tasks wrote (JSONL of :func:`region_features`
         records): the rows and images of the release are never loaded for the fit.
 
-        The files are parsed a few MB at a time (polars); each chunk's records are appended, group by
+        The files are parsed 1 MB at a time (polars; 8 MB chunks peaked 30 MB higher at 10,000 cases, in
+        the same time: docs/benchmarks.md, B4); each chunk's records are appended, group by
         group, as (dedup hash, features) blocks to an unlinked spill file in ``spill_dir`` (the build
         passes its store; default: the system's temp folder).  Each group is then read back alone and
         fitted with exact ``np.median`` (as :meth:`fit_features`).  Memory: one chunk and the largest
