@@ -7,7 +7,7 @@ peak RSS are those of that build alone; baselines are measured in the same run.
   workers; and a cache-hit rerun of each against its cold build.
 * **B4** peak RSS of in-process serial builds of N = 100, 1,000, 10,000 small cases, against the peak
   RSS of building only the largest single case.
-* **B5** 2 worker processes vs 1 on the full-size CT set.
+* **B5** 2 worker processes vs 1 on the full-size CT set (each case read on one thread in both builds).
 
     python -m benchmarks.corpus CORPUS --sam2d 10000 --ct 6      # once (~1 GB + ~1 GB)
     python -m benchmarks.b12_scale --corpus CORPUS [--ct-corpus CT] [--only b3,b4,b5] [--b4 100,1000,10000]
@@ -43,13 +43,14 @@ def _config(corpus: Path, card: str, n: int | None, runner: dict[str, Any], name
     return base
 
 
-def _run_build(cfg: dict[str, Any], out: Path, engine: str, home: Path, api_url: str | None = None) -> dict[str, Any]:
+def _run_build(cfg: dict[str, Any], out: Path, engine: str, home: Path, api_url: str | None = None,
+               extra_env: dict[str, str] | None = None) -> dict[str, Any]:
     """One build in a fresh process; returns its wall seconds and peak RSS (MB) of the build process and
     of its largest child (a worker)."""
     out.mkdir(parents=True, exist_ok=True)
     cfg_path = out / "cfg.yaml"
     cfg_path.write_text(yaml.safe_dump(cfg))
-    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false", **(extra_env or {})}
     env.pop("PREFECT_API_URL", None)
     if api_url:
         env["PREFECT_API_URL"] = api_url
@@ -181,7 +182,9 @@ def b5(corpus: Path, work: Path) -> dict[str, Any]:
     for workers in (1, 2):
         runner = {"kind": "serial"} if workers == 1 else {"kind": "local", "max_workers": 2}
         cfg = _config(corpus, "ct-labelmap", None, runner, f"b5-{workers}")
-        r = _run_build(cfg, work / f"b5-{workers}", "local", work / "prefect-home")
+        # process scaling: the serial build would otherwise read a case's image and labels on two threads
+        r = _run_build(cfg, work / f"b5-{workers}", "local", work / "prefect-home",
+                       extra_env={"MEDREG_READ_THREADS": "1"})
         out[str(workers)] = r
         print(f"  B5 {workers} worker(s): {r['wall']:.1f} s, {r['built']} cases, peak RSS {r['rss_mb']:.0f} MB "
               f"(largest worker {r['child_rss_mb']:.0f} MB)", flush=True)

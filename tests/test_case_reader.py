@@ -81,6 +81,18 @@ def test_inline_executor_and_errors():
         assert [f.result() for f in prefetch(pool, abs, [-1, -2, -3], window=1)] == [1, 2, 3]
 
 
+def test_reader_threads_see_the_callers_context(tmp_path):
+    """Messages name files relative to the data folder, a context variable: it holds on reader threads."""
+    from pipeline.core.paths import data_root, shown
+
+    f = tmp_path / "ct" / "a.nii.gz"
+    with data_root(tmp_path), case_reader(2) as pool:
+        assert pool.submit(shown, f).result() == "ct/a.nii.gz"
+        assert [x.result() for x in prefetch(pool, shown, [f, f], window=1)] == ["ct/a.nii.gz"] * 2
+    with case_reader(2) as pool:
+        assert pool.submit(shown, f).result() == "a.nii.gz"  # no data folder: the file name
+
+
 def _folder_case(tmp_path, samples, broken_image: bool = False):
     img = nib.load(str(samples / "totalseg-nifti/ct/example_ct_sm.nii.gz"))
     seg = nib.load(str(samples / "totalseg-nifti/ct/example_seg.nii.gz"))

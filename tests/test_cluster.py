@@ -165,7 +165,9 @@ def test_killing_a_worker_mid_run_still_completes_with_the_same_bytes(prefect_se
     local = build(_local(cfg), tmp_path / "local", executor=SerialExecutor())
     assert _files(out / "c-1") == _files(local)
     log = orjson.loads((out / ".medreg-cache" / "runs" / "c-1.last-run.json").read_bytes())
-    assert log["cases_built"] == len(log["cases"])
+    # the store was empty: every part was made in this run. A case the killed worker finished before it
+    # died (its batch's result lost with it) is found in the store when the batch is retried: "cached".
+    assert log["cases_built"] + log["cases_cached"] == len(log["cases"]) and log["cases_built"] > 0
 
 
 def _local(cfg: Path) -> Path:

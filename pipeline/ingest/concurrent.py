@@ -10,6 +10,7 @@ on two. ``MEDREG_READ_THREADS`` overrides both.
 
 from __future__ import annotations
 
+import contextvars
 import multiprocessing
 import os
 from collections.abc import Callable, Iterable, Iterator
@@ -49,6 +50,14 @@ class InlineExecutor(Executor):
         return fut
 
 
+class ContextThreadPool(ThreadPoolExecutor):
+    """A thread pool whose calls run in a copy of the submitting thread's context: context variables (the
+    data folder that messages name files relative to, the decode limit) hold on the reader threads too."""
+
+    def submit(self, fn: Callable[..., R], /, *args: Any, **kwargs: Any) -> Future[R]:
+        return super().submit(contextvars.copy_context().run, fn, *args, **kwargs)
+
+
 @contextmanager
 def case_reader(threads: int | None = None) -> Iterator[Executor]:
     """An executor for one case's reads: a thread pool, or :class:`InlineExecutor` for one thread."""
@@ -56,7 +65,7 @@ def case_reader(threads: int | None = None) -> Iterator[Executor]:
     if n == 1:
         yield InlineExecutor()
         return
-    with ThreadPoolExecutor(n, thread_name_prefix="medreg-read") as pool:
+    with ContextThreadPool(n, thread_name_prefix="medreg-read") as pool:
         yield pool
 
 
