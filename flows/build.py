@@ -211,11 +211,11 @@ def _cluster_kwargs(cfg: ReleaseConfig) -> dict[str, Any]:
 
 
 @contextmanager
-def local_cluster(cfg: ReleaseConfig) -> Iterator[Callable[[], Any]]:
+def local_cluster(cfg: ReleaseConfig, start: bool = True) -> Iterator[Callable[[], Any]]:
     """Start this build's local Dask cluster now, on a thread, while the temporary server finishes starting
     (each takes seconds: ~8 s for two warm workers here); yields a function that waits for it (None when
-    the config runs no local cluster).  The cluster is closed on exit."""
-    if cfg.runner.kind != "local" or (cfg.runner.max_workers or default_workers()) == 1:
+    the config runs no local cluster, or not ``start``).  The cluster is closed on exit."""
+    if not start or cfg.runner.kind != "local" or (cfg.runner.max_workers or default_workers()) == 1:
         yield lambda: None
         return
     from concurrent.futures import ThreadPoolExecutor
@@ -261,15 +261,27 @@ def run_build(
         checked = check_without_server(plan, out, progress, wait_seconds, say)
         if checked is not None:
             return checked
-        with local_cluster(cfg) as cluster:  # starts while the server finishes starting
+        # nothing to build (a rerun recorded on a configured server): no worker processes to start
+        idle = cfg.runner.kind == "local" and all_built(plan, out)
+        with local_cluster(cfg, start=not idle) as cluster:  # starts while the server finishes starting
             server.ready()
             progress_hub.current = progress
             progress_hub.plan = (str(config_path), str(out), plan)
             try:
-                runner = task_runner_for(cfg, cluster())
+                runner: Any = ThreadPoolTaskRunner(max_workers=1) if idle else task_runner_for(cfg, cluster())
                 return build_release.with_options(task_runner=runner)(str(config_path), str(out), wait_seconds)
             finally:
                 progress_hub.current = progress_hub.plan = None
+
+
+def all_built(plan: Plan, out: str | Path) -> bool:
+    """Every case of the plan already has its part in the store (with the cache on): nothing to build."""
+    from pipeline.release.store import Store
+
+    if not plan.cfg.runner.cache or not plan.jobs:
+        return False
+    store = Store.for_output(out)
+    return all(j.key is not None and store.has_part(j.key) for j in plan.jobs)
 
 
 def check_without_server(plan: Plan, out: str | Path, progress: Progress | None = None,
@@ -286,13 +298,9 @@ def check_without_server(plan: Plan, out: str | Path, progress: Progress | None 
     belongs under the flow's GPU concurrency limit)."""
     from flows.run import executor_for
     from flows.server import api_url_configured
-    from pipeline.release.store import Store
 
     cfg = plan.cfg
-    if api_url_configured() or not cfg.runner.cache or cfg.runner.kind == "dask" or uses_model(cfg.validation):
-        return None
-    store = Store.for_output(out)
-    if not plan.jobs or not all(j.key is not None and store.has_part(j.key) for j in plan.jobs):
+    if api_url_configured() or cfg.runner.kind == "dask" or uses_model(cfg.validation) or not all_built(plan, out):
         return None
     result = drive(plan, out, executor_for(cfg), progress, wait_seconds)
     if say is not None:

@@ -131,3 +131,27 @@ def test_an_all_cached_rerun_without_a_server_is_checked_in_process(tmp_path, sa
         assert third["orchestrated"] is False and (first.release / "manifest.json").read_bytes() == manifest
     with temporary_settings(updates={PREFECT_API_URL: "http://127.0.0.1:9/api"}):
         assert check_without_server(make_plan(cfg, samples, out), out) is None  # a server records every run
+
+
+def test_an_all_cached_rerun_on_a_server_runs_the_flow_without_starting_workers(prefect_harness, tmp_path, samples,
+                                                                                 monkeypatch):
+    """With a server configured every run goes through the flow (and is recorded); when every case is in
+    the store there is nothing to build, so no local Dask cluster is started for it."""
+    import flows.build as fb
+    from flows.run import run_build as run_local
+
+    cfg_path = _config(tmp_path, samples)
+    out = tmp_path / "out"
+    first = run_local(str(cfg_path), out)
+    manifest = (first.release / "manifest.json").read_bytes()
+    starts: list[bool] = []
+    real = fb.local_cluster
+
+    def spy(cfg, start=True):  # the real context manager, recording whether it was asked to start workers
+        starts.append(start)
+        return real(cfg, start=start)
+
+    monkeypatch.setattr(fb, "local_cluster", spy)
+    second = fb.run_build(str(cfg_path), str(out))
+    assert second["orchestrated"] is True and (second["built"], second["cached"]) == (0, 6)
+    assert starts == [False] and (first.release / "manifest.json").read_bytes() == manifest
