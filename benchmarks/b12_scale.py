@@ -63,10 +63,17 @@ def _run_build(cfg: dict[str, Any], out: Path, engine: str, home: Path, api_url:
 
 def _build_here(cfg_path: str, out: str, engine: str) -> None:
     t0 = time.perf_counter()
-    if engine == "prefect":
-        from flows.build import run_build
+    if engine == "prefect":  # as the CLI does: the temporary server boots while Prefect is imported
+        from flows.server import TemporaryServer
 
-        summary = run_build(cfg_path, out)
+        early = TemporaryServer()
+        early.start_early()
+        try:
+            from flows.build import run_build
+
+            summary = run_build(cfg_path, out, early=early)
+        finally:
+            early.stop()
         built, cached, rows = summary["built"], summary["cached"], summary["counts"]["rows"]
     else:
         from flows.run import run_build as run_local

@@ -26,7 +26,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows import progress_hub
 from flows.samples import resolve_samples_root
-from flows.server import temporary_server
+from flows.server import TemporaryServer, temporary_server
 from pipeline.release.case import run_batch
 from pipeline.release.driver import BuildResult, Progress
 from pipeline.release.driver import build as drive
@@ -251,12 +251,14 @@ def run_build(
     progress: Progress | None = None,
     wait_seconds: float = 0.0,
     say: Callable[[str], None] | None = None,
+    early: TemporaryServer | None = None,
 ) -> dict[str, Any]:
     """Run the flow with the config's task runner, on PREFECT_API_URL or a temporary server that dies with
     this process.  The plan is made here while the temporary server starts (and handed to the flow); a rerun
-    with every case already built is checked without the server (:func:`check_without_server`)."""
+    with every case already built is checked without the server (:func:`check_without_server`).  ``early``:
+    a temporary server the caller launched before importing Prefect (the CLI does)."""
     cfg = load_config(config_path)
-    with temporary_server(say=say, wait=False) as server:
+    with temporary_server(say=say, wait=False, early=early) as server:
         plan = make_plan(cfg, resolve_samples_root(cfg), out)
         checked = check_without_server(plan, out, progress, wait_seconds, say)
         if checked is not None:

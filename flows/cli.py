@@ -57,16 +57,30 @@ def build(
                 res = run_local(config, out, progress=on_event, wait_seconds=wait)
                 release, errors = res.release, [e.one_line() for e in res.errors]
             else:
-                from flows.build import run_build
-
-                summary = run_build(config, out, on_event, wait_seconds=wait, say=lambda m: err.print(m, markup=False))
-                release, errors = Path(summary["release"]), summary["errors"]
+                release, errors = _prefect_build(config, out, on_event, wait)
     except (BuildRefused, EnvironmentFailure, BuildFailure) as exc:
         err.print(f"[red]error:[/red] {escape(str(exc))}")
         raise typer.Exit(1) from None
     _print_summary(release)
     print_case_errors(errors)
     console.print(f"release: {release}", markup=False, highlight=False)
+
+
+def _prefect_build(config: Path, out: Path, on_event: Any, wait: float) -> tuple[Path, list[str]]:
+    """The flow build. The temporary server is launched before Prefect is imported here: its boot and that
+    import (seconds each) overlap."""
+    from flows.server import TemporaryServer
+
+    say = lambda m: err.print(m, markup=False)  # noqa: E731
+    early = TemporaryServer(say=say)
+    early.start_early()
+    try:
+        from flows.build import run_build
+
+        summary = run_build(config, out, on_event, wait_seconds=wait, say=say, early=early)
+    finally:
+        early.stop()
+    return Path(summary["release"]), summary["errors"]
 
 
 def print_case_errors(errors: list[str]) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import importlib.util
 import os
 import signal
 import socket
@@ -18,11 +19,13 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 
 PR_SET_PDEATHSIG = 1
+_SERVER_ENV = {"PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"}
 
 
 def _die_with_parent() -> None:  # runs in the child between fork and exec
@@ -42,16 +45,22 @@ def api_url_configured() -> bool:
     return bool(PREFECT_API_URL.value())
 
 
-def _start(port: int, env: dict[str, str]) -> subprocess.Popen[Any]:
-    import prefect
+def _prefect_parent() -> str:
+    """The folder holding the ``prefect`` package, found without importing it (that takes seconds)."""
+    spec = importlib.util.find_spec("prefect")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("the prefect package is not installed: build with --no-prefect, or install it")
+    return str(Path(next(iter(spec.submodule_search_locations))).parent)
 
+
+def _start(port: int, env: dict[str, str]) -> subprocess.Popen[Any]:
     return subprocess.Popen(
         [
             sys.executable,
             "-m",
             "uvicorn",
             "--app-dir",
-            str(prefect.__module_path__.parent),
+            _prefect_parent(),
             "--factory",
             "prefect.server.api.server:create_app",
             "--host",
@@ -113,14 +122,23 @@ class TemporaryServer:
             return
         from prefect.settings import get_current_settings
 
-        self._env = {
-            **os.environ,
-            **get_current_settings().to_environment_variables(exclude_unset=True),
-            "PREFECT_UI_ENABLED": "0",
-            "PREFECT__SERVER_EPHEMERAL": "1",
-            "PREFECT__SERVER_FINAL": "1",
-        }
+        self._env = {**os.environ, **get_current_settings().to_environment_variables(exclude_unset=True), **_SERVER_ENV}
         self._launch()
+
+    def start_early(self) -> None:
+        """Launch before this process has imported Prefect (importing it takes seconds the server can spend
+        booting). The child reads the same environment and profile; :meth:`adopt` stops it unused when a
+        ``PREFECT_API_URL`` turns out to be configured."""
+        if os.environ.get("PREFECT_API_URL"):
+            return
+        self._env = {**os.environ, **_SERVER_ENV}
+        self._launch()
+
+    def adopt(self) -> None:
+        """After Prefect is imported: keep an early-started server only when no API URL is configured."""
+        if self.proc is not None and api_url_configured():
+            _stop(self.proc)
+            self.proc = self.url = None
 
     def _launch(self) -> None:
         port = _free_port()
@@ -161,12 +179,18 @@ class TemporaryServer:
 
 
 @contextlib.contextmanager
-def temporary_server(timeout: float = 60.0, say: Any = None, wait: bool = True) -> Iterator[TemporaryServer]:
+def temporary_server(timeout: float = 60.0, say: Any = None, wait: bool = True,
+                     early: TemporaryServer | None = None) -> Iterator[TemporaryServer]:
     """A :class:`TemporaryServer`, started (and, with ``wait``, ready) for the block; stopped when the block
-    ends, and with the build if it is killed."""
-    server = TemporaryServer(timeout, say)
+    ends, and with the build if it is killed.  ``early``: one launched with :meth:`TemporaryServer.start_early`
+    (the CLI does, before importing Prefect), used instead of starting another."""
+    server = early if early is not None else TemporaryServer(timeout, say)
     try:
-        server.start()
+        if early is None:
+            server.start()
+        else:
+            server.say = server.say or say
+            server.adopt()
         if wait:
             server.ready()
         yield server
