@@ -28,7 +28,7 @@ from flows import progress_hub
 from flows.samples import resolve_samples_root
 from flows.server import TemporaryServer, temporary_server
 from pipeline.release.case import run_batch
-from pipeline.release.driver import BuildResult, Progress
+from pipeline.release.driver import BuildResult, Progress, all_built
 from pipeline.release.driver import build as drive
 from pipeline.release.plan import CaseJob, Plan, default_workers
 from pipeline.validate.stage import ReleaseVerdicts, release_validation, uses_model
@@ -274,16 +274,6 @@ def run_build(
                 return build_release.with_options(task_runner=runner)(str(config_path), str(out), wait_seconds)
             finally:
                 progress_hub.current = progress_hub.plan = None
-
-
-def all_built(plan: Plan, out: str | Path) -> bool:
-    """Every case of the plan already has its part in the store (with the cache on): nothing to build."""
-    from pipeline.release.store import Store
-
-    if not plan.cfg.runner.cache or not plan.jobs:
-        return False
-    store = Store.for_output(out)
-    return all(j.key is not None and store.has_part(j.key) for j in plan.jobs)
 
 
 def check_without_server(plan: Plan, out: str | Path, progress: Progress | None = None,

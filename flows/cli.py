@@ -71,7 +71,9 @@ def _prefect_build(config: Path, out: Path, on_event: Any, wait: float) -> tuple
     import (seconds each) overlap."""
     from flows.server import TemporaryServer
 
-    say = lambda m: err.print(m, markup=False)  # noqa: E731
+    def say(message: str) -> None:
+        err.print(message, markup=False)
+
     early = TemporaryServer(say=say)
     early.start_early()
     try:

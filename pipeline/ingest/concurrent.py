@@ -35,7 +35,8 @@ def read_threads() -> int:
         return max(1, n)
     if multiprocessing.parent_process() is not None:
         return 1
-    return min(2, os.cpu_count() or 1)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(2, cores))
 
 
 class InlineExecutor(Executor):
@@ -45,7 +46,7 @@ class InlineExecutor(Executor):
         fut: Future[R] = Future()
         try:
             fut.set_result(fn(*args, **kwargs))
-        except BaseException as exc:  # handed to whoever asks for the result, as a pool would
+        except Exception as exc:  # handed to whoever asks for the result, as a pool would
             fut.set_exception(exc)
         return fut
 

@@ -99,6 +99,15 @@ def _cached_parts(plan: Plan, store: Store, log: SummaryLog, progress: Progress 
     return todo
 
 
+def all_built(plan: Plan, out_dir: str | Path) -> bool:
+    """Every case of the plan already has its part in the store (with the cache on): nothing to build, so
+    no worker processes are needed (the Prefect flow's callers decide with this)."""
+    if not plan.cfg.runner.cache or not plan.jobs:
+        return False
+    store = Store.for_output(out_dir)
+    return all(j.key is not None and store.has_part(j.key) for j in plan.jobs)
+
+
 def _put(log: SummaryLog, i: int, s: CaseSummary, store: Store) -> None:
     try:
         log.put(i, s)

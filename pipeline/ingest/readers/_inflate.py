@@ -138,7 +138,7 @@ def _dynamic_py(inp, ip, bb, bc, lft, lcnt, lsrt, dft, dcnt, dsrt):  # pragma: n
     lens = np.zeros(320, np.int64)
     for i in range(ncode):
         ip, bb, bc = _refill(inp, ip, bb, bc)
-        lens[_CLORDER_C[i]] = np.int64(bb & np.uint64(7))
+        lens[_CLORDER[i]] = np.int64(bb & np.uint64(7))
         bb >>= np.uint64(3)
         bc -= 3
     if not _build(lens, 19, lft, lcnt, lsrt):
@@ -330,17 +330,17 @@ def _match_py(sym, bb, bc, dft, dcnt, dsrt):  # pragma: no cover - compiled
     li = sym - 257
     if li >= 29:
         return 0, -1, bb, bc
-    length = _LBASE_C[li] + np.int64(bb & np.uint64((1 << _LEXT_C[li]) - 1))
-    bb >>= np.uint64(_LEXT_C[li])
-    bc -= _LEXT_C[li]
+    length = _LBASE[li] + np.int64(bb & np.uint64((1 << _LEXT[li]) - 1))
+    bb >>= np.uint64(_LEXT[li])
+    bc -= _LEXT[li]
     dsym, used = _decode(bb, bc, dft, dcnt, dsrt)
     if dsym < 0 or dsym >= 30:
         return 0, -1, bb, bc
     bb >>= np.uint64(used)
     bc -= used
-    dist = _DBASE_C[dsym] + np.int64(bb & np.uint64((1 << _DEXT_C[dsym]) - 1))
-    bb >>= np.uint64(_DEXT_C[dsym])
-    bc -= _DEXT_C[dsym]
+    dist = _DBASE[dsym] + np.int64(bb & np.uint64((1 << _DEXT[dsym]) - 1))
+    bb >>= np.uint64(_DEXT[dsym])
+    bc -= _DEXT[dsym]
     return length, dist, bb, bc
 
 
@@ -429,7 +429,6 @@ def _trailer_py(inp, ip, bb, bc, pos, st, z, dend, rows, data, n):  # pragma: no
 
 
 if HAVE_NUMBA:
-    _CLORDER_C, _LBASE_C, _LEXT_C, _DBASE_C, _DEXT_C = _CLORDER, _LBASE, _LEXT, _DBASE, _DEXT
     _helper = njit(cache=True, nogil=True, inline="always")
     _refill = _helper(_refill_py)
     _decode = _helper(_decode_py)

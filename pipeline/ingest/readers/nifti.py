@@ -310,10 +310,9 @@ def _mask_runs_sparse(path: Path, name: str, buf: bytes, head: bytes,
     if info is None or len(head) < max(info[2], info[1] + 4):
         return False  # an unusual or long header: the general reader
     nh, _ = _stream_header(iter([head]))
-    if nh is None or nh.scaled or nh.dtype.kind not in "bu":
-        return None  # signed masks go through read_nifti (which rejects negative ids)
-    shape = _check_shape(nh.shape, path, name)
-    _check_affine(nh.affine, path, name)
+    shape = _mask_shape(nh, path, name)
+    if nh is None or shape is None:
+        return None
     got = sparse_rows(buf, nh.offset, prod(shape) * nh.dtype.itemsize, shape[0] * nh.dtype.itemsize)
     if got is None:
         return False  # corrupt, truncated or multi-member: the general reader gives the error or reads it
@@ -323,11 +322,20 @@ def _mask_runs_sparse(path: Path, name: str, buf: bytes, head: bytes,
 def _mask_runs_gz(path: Path, name: str, backend_name: str | None) -> tuple[MaskRuns, np.ndarray] | None:
     chunks = gunzip_chunks(path, backend_name=backend_name)
     nh, head = _stream_header(chunks)
+    shape = _mask_shape(nh, path, name)
+    if nh is None or shape is None:
+        return None
+    return _stream_runs(chunks, head, nh, shape, name), nh.affine
+
+
+def _mask_shape(nh: NiftiHeader | None, path: Path, name: str) -> tuple[int, ...] | None:
+    """The 3-D shape of a mask the run readers take, after the geometry checks; None for one they leave to
+    :func:`read_nifti` (an unusual header; scaled, signed or float data: read_nifti rejects negative ids)."""
     if nh is None or nh.scaled or nh.dtype.kind not in "bu":
-        return None  # signed masks go through read_nifti (which rejects negative ids)
+        return None
     shape = _check_shape(nh.shape, path, name)
     _check_affine(nh.affine, path, name)
-    return _stream_runs(chunks, head, nh, shape, name), nh.affine
+    return shape
 
 
 def _rows_to_runs(shape: tuple[int, ...], dtype: np.dtype, rows: np.ndarray, data: np.ndarray) -> MaskRuns:
