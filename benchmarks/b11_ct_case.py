@@ -5,8 +5,8 @@ in the combined label-map layout and in TotalSegmentator's per-structure layout.
 functions ``process_case`` calls, called one by one:
 
 * read        adapter.load (decompress, parse, orient; for the mask folder: 117 files packed into layers)
-* boxes       pipeline.ingest.convert.convert (3-D box pass per axis, slice selection, window, square
-              pixels, 2-D regions) -- the 3-D box pass alone is also shown, not added
+* boxes       pipeline.ingest.convert.convert (3-D count pass for all axes, slice selection, window, square
+              pixels, 2-D regions) -- the 3-D count pass alone is also shown, not added
 * png         encode_png + the content-addressed image store
 * language    rows_for_slice (sample generation, both languages)
 * validation  the per-case rule validators (apply_rows_policy)
@@ -75,7 +75,7 @@ def stage(results: dict[str, list[tuple[float, float]]], name: str, fn: Callable
 
 def profile_case(corpus: Path, layout: str, out: Path) -> dict[str, list[tuple[float, float]]]:
     from pipeline.ingest.convert import convert
-    from pipeline.regions.boxes import slice_label_boxes
+    from pipeline.regions.counts import slice_label_counts
     from pipeline.release.case import assign_split, rows_for_slice, task_mix
     from pipeline.core.ids import hash_patient
     from pipeline.core.atomic import write_bytes_atomic
@@ -91,17 +91,16 @@ def profile_case(corpus: Path, layout: str, out: Path) -> dict[str, list[tuple[f
     ref = adapter.discover()[0]
     import numpy as np
 
-    slice_label_boxes(np.zeros((3, 8, 8), np.uint8))  # numba: load the compiled kernels before timing
-    slice_label_boxes(np.zeros((3, 8, 8), np.uint16))
+    slice_label_counts(np.zeros((3, 8, 8), np.uint8))  # numba: load the compiled kernels before timing
+    slice_label_counts(np.zeros((3, 8, 8), np.uint16))
     res: dict[str, list[tuple[float, float]]] = {}
     study = stage(res, "read", lambda: adapter.load(ref))
 
     def box_pass() -> None:
         for layer in study.layers:
-            slice_label_boxes(layer.array)
-            slice_label_boxes(np.moveaxis(layer.array, 1, 0))
+            slice_label_counts(layer.array, (0, 1))
 
-    stage(res, "(3-D box pass alone, axial + coronal)", box_pass)
+    stage(res, "(3-D count pass alone, axial + coronal)", box_pass)
     conv = stage(res, "boxes", lambda: convert(study, card, card.box_policy, cfg.slicing))
     store = ImageStore(out / f"store-{layout}")
     level = cfg.output.png_compress_level

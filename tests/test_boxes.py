@@ -118,6 +118,40 @@ def test_totalseg_other_layouts_and_dtypes(totalseg_ct: np.ndarray) -> None:
     assert as_dict(slice_label_boxes(cor)) == brute_slice_boxes(np.ascontiguousarray(cor))
 
 
+def _kernel_threads_in_child(q) -> None:  # a build's worker process
+    from pipeline.regions._kernel import kernel_threads
+
+    q.put(kernel_threads())
+
+
+def test_box_pass_threads_serial_in_workers(totalseg_ct: np.ndarray, monkeypatch) -> None:
+    """The 3-D box pass runs on numba's threads in the main process and on one thread in a build's worker
+    processes (MEDREG_KERNEL_THREADS overrides); the boxes are the same either way."""
+    import multiprocessing as mp
+
+    import numba
+
+    from pipeline.regions._kernel import kernel_threads
+
+    monkeypatch.delenv("MEDREG_KERNEL_THREADS", raising=False)
+    assert kernel_threads() == numba.get_num_threads()
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    p = ctx.Process(target=_kernel_threads_in_child, args=(q,))
+    p.start()
+    assert q.get(timeout=60) == 1
+    p.join()
+    threaded = as_dict(slice_label_boxes(totalseg_ct))
+    monkeypatch.setenv("MEDREG_KERNEL_THREADS", "1")
+    assert kernel_threads() == 1
+    assert as_dict(slice_label_boxes(totalseg_ct)) == threaded
+    monkeypatch.setenv("MEDREG_KERNEL_THREADS", "64")
+    assert kernel_threads() == numba.get_num_threads()  # never more than numba's pool
+    monkeypatch.setenv("MEDREG_KERNEL_THREADS", "many")
+    with pytest.raises(ValueError, match="MEDREG_KERNEL_THREADS='many'"):
+        kernel_threads()
+
+
 def test_numpy_fallback_matches_kernel(totalseg_ct: np.ndarray) -> None:
     a = slice_label_boxes(totalseg_ct, use_numba=False)
     b = slice_label_boxes(totalseg_ct)

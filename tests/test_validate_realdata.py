@@ -156,6 +156,21 @@ def test_stats_too_few_and_fit_roundtrip(items: list[ValidationItem]) -> None:
     assert [x.model_dump() for x in s2.validate(items[:10])] == [x.model_dump() for x in s.validate(items[:10])]
 
 
+def test_stats_config_hash_follows_the_fit(items: list[ValidationItem]) -> None:
+    """The hash is kept between calls (the verdict cache asks once per row) but never outlives the fit or
+    the config it was computed from."""
+    s = StatsValidator()
+    unfitted = s.config_hash
+    s.fit(items)
+    fitted = s.config_hash
+    assert fitted != unfitted and s.config_hash == fitted
+    s.fit(items[: len(items) // 2])
+    assert s.config_hash not in (fitted, unfitted)
+    assert s.config_hash == StatsValidator().fit(items[: len(items) // 2]).config_hash
+    s.config = StatsConfig(min_samples=5)
+    assert s.config_hash == StatsValidator(StatsConfig(min_samples=5)).fit(items[: len(items) // 2]).config_hash
+
+
 def test_mirrored_case_fails_laterality_rule(items: list[ValidationItem]) -> None:
     rules = RulesValidator(glossary=None)
     res = run_validators(items, [rules])

@@ -11,13 +11,13 @@ on two. ``MEDREG_READ_THREADS`` overrides both.
 from __future__ import annotations
 
 import contextvars
-import multiprocessing
-import os
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from itertools import islice
 from typing import Any, TypeVar
+
+from pipeline.core.cores import threads_setting
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -26,17 +26,7 @@ R = TypeVar("R")
 def read_threads() -> int:
     """Threads a case may read its files on: ``MEDREG_READ_THREADS``, else 1 in a worker process (the
     build's processes already use the cores) and 2 otherwise (when the machine has two cores)."""
-    env = os.environ.get("MEDREG_READ_THREADS")
-    if env:
-        try:
-            n = int(env)
-        except ValueError:
-            raise ValueError(f"MEDREG_READ_THREADS={env!r}: give a whole number of threads, e.g. 2") from None
-        return max(1, n)
-    if multiprocessing.parent_process() is not None:
-        return 1
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, min(2, cores))
+    return threads_setting("MEDREG_READ_THREADS", 2)
 
 
 class InlineExecutor(Executor):

@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from pipeline.ingest import geometry
-from pipeline.regions.boxes import regions_2d, slice_label_boxes
+from pipeline.regions.boxes import regions_2d
+from pipeline.regions.counts import SliceLabelCounts, slice_label_counts
 from pipeline.regions.coords import normalise_box
 from pipeline.ingest.intensity import Window, window_for
 from pipeline.core.types import DisplaySlice, PixelBoxAnnotation, Region, Study
@@ -140,19 +141,20 @@ def _boxes_by_slice(study: Study, notes: list[str]) -> dict[int, list[PixelBoxAn
     return by_slice
 
 
-def _axis_candidates(study: Study, axis: str, slicing: SlicingConfig, notes: list[str]) -> set[int]:
-    """Slices of ``axis`` where a known label has at least ``min_label_pixels`` (one pass per layer)."""
+def _axis_candidates(study: Study, axis: str, slicing: SlicingConfig, notes: list[str],
+                     counts: list[dict[int, SliceLabelCounts]]) -> set[int]:
+    """Slices of ``axis`` where a known label has at least ``min_label_pixels`` (``counts``: per layer, the
+    voxel counts of every label on every slice of each shown axis, from one pass over the layer)."""
     ax = geometry.axis_index(axis)
     candidates: set[int] = set()
-    for layer in study.layers:
-        arr = layer.array if ax == 0 else np.moveaxis(layer.array, ax, 0)
-        boxes = slice_label_boxes(arr)
-        known = np.isin(boxes.label, np.fromiter(layer.names, dtype=np.int64, count=len(layer.names)))
-        unknown = sorted(set(boxes.label[~known].tolist()))
+    for layer, per_axis in zip(study.layers, counts, strict=True):
+        c = per_axis[ax]
+        known = np.isin(c.label, np.fromiter(layer.names, dtype=np.int64, count=len(layer.names)))
+        unknown = sorted(set(c.label[~known].tolist()))
         if unknown and axis == slicing.axes[0]:
             notes.append(f"label ids {unknown} in {layer.origin or 'the label map'} have no term; not emitted")
-        good = known & (boxes.count >= slicing.min_label_pixels)
-        candidates.update(boxes.slice[good].tolist())
+        good = known & (c.count >= slicing.min_label_pixels)
+        candidates.update(c.slice[good].tolist())
     return candidates
 
 
@@ -165,6 +167,8 @@ def convert_3d(study: Study, card: SourceCard, policy: BoxPolicy, slicing: Slici
     slices: list[DisplaySlice] = []
     dropped: Counter[str] = Counter()
     box_slices = _boxes_by_slice(study, notes) if study.boxes else {}
+    shown = tuple(geometry.axis_index(a) for a in slicing.axes)
+    counts = [slice_label_counts(layer.array, shown) for layer in study.layers]  # one pass per layer
     for axis in slicing.axes:
         ax = geometry.axis_index(axis)
         sr, sc = geometry.inplane_spacing(study.spacing, axis)
@@ -180,7 +184,7 @@ def convert_3d(study: Study, card: SourceCard, policy: BoxPolicy, slicing: Slici
                 f"{slicing.min_image_px}): {axis} axis skipped"
             )
             continue
-        candidates = _axis_candidates(study, axis, slicing, notes)
+        candidates = _axis_candidates(study, axis, slicing, notes, counts)
         boxes_here = box_slices if axis == "axial" else {}
         if box_slices and axis != "axial":
             n = sum(len(v) for v in box_slices.values())

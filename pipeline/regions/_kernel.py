@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.core.cores import threads_setting
+
 try:  # numba is a hard dependency of the project; the fallback only keeps the module importable.
     import numba
     from numba import njit, prange
@@ -172,6 +174,13 @@ _WORD_MULT = {1: 0x0101010101010101, 2: 0x0001000100010001, 4: 0x000000010000000
 _WORD_SHIFT = {1: 3, 2: 2, 4: 1, 8: 0}
 
 
+def kernel_threads() -> int:
+    """Threads of the 3-D box pass: ``MEDREG_KERNEL_THREADS``, else 1 in a build's worker processes (each
+    already has a core: a thread pool per worker only oversubscribes them) and numba's thread count (the
+    cores) elsewhere."""
+    return min(threads_setting("MEDREG_KERNEL_THREADS", numba.get_num_threads()), numba.get_num_threads())
+
+
 def run_kernel(lab: np.ndarray, nlab: int, cap: int) -> tuple[np.ndarray, ...]:
     """Run the numba kernel on a C-contiguous integer volume whose labels are all < ``nlab``."""
     K, R, C = lab.shape
@@ -181,11 +190,12 @@ def run_kernel(lab: np.ndarray, nlab: int, cap: int) -> tuple[np.ndarray, ...]:
     n_words = flat.size >> shift
     words = flat[: n_words << shift].view(np.uint64)
     mult = np.uint64(_WORD_MULT[itemsize])
-    if K <= 2:  # one or two slices: serial, and numba's thread pool is not even asked for its size
+    threads = 1 if K <= 2 else kernel_threads()  # one or two slices: serial, numba's pool not even asked
+    if threads <= 1:
         nchunks = 1
     else:
         per_thread = 4 if nlab <= 65536 else 1  # scratch is nlab x 5 x 8 bytes per chunk
-        nchunks = max(1, min(K, numba.get_num_threads() * per_thread))
+        nchunks = max(1, min(K, threads * per_thread))
     bounds = np.linspace(0, K, nchunks + 1).round().astype(np.int64)
     out = np.empty((6, K, cap), np.int64)  # label, rmin, rmax, cmin, cmax, count
     n_distinct = np.zeros(K, np.int64)

@@ -30,6 +30,7 @@ from typing import Any
 
 import orjson
 
+from pipeline.core.cores import available_cores
 from pipeline.core.ids import file_sha256, stable_id
 from pipeline.core.types import CaseRef
 from schemas.card import SourceCard
@@ -253,4 +254,4 @@ def batches(jobs: list[CaseJob], max_cases: int, max_bytes: int, workers: int = 
 
 
 def default_workers() -> int:
-    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
+    return available_cores()

@@ -10,6 +10,7 @@ import numpy as np
 from pipeline.release import case
 from pipeline.language.tasks import Language
 from pipeline.regions.boxes import regions_2d, slice_label_boxes
+from pipeline.regions.counts import slice_label_counts
 
 
 def warm() -> None:
@@ -17,6 +18,7 @@ def warm() -> None:
     probe = np.zeros((2, 8, 8), np.uint8)
     probe[:, 2:5, 2:5] = 1
     slice_label_boxes(probe)
+    slice_label_counts(probe)  # two slices: the serial kernel, the one a worker process runs
     regions_2d(probe[0], {1: "liver"}, policy="component", min_pixels=2)
     Language.load()
 
