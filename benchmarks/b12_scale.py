@@ -75,7 +75,11 @@ def _build_here(cfg_path: str, out: str, engine: str) -> None:
         finally:
             early.stop()
         built, cached, rows = summary["built"], summary["cached"], summary["counts"]["rows"]
-    else:
+    else:  # as the CLI does (--no-prefect): the workers' fork server imports while this process does
+        from pipeline.release.executors import start_worker_server, wants_worker_pool
+
+        if wants_worker_pool(cfg_path):
+            start_worker_server()
         from flows.run import run_build as run_local
 
         r = run_local(cfg_path, out)

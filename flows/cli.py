@@ -37,6 +37,11 @@ def build(
     ] = 0.0,
 ) -> None:
     """Build a release: ingest sources, make samples, validate, write shards + manifest + card + report."""
+    if no_prefect:  # the worker processes' fork server imports the pipeline while this process does
+        from pipeline.release.executors import start_worker_server, wants_worker_pool
+
+        if wants_worker_pool(config):
+            start_worker_server()
     from rich.markup import escape
 
     from pipeline.core.environment import EnvironmentFailure

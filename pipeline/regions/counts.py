@@ -83,8 +83,6 @@ if HAVE_NUMBA:
     _counts_kernel = njit(cache=True, parallel=True, nogil=True)(_counts_kernel_py)
     _counts_kernel_serial = njit(cache=True, parallel=False, nogil=True)(
         _as_own_function(_counts_kernel_py, "_counts_kernel_serial_py"))
-else:  # pragma: no cover - numba is a dependency
-    prange = range
 
 
 def _nonzero(table: np.ndarray) -> SliceLabelCounts:

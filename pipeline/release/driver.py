@@ -31,6 +31,7 @@ import orjson
 
 from pipeline.core.atomic import atomic_writer, write_bytes_atomic
 from pipeline.core.environment import EnvironmentFailure, environment_failure, is_environment_error
+from pipeline.ingest.buffers import reuse_buffers
 from pipeline.release.case import run_batch
 from pipeline.release.executors import Executor, SerialExecutor
 from pipeline.release.plan import CaseJob, FingerprintCache, Plan, batches
@@ -128,7 +129,8 @@ def run_cases(plan: Plan, store: Store, executor: Executor,
     position = {j.order: i for i, j in enumerate(plan.jobs)}
     memo = FingerprintCache(store.fingerprints)
     try:
-        reused = _collect(plan, store, executor, work, log, position, memo, progress)
+        with reuse_buffers():  # cases built in this process reuse the previous case's volume buffers
+            reused = _collect(plan, store, executor, work, log, position, memo, progress)
     finally:
         memo.close()
     return log, len(todo) - reused

@@ -16,6 +16,7 @@ from __future__ import annotations
 import multiprocessing
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 T = TypeVar("T")
@@ -40,6 +41,44 @@ class SerialExecutor:
                 yield item, exc
 
 
+WARM_MODULE = "pipeline.release.warm"
+
+
+def _worker_context() -> multiprocessing.context.ForkServerContext:
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload([WARM_MODULE])
+    return ctx
+
+
+def start_worker_server() -> None:
+    """Launch the process pool's fork server now: it imports the pipeline (~1 s) on another core while this
+    process imports, reads the config and plans, so the workers fork warm the moment the cases start.
+    Called first thing by the entry points of an in-process build with worker processes (the CLI, B5)
+    before their own imports; harmless when no pool is made after all (the server then imports for
+    nothing on an idle core and exits with this process)."""
+    _worker_context()
+    from multiprocessing import forkserver
+
+    forkserver.ensure_running()
+
+
+def wants_worker_pool(config: str | Path) -> bool:
+    """Whether the release config at ``config`` asks for an in-process build on more than one worker
+    process: read from the YAML alone (the full config validation imports the schemas, which is what
+    :func:`start_worker_server` is meant to overlap); any doubt answers False."""
+    import yaml
+
+    from pipeline.core.cores import available_cores
+
+    try:
+        data = yaml.safe_load(Path(config).read_text(encoding="utf-8"))
+        runner = data.get("runner") or {}
+        workers = runner.get("max_workers") or available_cores()
+        return runner.get("kind", "local") == "local" and int(workers) > 1
+    except Exception:  # a hint only: load_config reports what is wrong with the file
+        return False
+
+
 class ProcessExecutor:
     """A pool of worker processes (``forkserver`` start method: no threads of the parent are copied; the
     fork server has :mod:`pipeline.release.warm` imported, so workers start warm).  The pool starts on the
@@ -53,9 +92,7 @@ class ProcessExecutor:
 
     def _get_pool(self) -> ProcessPoolExecutor:
         if self._pool is None:
-            ctx = multiprocessing.get_context("forkserver")
-            ctx.set_forkserver_preload(["pipeline.release.warm"])
-            self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=ctx)
+            self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=_worker_context())
         return self._pool
 
     def close(self) -> None:

@@ -35,6 +35,7 @@ from nibabel.volumeutils import apply_read_scaling
 
 from pipeline.core.limits import check_claim
 from pipeline.core.paths import shown
+from pipeline.ingest.buffers import take
 from pipeline.ingest.packing import MaskRuns, runs_of_chunk
 from pipeline.ingest.readers import ReadError
 from pipeline.ingest.readers._inflate import SPARSE_MAX_BYTES, sparse_inflate_on, sparse_rows
@@ -184,7 +185,7 @@ def _read_gz(path: Path, backend_name: str | None) -> tuple[np.ndarray, np.ndarr
     if nh is None:
         return None
     nbytes = prod(nh.shape) * nh.dtype.itemsize
-    buf = np.empty(nbytes, np.uint8)
+    buf = take(nbytes)  # a previous case's buffer when one is free (pipeline/ingest/buffers.py)
     first = head[nh.offset : nh.offset + nbytes]
     buf[: len(first)] = np.frombuffer(first, np.uint8)
     pos = len(first)
