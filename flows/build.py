@@ -27,7 +27,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from flows import progress_hub
 from flows.samples import resolve_samples_root
 from flows.server import TemporaryServer, temporary_server
-from pipeline.release.case import run_batch
+from pipeline.release.tasks import run_batch
 from pipeline.release.driver import BuildResult, Progress, all_built
 from pipeline.release.driver import build as drive
 from pipeline.release.plan import CaseJob, Plan, default_workers

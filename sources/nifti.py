@@ -19,21 +19,25 @@ from __future__ import annotations
 import re
 from concurrent.futures import Executor, Future
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from pipeline.core.types import CaseRef, LabelLayer, Study
-from pipeline.ingest.align import align_labels_to_image
 from pipeline.core.paths import shown
+from pipeline.core.types import CaseRef, LabelLayer, Study
 from pipeline.ingest.concurrent import case_reader, prefetch
-from pipeline.ingest.geometry import CanonicalGeometry, to_canonical
 from pipeline.ingest.readers import ReadError
-from pipeline.ingest.packing import LayerPacker, MaskRuns
-from pipeline.ingest.readers.nifti import read_mask_runs, read_nifti
 from sources.base import SourceAdapter
 from sources.layouts import Layout3D
 from sources.terms import label_table
+
+# The readers (nibabel, scipy, the numba kernels: ~0.5 s to import) are imported where a case is loaded,
+# not with the adapter: planning a build only discovers files, and the main process of a build with worker
+# processes never loads a case (pipeline/release/tasks.py).
+if TYPE_CHECKING:
+    from pipeline.ingest.geometry import CanonicalGeometry
+    from pipeline.ingest.packing import MaskRuns
 
 
 class NiftiCase(BaseModel):
@@ -76,6 +80,10 @@ def _mask_runs(f: Path, image_shape: tuple[int, ...], img_aff: np.ndarray, notes
                got: tuple[MaskRuns, np.ndarray] | None) -> MaskRuns:
     """One structure's mask on the image grid, as runs in Fortran order (resampled when its grid differs).
     ``got`` is what :func:`read_mask_runs` read (on a reader thread)."""
+    from pipeline.ingest.align import align_labels_to_image
+    from pipeline.ingest.packing import MaskRuns
+    from pipeline.ingest.readers.nifti import read_nifti
+
     if got is not None and got[0].shape == tuple(image_shape) and np.allclose(got[1], img_aff, atol=1e-3):
         return got[0]
     mask, aff = read_nifti(f, integer_labels=True, notes=notes)
@@ -86,6 +94,8 @@ def _mask_runs(f: Path, image_shape: tuple[int, ...], img_aff: np.ndarray, notes
 
 
 def _read_mask(f: Path) -> tuple[tuple[MaskRuns, np.ndarray] | None, list[str]]:
+    from pipeline.ingest.readers.nifti import read_mask_runs
+
     notes: list[str] = []
     return read_mask_runs(f, notes=notes), notes
 
@@ -125,6 +135,8 @@ class NiftiLabelmapAdapter(SourceAdapter):
     ) -> list[tuple[np.ndarray, dict[int, str]]]:
         """The folder's masks packed into label layers on the image's grid. The masks are read on
         ``pool`` a window ahead while this thread packs, and while ``image`` is still being read."""
+        from pipeline.ingest.packing import LayerPacker
+
         files = sorted(p for p in folder.iterdir() if p.name.endswith((".nii", ".nii.gz")))
         if not files:
             raise ReadError(f"mask folder {shown(folder)} holds no .nii/.nii.gz file", file=str(folder),
@@ -167,6 +179,10 @@ class NiftiLabelmapAdapter(SourceAdapter):
         return list(zip(packer.layers, names, strict=True))
 
     def load(self, ref: CaseRef) -> Study:
+        from pipeline.ingest.align import align_labels_to_image
+        from pipeline.ingest.geometry import to_canonical
+        from pipeline.ingest.readers.nifti import read_nifti
+
         notes: list[str] = []
         with case_reader() as pool:  # the image, and the masks or the label map, read at once
             image = pool.submit(read_nifti, ref.paths["image"], notes=notes)  # its notes come first

@@ -88,3 +88,30 @@ def test_builtin_format_adapters_registered():
     table = base.adapters()
     for name in ("dicom_seg", "dicom_rtstruct", "dicom_nifti_labels", "cxr14_csv", "coco_json"):
         assert name in table and issubclass(table[name], base.SourceAdapter) and table[name].name == name
+
+
+def test_a_card_imports_only_its_own_adapter(plugin_path):
+    """A card's adapter is found without importing every adapter (the registry's ``one``): a plugin's, a
+    plugin that replaces a built-in of the same name, and a broken plugin of a built-in's name (which warns
+    and leaves the built-in in place)."""
+    _install(plugin_path, "medreg_toy_plugin", "medreg_toy_plugin", PLUGIN,
+             "toy_format = medreg_toy_plugin:ToyAdapter\n"
+             "coco_json = medreg_toy_plugin:ToyAdapter")
+    base.adapters.cache_clear()
+    card = SourceCard(name="toy", title="toy", adapter="toy_format", licence="CC0-1.0", modality="XR",
+                      labels={"thing": "nodule"})
+    assert base.adapter_class(card).__name__ == "ToyAdapter"
+    replaced = card.model_copy(update={"adapter": "coco_json"})
+    assert base.adapter_class(replaced).__name__ == "ToyAdapter"
+    assert base.adapters()["coco_json"].__name__ == "ToyAdapter"  # the full table agrees
+
+    _install(plugin_path, "medreg_toy_broken", "medreg_toy_broken", "raise ImportError('missing dependency xyz')\n",
+             "cxr14_csv = medreg_toy_broken:Nope")
+    base.adapters.cache_clear()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        cls = base.adapter_class(card.model_copy(update={"adapter": "cxr14_csv"}))
+    assert cls.__name__ == "Cxr14CsvAdapter" and any("xyz" in str(w.message) for w in caught)
+    with warnings.catch_warnings(record=True), pytest.raises(KeyError, match="did you mean 'toy_format'"):
+        warnings.simplefilter("always")
+        base.adapter_class(card.model_copy(update={"adapter": "toy_fromat"}))

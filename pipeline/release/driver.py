@@ -32,7 +32,7 @@ import orjson
 from pipeline.core.atomic import atomic_writer, write_bytes_atomic
 from pipeline.core.environment import EnvironmentFailure, environment_failure, is_environment_error
 from pipeline.ingest.buffers import reuse_buffers
-from pipeline.release.case import run_batch
+from pipeline.release.tasks import run_batch
 from pipeline.release.executors import Executor, SerialExecutor
 from pipeline.release.plan import CaseJob, FingerprintCache, Plan, batches
 from pipeline.release.publish import BuildRefused, output_lock, recover
