@@ -93,3 +93,15 @@ def test_reader_gives_each_file_its_own_data_through_reused_buffers(small_buffer
         held, _ = read_nifti(files[2])  # kept while the next file is read: not overwritten
         other, _ = read_nifti(files[1], integer_labels=True)
         assert np.array_equal(held, expect[2]) and np.array_equal(other, expect[1])
+
+
+def test_zeros_clears_a_reused_buffer(small_buffers) -> None:
+    """A label layer (pipeline/ingest/packing.py) asks for zeros: a reused buffer comes back cleared."""
+    with buffers.reuse_buffers():
+        dirty = buffers.take(4096)
+        dirty.fill(7)
+        first = id(dirty.base)
+        del dirty
+        z = buffers.zeros(4096)
+        assert id(z.base) == first and not z.any()
+    assert not buffers.zeros(4096).any() and buffers.pooled() == []

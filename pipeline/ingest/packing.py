@@ -15,10 +15,12 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from math import prod
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from numba import njit
+
+from pipeline.ingest import buffers
 
 Order = Literal["C", "F"]
 _BLOCK = 1 << 20  # voxels per step when cutting a full array into runs
@@ -153,6 +155,13 @@ def runs_of_chunk(values: np.ndarray, pos: int, row: int, *, copy: bool = False)
     return out
 
 
+def _zeros(n: int, dtype: np.dtype[Any] | type) -> np.ndarray:
+    """A zeroed layer of ``n`` elements; a full-size one reuses a previous case's buffer while cases are
+    built (pipeline/ingest/buffers.py)."""
+    dt = np.dtype(dtype)
+    return buffers.zeros(n * dt.itemsize).view(dt)
+
+
 class LayerPacker:
     """Greedy first-fit packing of masks into non-overlapping ``dtype`` label layers of one ``shape``."""
 
@@ -211,7 +220,7 @@ class LayerPacker:
                 continue
             self._put(i, label, runs)
             return i
-        self._flat.append(np.zeros(prod(self.shape), self.dtype))
+        self._flat.append(_zeros(prod(self.shape), self.dtype))
         self.labels.append([])
         self._put(len(self._flat) - 1, label, runs)
         return len(self._flat) - 1
