@@ -39,6 +39,10 @@ def test_reused_only_when_free(small_buffers) -> None:
         d = buffers.take(300)  # too small a request for either: new memory
         assert id(d.base) not in (first, id(b.base))
         assert len(buffers.pooled()) == 3
+        keep = c.base  # one plain reference to the buffer itself is enough to keep it out
+        del c
+        assert id(buffers.take(800).base) != first
+        del keep
     assert buffers.pooled() == []  # emptied when the block ends
 
 

@@ -37,15 +37,14 @@ _pool: list[np.ndarray] = []
 _depth = 0
 
 
-# The references to a pooled buffer that no array uses, counted as _free sees them: the pool's list, the
-# caller's variable, _free's parameter and getrefcount's argument (measured, not assumed: the first three
-# here are the list, the loop variable and getrefcount's argument, plus one for the parameter).
-_FREE_REFS = next(sys.getrefcount(b) for b in [np.empty(1)]) + 1
+def _refs(buf: np.ndarray) -> int:
+    return sys.getrefcount(buf)
 
 
-def _free(buf: np.ndarray) -> bool:
-    """No array uses ``buf``'s memory (call with ``buf`` held by the pool and one local variable)."""
-    return sys.getrefcount(buf) <= _FREE_REFS
+# The references a pooled buffer has when no array uses it, measured the way every caller counts (the
+# pool's list, the caller's local variable, _refs's parameter, getrefcount's argument) rather than assumed:
+# how many of those an interpreter counts differs between Python versions.
+_FREE_REFS = next(_refs(b) for b in [np.empty(1)])
 
 
 def _enabled() -> bool:
@@ -59,13 +58,13 @@ def take(nbytes: int) -> np.ndarray:
         return np.empty(nbytes, np.uint8)
     with _lock:
         for buf in _pool:
-            if nbytes <= buf.nbytes <= 2 * nbytes and _free(buf):
+            if nbytes <= buf.nbytes <= 2 * nbytes and _refs(buf) <= _FREE_REFS:
                 return buf[:nbytes]
         for i in range(len(_pool) - 1, -1, -1):  # make room: drop free buffers of other sizes
             if len(_pool) < MAX_BUFFERS and sum(b.nbytes for b in _pool) + nbytes <= MAX_POOL_BYTES:
                 break
             old = _pool[i]
-            if _free(old):
+            if _refs(old) <= _FREE_REFS:
                 del _pool[i]
             del old
         buf = np.empty(nbytes, np.uint8)
@@ -87,7 +86,7 @@ def zeros(nbytes: int) -> np.ndarray:
 def pooled() -> list[tuple[int, bool]]:
     """(bytes, free) of every pooled buffer (tests, diagnostics)."""
     with _lock:
-        return [(b.nbytes, _free(b)) for b in _pool]
+        return [(b.nbytes, _refs(b) <= _FREE_REFS) for b in _pool]
 
 
 def clear() -> None:
