@@ -203,3 +203,34 @@ def test_item_from_row_reads_png(tmp_path) -> None:
     assert it.image.dtype == np.uint8 and np.array_equal(it.image, arr)
     with pytest.raises(ValueError):
         ValidationItem(item(0).row, np.zeros((2, 2, 2, 2), np.uint8))
+
+
+def test_release_stage_caches_model_verdicts_only(tmp_path) -> None:
+    """The release stage keeps one cache file per verdict only for validators that call a model (a GPU or a
+    server per row); a CPU validator's verdicts (stats) are recomputed, in the same order and identical to
+    a run without any cache. Deleting model verdicts recomputes exactly those rows."""
+    from pipeline.validate.stage import _run_release_validators
+
+    class Model(Counting):  # stands for a model judge (clip / grounding): its verdicts are worth caching
+        name = "model"
+        needs_model = True
+
+    items = [item(i) for i in range(12)]
+    model = Model()
+    stats = StatsValidator().fit(items)
+    cache = VerdictCache(tmp_path)
+    first = _run_release_validators(items, [stats, model], cache)
+    assert [[r.validator for r in row] for row in first] == [["stats", "model"]] * 12
+    plain = run_validators(items, [StatsValidator().fit(items), Counting()])
+    assert [row[0].model_dump() for row in first] == [row[0].model_dump() for row in plain]
+    entries = cache.entries()
+    assert len(entries) == 12 and cache.computed == 12  # the model's verdicts only
+    for p in entries[::3]:
+        p.unlink()
+    model.seen.clear()
+    second = _run_release_validators(items, [stats, model], cache)
+    assert len(model.seen) == 4 and cache.cached == 8
+    assert [[r.model_dump() for r in row] for row in second] == [[r.model_dump() for r in row] for row in first]
+    only_cpu = VerdictCache(tmp_path / "cpu")
+    _run_release_validators(items, [stats], only_cpu)
+    assert only_cpu.entries() == [] and only_cpu.computed == 0
