@@ -68,11 +68,11 @@ def _record_py(st, touched, nt, v, r, c0, c1, n):  # pragma: no cover - compiled
     return nt
 
 
-def _scan_row_py(flat, words, row0, end, r, shift, mult, nlab, st, touched, nt):  # pragma: no cover - compiled
-    """Every run of one image row; returns (touched count, flags: 1 = negative value, 2 = value >= nlab)."""
+def _next_run_py(flat, words, e, end, wend, shift, mult, nlab):  # pragma: no cover - compiled
+    """The next run of one label in ``[e, end)`` (background words skipped a word at a time): returns
+    ``(start, stop, label, flags)``, ``start == end`` when the row holds no further run; ``flags`` marks
+    values skipped on the way (1 = negative, 2 = >= ``nlab``). Shared by the box and the count kernels."""
     emask = (1 << shift) - 1
-    wend = end >> shift  # words entirely before ``end``
-    e = row0
     flag = 0
     while e < end:
         if (e & emask) == 0:
@@ -89,9 +89,20 @@ def _scan_row_py(flat, words, row0, end, r, shift, mult, nlab, st, touched, nt):
             flag |= 1 if v < 0 else 2
             e += 1
             continue
-        e0 = e
-        e = _run_end(flat, words, e + 1, end, wend, shift, v, mult)
-        nt = _record(st, touched, nt, np.int64(v), r, e0 - row0, e - 1 - row0, e - e0)
+        return e, _run_end(flat, words, e + 1, end, wend, shift, v, mult), np.int64(v), flag
+    return end, end, np.int64(0), flag
+
+
+def _scan_row_py(flat, words, row0, end, r, shift, mult, nlab, st, touched, nt):  # pragma: no cover - compiled
+    """Every run of one image row; returns (touched count, flags: 1 = negative value, 2 = value >= nlab)."""
+    wend = end >> shift  # words entirely before ``end``
+    e = row0
+    flag = 0
+    while e < end:
+        e0, e, v, f = _next_run(flat, words, e, end, wend, shift, mult, nlab)
+        flag |= f
+        if e0 < end:
+            nt = _record(st, touched, nt, v, r, e0 - row0, e - 1 - row0, e - e0)
     return nt, flag
 
 
@@ -161,6 +172,7 @@ if HAVE_NUMBA:
     _skip = _helper(_skip_py)
     _run_end = _helper(_run_end_py)
     _record = _helper(_record_py)
+    _next_run = _helper(_next_run_py)
     _scan_row = _helper(_scan_row_py)
     _flush = _helper(_flush_py)
     # the same kernel compiled twice: threads for volumes, serial for a slice or two (a thread-pool
@@ -172,6 +184,19 @@ if HAVE_NUMBA:
 
 _WORD_MULT = {1: 0x0101010101010101, 2: 0x0001000100010001, 4: 0x0000000100000001, 8: 1}
 _WORD_SHIFT = {1: 3, 2: 2, 4: 1, 8: 0}
+
+
+def as_label_volume(labels: np.ndarray) -> np.ndarray:
+    """``labels`` as a ``(K, R, C)`` integer array (bool viewed as uint8), or ``ValueError``: the input check
+    of :func:`~pipeline.regions.boxes.slice_label_boxes` and :func:`~pipeline.regions.counts.slice_label_counts`."""
+    arr = np.asarray(labels)
+    if arr.ndim != 3:
+        raise ValueError(f"expected a (K, R, C) label volume, got shape {arr.shape}")
+    if arr.dtype == np.bool_:
+        arr = arr.view(np.uint8)
+    if not np.issubdtype(arr.dtype, np.integer):
+        raise ValueError(f"label volume must hold integers, got dtype {arr.dtype}")
+    return arr
 
 
 def kernel_threads() -> int:

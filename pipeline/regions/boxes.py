@@ -29,7 +29,7 @@ import numpy as np
 from pipeline.regions.coords import normalise_box
 from pipeline.core.types import Region
 
-from pipeline.regions._kernel import HAVE_NUMBA, LabelTooLarge, negative_message, run_kernel
+from pipeline.regions._kernel import HAVE_NUMBA, LabelTooLarge, as_label_volume, negative_message, run_kernel
 
 __all__ = [
     "HAVE_NUMBA",
@@ -228,13 +228,7 @@ def slice_label_boxes(labels: np.ndarray, *, use_numba: bool | None = None) -> S
     The result is sorted by ``(slice, label)``; see :class:`SliceLabelBoxes` for the helpers.
     ``use_numba=False`` forces the pure-numpy path (the default uses numba when installed).
     """
-    arr = np.asarray(labels)
-    if arr.ndim != 3:
-        raise ValueError(f"expected a (K, R, C) label volume, got shape {arr.shape}")
-    if arr.dtype == np.bool_:
-        arr = arr.view(np.uint8)
-    if not np.issubdtype(arr.dtype, np.integer):
-        raise ValueError(f"label volume must hold integers, got dtype {arr.dtype}")
+    arr = as_label_volume(labels)
     K, R, C = (int(s) for s in arr.shape)
     if arr.size == 0:
         return _empty_boxes((K, R, C))

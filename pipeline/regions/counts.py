@@ -20,7 +20,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.regions._kernel import _WORD_MULT, _WORD_SHIFT, HAVE_NUMBA, kernel_threads, negative_message
+from pipeline.regions._kernel import (
+    _WORD_MULT,
+    _WORD_SHIFT,
+    HAVE_NUMBA,
+    as_label_volume,
+    kernel_threads,
+    negative_message,
+)
 
 #: label ids below this use the one-pass tables (3 tables of extent x ids int64: ~6 MB at 512 and 1024)
 MAX_TABLE_LABELS = 1024
@@ -39,7 +46,6 @@ def _counts_kernel_py(flat, words, K, R, C, shift, mult, nlab, bounds, ck, cr, d
     """Runs of every row of slices ``bounds[ch]..bounds[ch+1]`` (one chunk per thread) added to ``ck[k]``
     (axis 0, shared: chunks own their slices), ``cr[ch, r]`` (axis 1) and ``dc[ch, c]`` (axis 2, +1 at a
     run's first column and -1 after its last). ``flags[ch]``: 1 = a negative value, 2 = a value >= nlab."""
-    emask = (1 << shift) - 1
     for ch in prange(bounds.shape[0] - 1):
         flag = 0
         for k in range(bounds[ch], bounds[ch + 1]):
@@ -49,36 +55,21 @@ def _counts_kernel_py(flat, words, K, R, C, shift, mult, nlab, bounds, ck, cr, d
                 wend = end >> shift
                 e = row0
                 while e < end:
-                    if (e & emask) == 0:
-                        wi = e >> shift
-                        while wi < wend and words[wi] == 0:
-                            wi += 1
-                        if (wi << shift) > e:
-                            e = wi << shift
-                            if e >= end:
-                                break
-                    v = flat[e]
-                    if v == 0:
-                        e += 1
-                        continue
-                    if v < 0 or v >= nlab:
-                        flag |= 1 if v < 0 else 2
-                        e += 1
-                        continue
-                    e0 = e
-                    e = _run_end(flat, words, e + 1, end, wend, shift, v, mult)
-                    n = e - e0
-                    ck[k, v] += n
-                    cr[ch, r, v] += n
-                    dc[ch, e0 - row0, v] += 1
-                    dc[ch, e - row0, v] -= 1
+                    e0, e, v, f = _next_run(flat, words, e, end, wend, shift, mult, nlab)
+                    flag |= f
+                    if e0 < end:
+                        n = e - e0
+                        ck[k, v] += n
+                        cr[ch, r, v] += n
+                        dc[ch, e0 - row0, v] += 1
+                        dc[ch, e - row0, v] -= 1
         flags[ch] = flag
 
 
 if HAVE_NUMBA:
     from numba import njit, prange
 
-    from pipeline.regions._kernel import _as_own_function, _run_end
+    from pipeline.regions._kernel import _as_own_function, _next_run
 
     _counts_kernel = njit(cache=True, parallel=True, nogil=True)(_counts_kernel_py)
     _counts_kernel_serial = njit(cache=True, parallel=False, nogil=True)(
@@ -132,13 +123,7 @@ def slice_label_counts(labels: np.ndarray, axes: tuple[int, ...] = (0, 1, 2)) ->
     numbers :func:`pipeline.regions.boxes.slice_label_boxes` counts on the volume with that axis moved
     first. One pass over the volume for all axes; a view with reversed axes is read in place, any other
     non C-contiguous view is copied once."""
-    arr = np.asarray(labels)
-    if arr.ndim != 3:
-        raise ValueError(f"expected a (K, R, C) label volume, got shape {arr.shape}")
-    if arr.dtype == np.bool_:
-        arr = arr.view(np.uint8)
-    if not np.issubdtype(arr.dtype, np.integer):
-        raise ValueError(f"label volume must hold integers, got dtype {arr.dtype}")
+    arr = as_label_volume(labels)
     axes = tuple(sorted(set(axes)))
     if arr.size == 0 or not HAVE_NUMBA or arr.dtype.itemsize not in _WORD_SHIFT:
         return _via_boxes(arr, axes)
