@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from pipeline.regions.boxes import HAVE_NUMBA, RegionPx, SliceLabelBoxes, regions_2d, slice_label_boxes
+from tests.helpers_proc import in_child_process
 
 SAMPLES = Path(os.environ.get("MEDREG_SAMPLES", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
@@ -118,29 +119,22 @@ def test_totalseg_other_layouts_and_dtypes(totalseg_ct: np.ndarray) -> None:
     assert as_dict(slice_label_boxes(cor)) == brute_slice_boxes(np.ascontiguousarray(cor))
 
 
-def _kernel_threads_in_child(q) -> None:  # a build's worker process
+def _kernel_threads() -> int:  # called in a child process, as in a build's worker
     from pipeline.regions._kernel import kernel_threads
 
-    q.put(kernel_threads())
+    return kernel_threads()
 
 
 def test_box_pass_threads_serial_in_workers(totalseg_ct: np.ndarray, monkeypatch) -> None:
     """The 3-D box pass runs on numba's threads in the main process and on one thread in a build's worker
     processes (MEDREG_KERNEL_THREADS overrides); the boxes are the same either way."""
-    import multiprocessing as mp
-
     import numba
 
     from pipeline.regions._kernel import kernel_threads
 
     monkeypatch.delenv("MEDREG_KERNEL_THREADS", raising=False)
     assert kernel_threads() == numba.get_num_threads()
-    ctx = mp.get_context("spawn")
-    q = ctx.Queue()
-    p = ctx.Process(target=_kernel_threads_in_child, args=(q,))
-    p.start()
-    assert q.get(timeout=60) == 1
-    p.join()
+    assert in_child_process(_kernel_threads) == 1
     threaded = as_dict(slice_label_boxes(totalseg_ct))
     monkeypatch.setenv("MEDREG_KERNEL_THREADS", "1")
     assert kernel_threads() == 1

@@ -3,14 +3,13 @@ them, and the NIfTI reader's results unchanged by the reuse (real TotalSegmentat
 
 from __future__ import annotations
 
-import multiprocessing as mp
-
 import nibabel as nib
 import numpy as np
 import pytest
 
 from pipeline.ingest import buffers
 from pipeline.ingest.readers.nifti import read_nifti
+from tests.helpers_proc import in_child_process
 from tests.test_boxes import sample
 
 
@@ -62,21 +61,17 @@ def test_off_outside_builds_and_bounded(small_buffers, monkeypatch) -> None:
         assert buffers.pooled() == [] and big.nbytes == 2000
 
 
-def _pool_in_worker(q) -> None:  # a build's worker process
+def _pooled_after_take() -> int:  # called in a child process, as in a build's worker
     from pipeline.ingest import buffers as b
 
     x = b.take(b.MIN_BYTES)
-    q.put(len(b.pooled()))
+    n = len(b.pooled())
     del x
+    return n
 
 
 def test_always_on_in_worker_processes() -> None:
-    ctx = mp.get_context("spawn")
-    q = ctx.Queue()
-    p = ctx.Process(target=_pool_in_worker, args=(q,))
-    p.start()
-    assert q.get(timeout=60) == 1
-    p.join()
+    assert in_child_process(_pooled_after_take) == 1
 
 
 def test_reader_gives_each_file_its_own_data_through_reused_buffers(small_buffers) -> None:

@@ -3,7 +3,6 @@ errors, and the NIfTI adapter giving the same study on one thread and on several
 
 from __future__ import annotations
 
-import multiprocessing as mp
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -16,21 +15,17 @@ from pipeline.ingest.concurrent import InlineExecutor, case_reader, prefetch, re
 from pipeline.ingest.readers import ReadError
 from pipeline.language.glossary import load_label_map
 from sources.base import get_adapter, load_card
+from tests.helpers_proc import in_child_process
 
 
-def _threads_in_child(q) -> None:  # a build's worker process
-    q.put(read_threads())
+def _threads_in_child() -> int:  # called in a child process, as in a build's worker
+    return read_threads()
 
 
 def test_read_threads_default_env_and_worker_processes(monkeypatch):
     monkeypatch.delenv("MEDREG_READ_THREADS", raising=False)
     assert 1 <= read_threads() <= 2
-    ctx = mp.get_context("spawn")
-    q = ctx.Queue()
-    p = ctx.Process(target=_threads_in_child, args=(q,))
-    p.start()
-    assert q.get(timeout=60) == 1  # the build's processes already use the cores
-    p.join()
+    assert in_child_process(_threads_in_child) == 1  # the build's processes already use the cores
     monkeypatch.setenv("MEDREG_READ_THREADS", "4")
     assert read_threads() == 4
     monkeypatch.setenv("MEDREG_READ_THREADS", "0")

@@ -3,8 +3,6 @@ sample (its README facts) and on random volumes against np.unique slice by slice
 
 from __future__ import annotations
 
-import multiprocessing as mp
-
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -13,6 +11,7 @@ from hypothesis.extra.numpy import arrays
 
 from pipeline.regions.boxes import slice_label_boxes
 from pipeline.regions.counts import MAX_TABLE_LABELS, SliceLabelCounts, slice_label_counts
+from tests.helpers_proc import in_child_process
 from tests.test_boxes import sample
 
 
@@ -74,8 +73,8 @@ def test_reoriented_views_are_counted_in_place(totalseg_seg: np.ndarray) -> None
             assert as_dict(got[ax]) == brute_counts(v, ax)
 
 
-def _threads_env_child(q, vol) -> None:  # a build's worker process: the serial kernel
-    q.put({ax: as_dict(c) for ax, c in slice_label_counts(vol).items()})
+def _counts_in_child(vol: np.ndarray) -> dict[int, dict[tuple[int, int], int]]:  # as in a build's worker
+    return {ax: as_dict(c) for ax, c in slice_label_counts(vol).items()}
 
 
 def test_threads_and_worker_processes_agree(totalseg_seg: np.ndarray, monkeypatch) -> None:
@@ -84,12 +83,7 @@ def test_threads_and_worker_processes_agree(totalseg_seg: np.ndarray, monkeypatc
         monkeypatch.setenv("MEDREG_KERNEL_THREADS", threads)
         assert {ax: as_dict(c) for ax, c in slice_label_counts(totalseg_seg).items()} == expect, threads
     monkeypatch.delenv("MEDREG_KERNEL_THREADS")
-    ctx = mp.get_context("spawn")
-    q = ctx.Queue()
-    p = ctx.Process(target=_threads_env_child, args=(q, totalseg_seg))
-    p.start()
-    assert q.get(timeout=120) == expect
-    p.join()
+    assert in_child_process(_counts_in_child, totalseg_seg) == expect  # the serial kernel
 
 
 def test_axes_subset_dtypes_and_errors() -> None:
