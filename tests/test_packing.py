@@ -51,6 +51,32 @@ def test_property_packer_equals_full_array_packing(masks, order):
     assert [sorted(x) for x in packer.labels] == [sorted(int(v) for v in np.unique(a) if v) for a in want]
 
 
+def _half_packed(runs: MaskRuns, dtype: type) -> MaskRuns:
+    """The same mask with its later segments in the packed form (the sparse NIfTI reader's)."""
+    segs = [(s, np.asarray(v, dtype)) for s, v in runs.runs]
+    keep, rest = segs[: len(segs) // 2], segs[len(segs) // 2 :]
+    offs = np.cumsum([0] + [v.size for _, v in rest]).astype(np.int64)
+    values = np.concatenate([v for _, v in rest]) if rest else np.zeros(0, dtype)
+    return MaskRuns(runs.shape, runs.order, keep, (np.array([s for s, _ in rest], np.int64), offs, values))
+
+
+@given(shapes.flatmap(lambda s: st.lists(arrays(np.bool_, s), min_size=1, max_size=6)), st.sampled_from(["C", "F"]),
+       st.booleans(), st.sampled_from([np.uint8, np.uint16]))
+def test_property_packed_segments_pack_like_listed_ones(masks, order, record, dtype):
+    labels = [3 * i + 2 for i in range(len(masks))]
+    packer = LayerPacker(masks[0].shape, order=order)
+    for m, lab in zip(masks, labels, strict=True):
+        runs = _half_packed(MaskRuns.from_array(m, order), dtype)
+        assert bool(runs) == bool(m.any()) and runs.count() == int(m.sum())
+        np.testing.assert_array_equal(runs.to_array(), m)
+        packer.add(lab, runs, record_overlaps=record)
+    want, overlaps = _reference(masks, labels)
+    assert len(packer.layers) == len(want)
+    for got, ref in zip(packer.layers, want, strict=True):
+        np.testing.assert_array_equal(got, ref)
+    assert packer.overlaps == (overlaps if record else set())
+
+
 @given(arrays(np.uint8, st.integers(1, 200), elements=st.sampled_from([0, 0, 0, 1, 255])),
        st.integers(0, 1000), st.integers(1, 17))
 def test_property_runs_of_any_chunk(values, pos, row):

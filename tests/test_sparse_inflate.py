@@ -1,6 +1,7 @@
-"""The sparse gzip inflater for masks (pipeline/ingest/readers/_inflate.py): the rows it hands back are
-exactly the rows of the decompressed file that hold a non-zero byte, on every kind of deflate stream, and
-anything it does not take (corrupt, truncated, several members) goes back to the general reader."""
+"""The sparse gzip inflater for masks (pipeline/ingest/readers/_inflate.py): the segments it hands back
+put together are exactly the decompressed file (every non-zero byte, each segment one row's stretch from
+its first to its last non-zero voxel), on every kind of deflate stream, and anything it does not take
+(corrupt, truncated, several members) goes back to the general reader."""
 
 from __future__ import annotations
 
@@ -12,26 +13,27 @@ import numpy as np
 import pytest
 
 from pipeline.ingest.readers import ReadError
-from pipeline.ingest.readers._inflate import gzip_payload_start, sparse_inflate_on, sparse_rows
+from pipeline.ingest.readers._inflate import gzip_payload_start, sparse_inflate_on, sparse_segments
 from pipeline.ingest.readers.nifti import read_mask_runs
 
 
-def _want(raw: bytes, off: int, row: int) -> tuple[np.ndarray, np.ndarray]:
-    n = (len(raw) - off) // row * row
-    a = np.frombuffer(raw, np.uint8)[off : off + n].reshape(-1, row)
-    return np.flatnonzero(a.any(axis=1)), a
-
-
-def _check(buf: bytes, raw: bytes, off: int, row: int) -> None:
-    got = sparse_rows(buf, off, (len(raw) - off) // row * row, row)
+def _check(buf: bytes, raw: bytes, off: int, row: int, item: int = 1) -> None:
+    nbytes = (len(raw) - off) // row * row
+    got = sparse_segments(buf, off, nbytes, row, item)
     assert got is not None
-    rows, data = got
-    want, a = _want(raw, off, row)
-    assert np.all(np.diff(rows) > 0)
-    # every row with foreground is there; a row between two of them may come along (all zero: background)
-    assert np.isin(want, rows).all()
-    np.testing.assert_array_equal(data, a[rows])
-    assert not data[~np.isin(rows, want)].any()
+    starts, offs, data = got
+    assert offs[0] == 0 and offs[-1] == data.size and starts.size + 1 == offs.size
+    want = np.frombuffer(raw, np.uint8)[off : off + nbytes]
+    rebuilt = np.zeros(nbytes, np.uint8)
+    ends = starts + np.diff(offs)
+    assert np.all(starts[1:] >= ends[:-1])  # in file order, not overlapping
+    assert np.all(starts // row == (ends - 1) // row)  # each inside one row
+    assert np.all(starts % item == 0) and np.all(offs % item == 0)
+    for k in range(starts.size):
+        seg = data[offs[k] : offs[k + 1]]
+        assert seg.size and seg[:item].any() and seg[-item:].any()  # trimmed to non-zero voxels
+        rebuilt[starts[k] : ends[k]] = seg
+    np.testing.assert_array_equal(rebuilt, want)
 
 
 def _mask_like(seed: int) -> bytes:
@@ -56,6 +58,37 @@ def test_rows_equal_the_decompressed_file_at_every_level_and_strategy(seed):
         _check(c.compress(raw) + c.flush(), raw, 352, row)
 
 
+def test_two_byte_voxels_are_trimmed_whole():
+    """uint16 masks: a voxel whose low byte is zero and high byte is not still starts or ends a segment."""
+    vol = np.zeros((64, 40, 6), np.uint16, order="F")
+    vol[10:20, 3:30, 1] = 1
+    vol[5, 7, 2] = 0x0100  # low byte zero
+    vol[63, 39, 5] = 0x0200
+    raw = bytes(352) + vol.tobytes(order="F")
+    _check(gzip.compress(raw, 1), raw, 352, 64 * 2, 2)
+    with pytest.raises(ValueError, match="2-byte voxels"):
+        sparse_segments(gzip.compress(raw, 1), 352, vol.nbytes, 127, 2)
+
+
+def test_outputs_grow_past_their_first_size():
+    """Many rows (each a segment) make the kernel stop for larger outputs several times."""
+    rng = np.random.default_rng(3)
+    a = (rng.random(200_000 * 8) < 0.05).astype(np.uint8)
+    raw = bytes(352) + a.tobytes()
+    for level in (1, 6):
+        _check(gzip.compress(raw, level), raw, 352, 8)
+
+
+def test_a_structure_that_fills_whole_rows():
+    """No row ever ends in zeros, so no pending row is ever the last complete one: the rows are handed back
+    as each completes, while the window still holds them (changing values: stale bytes would show)."""
+    for n in (100_000, 300_000):
+        raw = bytes(352) + np.repeat(np.arange(1, 251, dtype=np.uint8), n // 250).tobytes()
+        for level in (1, 6, 9):
+            _check(gzip.compress(raw, level), raw, 352, 512)
+            _check(gzip.compress(raw, level), raw, 352, 8)
+
+
 def test_empty_and_full_volumes():
     for raw in (bytes(400_000), b"\x01" * 100_000, bytes(352) + b"\x01" + bytes(99_999)):
         _check(gzip.compress(raw, 1), raw, 352 if len(raw) != 100_000 else 0, 512)
@@ -71,7 +104,7 @@ def test_gzip_header_fields_are_skipped():
     buf = head + deflate + trailer
     assert gzip.decompress(buf) == raw and gzip_payload_start(buf) == len(head)
     _check(buf, raw, 0, 100)
-    assert sparse_rows(buf + bytes(64), 0, 6000, 100) is not None  # zero padding after the member is fine
+    assert sparse_segments(buf + bytes(64), 0, 6000, 100) is not None  # zero padding after the member is fine
 
 
 def test_what_it_does_not_take_is_reported_as_none():
@@ -86,8 +119,8 @@ def test_what_it_does_not_take_is_reported_as_none():
     cases = {"crc": bytes(bad_crc), "length": bytes(bad_len), "truncated": buf[:-10], "cut": buf[: len(buf) // 2],
              "two members": buf + gzip.compress(raw, 1), "not gzip": b"hello world" * 10, "corrupt": bytes(middle)}
     for name, data in cases.items():
-        assert sparse_rows(data, 0, 61_000 // 8 * 8, 8) is None, name
-    assert sparse_rows(buf, 0, 61_000, 100_000) is None  # rows wider than a quarter of the window
+        assert sparse_segments(data, 0, 61_000 // 8 * 8, 8) is None, name
+    assert sparse_segments(buf, 0, 61_000, 100_000) is None  # rows wider than a quarter of the window
 
 
 def test_real_label_map_rows_equal_nibabel(samples):

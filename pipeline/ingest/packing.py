@@ -7,12 +7,14 @@ nothing already placed, else into a new layer; every voxel of a layer holds one 
 Masks are given as :class:`MaskRuns`: the non-empty stretches of the mask in the layers' memory order
 (``"C"`` or ``"F"``), so a structure that fills 1 % of a 512x512x300 volume costs 1 % of it, and a mask
 read from a file never has to exist as a full volume (pipeline.ingest.readers.nifti.read_mask_runs).
+Stretches come as a list of ``(start, segment)`` pairs, or packed into three arrays (the sparse
+inflater's ~3,000 trimmed row segments a structure), which the packer checks and places in one call.
 Layers are allocated in the same order as the masks, so no step makes a transposing copy.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from math import prod
 from typing import Any, Literal
@@ -38,9 +40,20 @@ class MaskRuns:
     shape: tuple[int, ...]
     order: Order = "C"
     runs: list[tuple[int, np.ndarray]] = field(default_factory=list)
+    packed: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+    """More segments, packed: ``(starts, offs, values)``, segment ``k`` = ``values[offs[k]:offs[k + 1]]``
+    at flat index ``starts[k]`` (int64 arrays; ``offs`` has one entry more than ``starts``)."""
 
     def __bool__(self) -> bool:
-        return bool(self.runs)
+        return bool(self.runs) or (self.packed is not None and self.packed[0].size > 0)
+
+    def segments(self) -> Iterator[tuple[int, np.ndarray]]:
+        """Every ``(start, segment)`` pair, the listed ones then the packed ones."""
+        yield from self.runs
+        if self.packed is not None:
+            starts, offs, values = self.packed
+            for k in range(starts.size):
+                yield int(starts[k]), values[offs[k] : offs[k + 1]]
 
     @property
     def row(self) -> int:
@@ -51,12 +64,13 @@ class MaskRuns:
         self.runs.extend(runs)
 
     def count(self) -> int:
-        return int(sum(np.count_nonzero(s) for _, s in self.runs))
+        packed = np.count_nonzero(self.packed[2]) if self.packed is not None else 0
+        return int(sum(np.count_nonzero(s) for _, s in self.runs) + packed)
 
     def to_array(self) -> np.ndarray:
         """The full boolean mask (for tests and small volumes)."""
         flat = np.zeros(prod(self.shape), bool)
-        for start, seg in self.runs:
+        for start, seg in self.segments():
             flat[start : start + seg.size] = seg != 0
         return flat.reshape(self.shape, order=self.order)
 
@@ -100,6 +114,36 @@ def _overlaps(flat: np.ndarray, start: int, seg: np.ndarray) -> bool:  # pragma:
     while i < n and (seg[i] == 0 or flat[start + i] == 0):
         i += 1
     return i < n
+
+
+@njit(cache=True, nogil=True)
+def _overlaps_packed(flat: np.ndarray, starts: np.ndarray, offs: np.ndarray,
+                     values: np.ndarray) -> bool:  # pragma: no cover - compiled
+    """Whether any packed segment's foreground meets a labelled voxel of ``flat``; a segment is checked
+    whole without a branch (vectorised: trimmed segments are short), the answer between segments."""
+    for k in range(starts.size):
+        seg = values[offs[k] : offs[k + 1]]
+        under = flat[starts[k] : starts[k] + seg.size]
+        hit = False
+        for i in range(seg.size):
+            hit |= (seg[i] != 0) & (under[i] != 0)
+        if hit:
+            return True
+    return False
+
+
+@njit(cache=True, nogil=True)
+def _put_packed(flat: np.ndarray, starts: np.ndarray, offs: np.ndarray, values: np.ndarray,
+                label: int) -> None:  # pragma: no cover - compiled
+    """``label`` under every packed segment's foreground (trimmed segments are mostly foreground: a plain
+    branch, on views, is ~3x faster here than the bit select of :func:`_put_label`)."""
+    lab = flat.dtype.type(label)
+    for k in range(starts.size):
+        seg = values[offs[k] : offs[k + 1]]
+        out = flat[starts[k] : starts[k] + seg.size]
+        for i in range(seg.size):
+            if seg[i] != 0:
+                out[i] = lab
 
 
 @njit(cache=True, nogil=True)
@@ -189,7 +233,7 @@ class LayerPacker:
         """Labels of ``layer`` under the mask."""
         flat = self._flat[layer]
         found: set[int] = set()
-        for start, seg in runs.runs:
+        for start, seg in runs.segments():
             under = flat[start : start + seg.size][seg != 0]
             if under.any():
                 found.update(int(v) for v in np.unique(under) if v)
@@ -197,6 +241,8 @@ class LayerPacker:
 
     def overlaps_layer(self, layer: int, runs: MaskRuns) -> bool:
         flat = self._flat[layer]
+        if runs.packed is not None and _overlaps_packed(flat, *runs.packed):
+            return True
         return any(_overlaps(flat, start, seg) for start, seg in runs.runs)
 
     def add(self, label: int, runs: MaskRuns, *, record_overlaps: bool = False) -> int:
@@ -229,4 +275,6 @@ class LayerPacker:
         flat = self._flat[layer]
         for start, seg in runs.runs:
             _put_label(flat, start, seg, label)
+        if runs.packed is not None:
+            _put_packed(flat, *runs.packed, label)
         self.labels[layer].append(label)

@@ -6,13 +6,19 @@ with ISA-L before a byte of it is looked at; docs/benchmarks.md, B10). In the de
 are long back-references to zeros (a 258-byte match at distance 1, a few bits each). This inflater decodes
 the same stream symbol by symbol but keeps only the last 32 KiB window, and a match whose source is zero
 while the window holds no non-zero byte is just counted: nothing is written. What it hands back is every
-image row (``row`` bytes from the data offset) that holds a non-zero byte, with the row's bytes.
+image row (``row`` bytes from the data offset) that holds a non-zero byte, trimmed to its first and last
+non-zero voxel: a segment a row, packed end to end (a structure's rows are ~10x shorter trimmed).
 
 The gzip CRC-32 and length are checked as usual: a run of ``n`` zero bytes advances the CRC through
 precomputed operators for ``2**k`` zeros (the CRC of zeros is linear in the register), so no byte is
 hashed twice and none is skipped. Anything the kernel does not take on (a corrupt or truncated stream,
 rows wider than a quarter of the window, more than one gzip member) is reported by status and the caller
 reads the file with the general chunked reader, which gives the precise error.
+
+Numba counts references to every array a helper inlined into the symbol loop is given (an atomic
+increment and decrement per call: ~20 % of the time here), so the loop works on views without an owner
+(:func:`_unowned`) while :func:`_inflate` keeps the arrays; when the output is about to fill up the loop
+returns ``MORE`` at a symbol boundary and is called again with larger outputs.
 
 Invariant that makes skipping safe: the ring slot of position ``p`` always holds the byte at ``p - 32768``
 (or zero before the start), and a write is skipped only when that byte and every source byte are zero
@@ -40,6 +46,8 @@ from pipeline.ingest.readers._inflate_tables import (
 
 try:  # numba is a hard dependency of the project; the fallback only keeps the module importable.
     from numba import njit
+    from numba.core import cgutils
+    from numba.extending import intrinsic
 
     HAVE_NUMBA = True
 except ImportError:  # pragma: no cover - exercised only on installs without numba
@@ -49,7 +57,7 @@ W = 1 << 15  # the deflate window; also the ring size
 SPARSE_MAX_BYTES = 1 << 28  # compressed files up to this size are read whole into memory
 _M = W - 1
 FB = 10  # bits of the first-level Huffman lookup table
-OK, BAD = 0, 1
+OK, BAD, MORE = 0, 1, 2  # MORE: the symbol loop stopped for larger outputs
 
 # ----------------------------------------------------------------------------------------------------
 # kernel (plain Python functions, compiled below)
@@ -194,70 +202,143 @@ def _zeros_py(crc, n, z):  # pragma: no cover - compiled
     return crc
 
 
-def _copy_py(ring, pos, length, dist, st, t, z, off, dend, row):  # pragma: no cover - compiled
+def _copy_py(ring, words, pos, length, dist, st, t, z, off, dend, row):  # pragma: no cover - compiled
     """Write ``length`` bytes copied from ``dist`` back (a literal is a copy of itself, ``dist`` 0 with
-    the byte preset), tracking non-zero bytes, the CRC and the rows to hand back. ``st``: last_nz, crc,
-    pending zero bytes, first and last pending row."""
+    the byte preset), tracking non-zero bytes, the CRC and the rows to hand back. ``words``: the ring as
+    uint64. ``st``: last_nz, crc, pending zero bytes, first and last pending row.
+
+    A match that neither wraps the ring nor overlaps its source is copied first and then scanned eight
+    bytes at a time: near a structure every byte is within the window of a non-zero one, so this path
+    sees ~6x more bytes than the mask has foreground voxels, mostly zeros."""
     last_nz, crc, zrun, lo, hi = st[0], st[1], st[2], st[3], st[4]
     hi_end = off + (hi + 1) * row if lo >= 0 else -1  # rows below this end are already marked
-    for i in range(length):
-        p = pos + i
-        b = ring[(p - dist) & _M]
-        ring[p & _M] = b
-        if b == 0:
-            zrun += 1
-            continue
-        last_nz = p
-        if zrun:
-            crc = _zeros(crc, zrun, z)
-            zrun = 0
-        crc = t[(crc ^ b) & 0xFF] ^ (crc >> 8)
-        if p >= hi_end and off <= p < dend:
-            hi = (p - off) // row
-            hi_end = off + (hi + 1) * row
-            if lo < 0:
-                lo = hi
+    d0 = pos & _M
+    s0 = (pos - dist) & _M
+    if dist >= length and d0 + length <= W and s0 + length <= W:
+        for i in range(length):
+            ring[d0 + i] = ring[s0 + i]
+        q = pos  # the first position whose zero bytes are not counted yet
+        i = 0
+        while i < length:
+            if (d0 + i) & 7 == 0:
+                while i + 8 <= length and words[(d0 + i) >> 3] == 0:
+                    i += 8
+                if i >= length:
+                    break
+            b = ring[d0 + i]
+            if b != 0:
+                p = pos + i
+                zrun += p - q
+                q = p + 1
+                last_nz, crc, zrun, lo, hi, hi_end = _nonzero(p, b, crc, zrun, lo, hi, hi_end, t, z, off, dend,
+                                                              row)
+            i += 1
+        zrun += pos + length - q
+    else:
+        for i in range(length):
+            p = pos + i
+            b = ring[(p - dist) & _M]
+            ring[p & _M] = b
+            if b == 0:
+                zrun += 1
+            else:
+                last_nz, crc, zrun, lo, hi, hi_end = _nonzero(p, b, crc, zrun, lo, hi, hi_end, t, z, off, dend,
+                                                              row)
     st[0], st[1], st[2], st[3], st[4] = last_nz, crc, zrun, lo, hi
 
 
+def _nonzero_py(p, b, crc, zrun, lo, hi, hi_end, t, z, off, dend, row):  # pragma: no cover - compiled
+    """Account for the non-zero byte ``b`` at ``p``: the CRC (after the pending zeros) and its row."""
+    if zrun:
+        crc = _zeros(crc, zrun, z)
+        zrun = 0
+    crc = t[(crc ^ b) & 0xFF] ^ (crc >> 8)
+    if p >= hi_end and off <= p < dend:
+        hi = (p - off) // row
+        hi_end = off + (hi + 1) * row
+        if lo < 0:
+            lo = hi
+    return p, crc, zrun, lo, hi, hi_end
+
+
 def _zero_run_py(ring, pos, length):  # pragma: no cover - compiled
-    """Write ``length`` zero bytes at ``pos`` (the window still holds a non-zero byte)."""
-    a = pos & _M
-    if a + length <= W:
-        ring[a : a + length] = 0
-    else:
-        ring[a:] = 0
-        ring[: a + length - W] = 0
+    """Write ``length`` zero bytes at ``pos`` (the window still holds a non-zero byte); a loop, not a
+    slice assignment, which costs more than the ~250 bytes it writes."""
+    for i in range(length):
+        ring[(pos + i) & _M] = 0
 
 
-def _flush_py(ring, pos, st, off, row, rows, data, n):  # pragma: no cover - compiled
-    """Hand back the pending rows once the last of them is complete; returns the (grown) outputs."""
-    if st[3] < 0 or pos < off + (st[4] + 1) * row:
-        return rows, data, n
-    for r in range(st[3], st[4] + 1):
-        if n == rows.size:
-            rows2 = np.empty(rows.size * 2, np.int64)
-            rows2[:n] = rows
-            data2 = np.empty((rows.size * 2, row), np.uint8)
-            data2[:n] = data
-            rows, data = rows2, data2
+def _flush_py(ring, words, pos, st, off, row, item, starts, offs, data, n):  # pragma: no cover - compiled
+    """Hand back the pending rows that are complete, each trimmed to its first and last non-zero
+    ``item``-byte voxel (the outputs have room: :func:`_room`). Returns the segment count.
+
+    Called as soon as ``pos`` passes the end of the first pending row, so at most the rows one match
+    covers are handed back at once and every one is still in the ring (a structure that fills whole rows
+    never completes its last pending row before the next one starts)."""
+    last = min(st[4], (pos - off) // row - 1)  # the last complete pending row
+    if st[3] < 0 or last < st[3]:
+        return n
+    used = offs[n]
+    for r in range(st[3], last + 1):
         a = off + r * row
-        for j in range(row):
-            data[n, j] = ring[(a + j) & _M]
-        rows[n] = r
+        j0 = 0
+        if (a | row) & 7 == 0:  # whole words from both ends (the ring wraps at a word boundary)
+            while j0 < row and words[((a + j0) & _M) >> 3] == 0:
+                j0 += 8
+        while j0 < row and ring[(a + j0) & _M] == 0:
+            j0 += 1
+        if j0 == row:
+            continue  # a row between two marked ones, all zeros
+        j1 = row - 1
+        if (a | row) & 7 == 0:
+            while words[((a + j1 - 7) & _M) >> 3] == 0:
+                j1 -= 8
+        while ring[(a + j1) & _M] == 0:
+            j1 -= 1
+        c0 = j0 // item * item
+        c1 = (j1 // item + 1) * item
+        for j in range(c0, c1):
+            data[used + j - c0] = ring[(a + j) & _M]
+        used += c1 - c0
+        starts[n] = r * row + c0
         n += 1
-    st[3] = -1
-    return rows, data, n
+        offs[n] = used
+    st[3] = -1 if last == st[4] else last + 1
+    return n
 
 
-def _block_py(inp, ip, bb, bc, ring, pos, st, lft, lcnt, lsrt, dft, dcnt, dsrt, t, z, off, dend, row, rows, data,
-              n):  # pragma: no cover - compiled
+def _room_py(starts, offs, data, n, row):  # pragma: no cover - compiled
+    """The outputs, grown (doubled) unless the rows the ring can hold still fit."""
+    k = W // row + 2
+    if n + k <= starts.size and offs[n] + k * row <= data.size:
+        return starts, offs, data
+    size = max(2 * starts.size, n + k)
+    starts2 = np.empty(size, np.int64)
+    starts2[:n] = starts[:n]
+    offs2 = np.empty(size + 1, np.int64)
+    offs2[: n + 1] = offs[: n + 1]
+    data2 = np.empty(max(2 * data.size, offs[n] + k * row), np.uint8)
+    data2[: offs[n]] = data[: offs[n]]
+    return starts2, offs2, data2
+
+
+def _block_py(inp, ip, bb, bc, ring, pos, st, lft, lcnt, lsrt, dft, dcnt, dsrt, t, z, off, dend, row, item,
+              starts, offs, data, n):  # pragma: no cover - compiled
     """Decode one compressed block's symbols up to its end-of-block code. The hot state (last non-zero
     position, pending zero bytes) lives in locals and goes back to ``st`` around the rare byte copies.
 
     Long zero stretches are one match repeated (at level 1, length 258 at distance 258: ~9 bits): its
     bits are remembered, and while the window is clean as many repeats as fit in the bit buffer are
-    compared with one mask and skipped at once."""
+    compared with one mask and skipped at once.
+
+    Returns ``MORE`` (at a symbol boundary) when the outputs may not hold the next rows: call it again,
+    without a new block header, once :func:`_room` made them larger."""
+    inp, ring, st, t, z = _unowned(inp), _unowned(ring), _unowned(st), _unowned(t), _unowned(z)
+    lft, lcnt, lsrt = _unowned(lft), _unowned(lcnt), _unowned(lsrt)
+    dft, dcnt, dsrt = _unowned(dft), _unowned(dcnt), _unowned(dsrt)
+    starts, offs, data = _unowned(starts), _unowned(offs), _unowned(data)
+    words = ring.view(np.uint64)
+    room = W // row + 2
     limit = inp.size + 16
     last_nz, zrun = st[0], st[2]
     status = BAD
@@ -292,13 +373,16 @@ def _block_py(inp, ip, bb, bc, ring, pos, st, lft, lcnt, lsrt, dft, dcnt, dsrt, 
             zrun += length
         else:
             st[0], st[2] = last_nz, zrun
-            _copy(ring, pos, length, dist, st, t, z, off, dend, row)
+            _copy(ring, words, pos, length, dist, st, t, z, off, dend, row)
             last_nz, zrun = st[0], st[2]
         pos += length
-        if st[3] >= 0 and pos >= off + (st[4] + 1) * row:  # the pending rows are complete
-            rows, data, n = _flush(ring, pos, st, off, row, rows, data, n)
+        if st[3] >= 0 and pos >= off + (st[3] + 1) * row:  # a pending row is complete
+            n = _flush(ring, words, pos, st, off, row, item, starts, offs, data, n)
+            if n + room > starts.size or offs[n] + room * row > data.size:
+                status = MORE
+                break
     st[0], st[2] = last_nz, zrun
-    return status, ip, bb, bc, pos, rows, data, n
+    return status, ip, bb, bc, pos, n
 
 
 def _pattern_py(bits, nbits, length):  # pragma: no cover - compiled
@@ -344,8 +428,10 @@ def _match_py(sym, bb, bc, dft, dcnt, dsrt):  # pragma: no cover - compiled
     return length, dist, bb, bc
 
 
-def _stored_py(inp, ip, bb, bc, ring, pos, st, t, z, off, dend, row, rows, data, n):  # pragma: no cover - compiled
+def _stored_py(inp, ip, bb, bc, ring, pos, st, t, z, off, dend, row, item, starts, offs, data,
+               n):  # pragma: no cover - compiled
     """An uncompressed block: LEN, NLEN, then LEN literal bytes."""
+    words = ring.view(np.uint64)
     drop = bc & 7
     bb >>= np.uint64(drop)
     bc -= drop
@@ -355,22 +441,23 @@ def _stored_py(inp, ip, bb, bc, ring, pos, st, t, z, off, dend, row, rows, data,
     bb >>= np.uint64(32)
     bc -= 32
     if size != (~nsize & 0xFFFF):
-        return BAD, ip, bb, bc, pos, rows, data, n
+        return BAD, ip, bb, bc, pos, starts, offs, data, n
     for _ in range(size):
         if bc < 8:
             ip, bb, bc = _refill(inp, ip, bb, bc)
         ring[pos & _M] = np.uint8(bb & np.uint64(0xFF))
         bb >>= np.uint64(8)
         bc -= 8
-        _copy(ring, pos, 1, 0, st, t, z, off, dend, row)
+        _copy(ring, words, pos, 1, 0, st, t, z, off, dend, row)
         pos += 1
-        rows, data, n = _flush(ring, pos, st, off, row, rows, data, n)
-    return OK, ip, bb, bc, pos, rows, data, n
+        starts, offs, data = _room(starts, offs, data, n, row)
+        n = _flush(ring, words, pos, st, off, row, item, starts, offs, data, n)
+    return OK, ip, bb, bc, pos, starts, offs, data, n
 
 
-def _inflate_py(inp, start, off, nbytes, row, t, z, flit, fdist):  # pragma: no cover - compiled
-    """Inflate the deflate stream at ``inp[start:]``; see :func:`sparse_rows`. Returns (status, end of the
-    gzip trailer in ``inp``, row indices, row bytes)."""
+def _inflate_py(inp, start, off, nbytes, row, item, t, z, flit, fdist):  # pragma: no cover - compiled
+    """Inflate the deflate stream at ``inp[start:]``; see :func:`sparse_segments`. Returns (status, end of
+    the gzip trailer in ``inp``, segment starts, segment offsets, segment bytes)."""
     ring = np.zeros(W, np.uint8)
     st = np.zeros(5, np.int64)
     st[0] = -(W + 1)
@@ -379,8 +466,7 @@ def _inflate_py(inp, start, off, nbytes, row, t, z, flit, fdist):  # pragma: no 
     lft, dft = np.zeros(1 << FB, np.int64), np.zeros(1 << FB, np.int64)
     lcnt, dcnt = np.zeros(16, np.int64), np.zeros(16, np.int64)
     lsrt, dsrt = np.zeros(320, np.int64), np.zeros(320, np.int64)
-    rows = np.empty(64, np.int64)
-    data = np.empty((64, row), np.uint8)
+    starts, offs, data = np.empty(0, np.int64), np.zeros(1, np.int64), np.empty(0, np.uint8)
     n = 0
     ip, bb, bc, pos = start, np.uint64(0), 0, 0
     dend = off + nbytes
@@ -392,8 +478,8 @@ def _inflate_py(inp, start, off, nbytes, row, t, z, flit, fdist):  # pragma: no 
         bb >>= np.uint64(3)
         bc -= 3
         if kind == 0:
-            status, ip, bb, bc, pos, rows, data, n = _stored(inp, ip, bb, bc, ring, pos, st, t, z, off, dend, row,
-                                                             rows, data, n)
+            status, ip, bb, bc, pos, starts, offs, data, n = _stored(inp, ip, bb, bc, ring, pos, st, t, z, off,
+                                                                     dend, row, item, starts, offs, data, n)
         elif kind == 3:
             status = BAD
         else:
@@ -403,20 +489,21 @@ def _inflate_py(inp, start, off, nbytes, row, t, z, flit, fdist):  # pragma: no 
                 _build(fdist, 30, dft, dcnt, dsrt)
             else:
                 good, ip, bb, bc = _dynamic(inp, ip, bb, bc, lft, lcnt, lsrt, dft, dcnt, dsrt)
-            status = BAD
-            if good:
-                status, ip, bb, bc, pos, rows, data, n = _block(inp, ip, bb, bc, ring, pos, st, lft, lcnt, lsrt, dft,
-                                                                dcnt, dsrt, t, z, off, dend, row, rows, data, n)
+            status = MORE if good else BAD
+            while status == MORE:
+                starts, offs, data = _room(starts, offs, data, n, row)
+                status, ip, bb, bc, pos, n = _block(inp, ip, bb, bc, ring, pos, st, lft, lcnt, lsrt, dft, dcnt,
+                                                    dsrt, t, z, off, dend, row, item, starts, offs, data, n)
         if status != OK or ip > inp.size + 16:
-            return BAD, 0, rows[:0], data[:0]
-    return _trailer(inp, ip, bb, bc, pos, st, z, dend, rows, data, n)
+            return BAD, 0, starts[:0], offs[:1], data[:0]
+    return _trailer(inp, ip, bb, bc, pos, st, z, dend, starts, offs, data, n)
 
 
-def _trailer_py(inp, ip, bb, bc, pos, st, z, dend, rows, data, n):  # pragma: no cover - compiled
-    """Check the CRC-32 and length of the gzip trailer; the rows when they match."""
+def _trailer_py(inp, ip, bb, bc, pos, st, z, dend, starts, offs, data, n):  # pragma: no cover - compiled
+    """Check the CRC-32 and length of the gzip trailer; the segments when they match."""
     end = ip - (bc >> 3) + 8  # the trailer's end: unread whole bytes of the bit buffer are given back
     if end > inp.size or pos < dend or st[3] >= 0:
-        return BAD, 0, rows[:0], data[:0]
+        return BAD, 0, starts[:0], offs[:1], data[:0]
     crc = _zeros(st[1], st[2], z) ^ 0xFFFFFFFF
     at = end - 8
     want_crc, size = 0, 0
@@ -424,11 +511,25 @@ def _trailer_py(inp, ip, bb, bc, pos, st, z, dend, rows, data, n):  # pragma: no
         want_crc |= np.int64(inp[at + k]) << (8 * k)
         size |= np.int64(inp[at + 4 + k]) << (8 * k)
     if crc != want_crc or size != (pos & 0xFFFFFFFF):
-        return BAD, 0, rows[:0], data[:0]
-    return OK, end, rows[:n], data[:n]
+        return BAD, 0, starts[:0], offs[:1], data[:0]
+    return OK, end, starts[:n], offs[: n + 1], data[: offs[n]]
 
 
 if HAVE_NUMBA:
+
+    @intrinsic
+    def _unowned(typingctx, arr):
+        """The array without its owner (meminfo): numba's reference counting of it is then a no-op. Only for
+        views that the caller outlives (the symbol loop's arrays, which :func:`_inflate` keeps)."""
+
+        def codegen(context, builder, sig, args):
+            view = cgutils.create_struct_proxy(sig.return_type)(context, builder, value=args[0])
+            view.meminfo = cgutils.get_null_value(view.meminfo.type)
+            view.parent = cgutils.get_null_value(view.parent.type)
+            return view._getvalue()
+
+        return arr(arr), codegen
+
     _helper = njit(cache=True, nogil=True, inline="always")
     _refill = _helper(_refill_py)
     _decode = _helper(_decode_py)
@@ -438,7 +539,9 @@ if HAVE_NUMBA:
     _pattern = _helper(_pattern_py)
     _skip_repeats = _helper(_skip_repeats_py)
     _flush = _helper(_flush_py)
-    _copy = njit(cache=True, nogil=True)(_copy_py)
+    _nonzero = _helper(_nonzero_py)
+    _copy = _helper(_copy_py)
+    _room = njit(cache=True, nogil=True)(_room_py)
     _zeros = njit(cache=True, nogil=True)(_zeros_py)
     _build = njit(cache=True, nogil=True)(_build_py)
     _dynamic = njit(cache=True, nogil=True)(_dynamic_py)
@@ -446,6 +549,7 @@ if HAVE_NUMBA:
     _stored = njit(cache=True, nogil=True)(_stored_py)
     _trailer = njit(cache=True, nogil=True)(_trailer_py)
     _inflate = njit(cache=True, nogil=True)(_inflate_py)
+
 
 def sparse_inflate_on() -> bool:
     """Whether masks go through this inflater: yes unless ``MEDREG_MASK_INFLATE=stream`` (benchmarks and
@@ -456,17 +560,23 @@ def sparse_inflate_on() -> bool:
     return mode == "sparse" and HAVE_NUMBA
 
 
-def sparse_rows(buf: bytes, offset: int, nbytes: int, row: int) -> tuple[np.ndarray, np.ndarray] | None:
-    """The rows of ``row`` bytes (counted from ``offset`` of the uncompressed gzip file ``buf``, over
-    ``nbytes`` bytes) that hold a non-zero byte: ``(row indices, bytes of shape (n, row))``, in order.
+def sparse_segments(buf: bytes, offset: int, nbytes: int, row: int, item: int = 1,
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """The non-zero stretches of the uncompressed gzip file ``buf`` over the ``nbytes`` bytes from
+    ``offset``, cut into rows of ``row`` bytes: ``(starts, offs, data)``. Segment ``k`` is the bytes
+    ``data[offs[k]:offs[k + 1]]``, at byte ``starts[k]`` counted from ``offset``; it lies inside one row and
+    begins and ends with a non-zero ``item``-byte voxel (``row`` and ``offs`` are multiples of ``item``).
+    Segments are in file order; every non-zero byte of the range is in one.
 
     None when the kernel does not take the file (see the module doc): read it with the general reader.
     """
     start = gzip_payload_start(buf)
     if not HAVE_NUMBA or start is None or row <= 0 or row > W // 4 or offset < 0 or nbytes < 0:
         return None
+    if item <= 0 or row % item:
+        raise ValueError(f"row of {row} bytes is not a whole number of {item}-byte voxels")
     inp = np.frombuffer(buf, np.uint8)
-    status, end, rows, data = _inflate(inp, start, offset, nbytes, row, CRC_T, CRC_Z, _FLIT, _FDIST)
+    status, end, starts, offs, data = _inflate(inp, start, offset, nbytes, row, item, CRC_T, CRC_Z, _FLIT, _FDIST)
     if status != OK or buf[end:].strip(b"\0"):
         return None  # corrupt, or more members: the general reader gives the error or reads them all
-    return rows, data
+    return starts, offs, data

@@ -38,7 +38,7 @@ from pipeline.core.paths import shown
 from pipeline.ingest.buffers import take
 from pipeline.ingest.packing import MaskRuns, runs_of_chunk
 from pipeline.ingest.readers import ReadError
-from pipeline.ingest.readers._inflate import SPARSE_MAX_BYTES, sparse_inflate_on, sparse_rows
+from pipeline.ingest.readers._inflate import SPARSE_MAX_BYTES, sparse_inflate_on, sparse_segments
 from pipeline.ingest.readers.gz import GzipError, backend, gunzip_chunks
 
 _HINT_DAMAGED = "the file is truncated or not NIfTI; re-download it and compare its sha256"
@@ -314,10 +314,11 @@ def _mask_runs_sparse(path: Path, name: str, buf: bytes, head: bytes,
     shape = _mask_shape(nh, path, name)
     if nh is None or shape is None:
         return None
-    got = sparse_rows(buf, nh.offset, prod(shape) * nh.dtype.itemsize, shape[0] * nh.dtype.itemsize)
+    item = nh.dtype.itemsize
+    got = sparse_segments(buf, nh.offset, prod(shape) * item, shape[0] * item, item)
     if got is None:
         return False  # corrupt, truncated or multi-member: the general reader gives the error or reads it
-    return _rows_to_runs(shape, nh.dtype, *got), nh.affine
+    return _segments_to_runs(shape, nh.dtype, *got), nh.affine
 
 
 def _mask_runs_gz(path: Path, name: str, backend_name: str | None) -> tuple[MaskRuns, np.ndarray] | None:
@@ -339,16 +340,12 @@ def _mask_shape(nh: NiftiHeader | None, path: Path, name: str) -> tuple[int, ...
     return shape
 
 
-def _rows_to_runs(shape: tuple[int, ...], dtype: np.dtype, rows: np.ndarray, data: np.ndarray) -> MaskRuns:
-    """The sparse inflater's foreground rows (Fortran order: a row runs along the first axis) as runs:
-    consecutive rows form one segment, a view of ``data``."""
-    runs = MaskRuns(shape, "F")
-    if rows.size:
-        flat = data.view(dtype)
-        cuts = np.flatnonzero(np.diff(rows) > 1) + 1
-        for a, b in zip(np.r_[0, cuts].tolist(), np.r_[cuts, rows.size].tolist(), strict=True):
-            runs.runs.append((int(rows[a]) * shape[0], flat[a:b].reshape(-1)))
-    return runs
+def _segments_to_runs(shape: tuple[int, ...], dtype: np.dtype, starts: np.ndarray, offs: np.ndarray,
+                      data: np.ndarray) -> MaskRuns:
+    """The sparse inflater's foreground segments (byte offsets; Fortran order: a row runs along the first
+    axis) as packed runs in voxels; the values are a view of ``data``."""
+    item = dtype.itemsize
+    return MaskRuns(shape, "F", packed=(starts // item, offs // item, data.view(dtype)))
 
 
 def _stream_runs(chunks: Iterator[bytes], head: bytes, nh: NiftiHeader, shape: tuple[int, ...], name: str,
