@@ -19,7 +19,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 WHEELS="${WHEELS:-out/wheels}"
 RESULTS="${OUT:-out/gpu_check}"
-NEEDED="pydantic pyyaml"   # not in the GPU image; everything else the judges use is
+NEEDED="pydantic pyyaml orjson"   # not in the GPU image; everything else the judges use is
 
 if [[ "${1:-}" == "--fetch-wheels" ]]; then
   mkdir -p "$WHEELS"
@@ -62,7 +62,7 @@ if [[ "${1:-}" == "--which-python" ]]; then exit 0; fi   # only report the inter
 # Missing modules -> install from the carried wheels (offline).
 missing=$("$VPY" - <<'EOF'
 import importlib.util
-need = {"pydantic": "pydantic", "yaml": "pyyaml", "transformers": "transformers", "tokenizers": "tokenizers",
+need = {"pydantic": "pydantic", "yaml": "pyyaml", "orjson": "orjson", "transformers": "transformers", "tokenizers": "tokenizers",
         "PIL": "pillow", "scipy": "scipy", "numpy": "numpy"}
 print(" ".join(pkg for mod, pkg in need.items() if importlib.util.find_spec(mod) is None))
 EOF
