@@ -34,23 +34,6 @@ def _reference(masks: list[np.ndarray], labels: list[int]) -> tuple[list[np.ndar
 shapes = st.tuples(st.integers(1, 5), st.integers(1, 7), st.integers(1, 9))
 
 
-@given(shapes.flatmap(lambda s: st.lists(arrays(np.bool_, s), min_size=1, max_size=6)), st.sampled_from(["C", "F"]))
-def test_property_packer_equals_full_array_packing(masks, order):
-    labels = [3 * i + 2 for i in range(len(masks))]
-    packer = LayerPacker(masks[0].shape, order=order)
-    for m, lab in zip(masks, labels, strict=True):
-        runs = MaskRuns.from_array(m, order)
-        np.testing.assert_array_equal(runs.to_array(), m)
-        packer.add(lab, runs, record_overlaps=True)
-    want, overlaps = _reference(masks, labels)
-    assert len(packer.layers) == len(want)
-    for got, ref in zip(packer.layers, want, strict=True):
-        np.testing.assert_array_equal(got, ref)
-        assert got.flags.c_contiguous if order == "C" else got.flags.f_contiguous
-    assert packer.overlaps == overlaps
-    assert [sorted(x) for x in packer.labels] == [sorted(int(v) for v in np.unique(a) if v) for a in want]
-
-
 def _half_packed(runs: MaskRuns, dtype: type) -> MaskRuns:
     """The same mask with its later segments in the packed form (the sparse NIfTI reader's)."""
     segs = [(s, np.asarray(v, dtype)) for s, v in runs.runs]
@@ -61,12 +44,16 @@ def _half_packed(runs: MaskRuns, dtype: type) -> MaskRuns:
 
 
 @given(shapes.flatmap(lambda s: st.lists(arrays(np.bool_, s), min_size=1, max_size=6)), st.sampled_from(["C", "F"]),
-       st.booleans(), st.sampled_from([np.uint8, np.uint16]))
-def test_property_packed_segments_pack_like_listed_ones(masks, order, record, dtype):
+       st.sampled_from([None, np.uint8, np.uint16]), st.booleans())
+def test_property_packer_equals_full_array_packing(masks, order, packed, record):
+    """Listed runs, or half of them packed (the sparse NIfTI reader's form, uint8 or uint16 values), with and
+    without overlap recording: the same layers as first-fit packing on full arrays."""
     labels = [3 * i + 2 for i in range(len(masks))]
     packer = LayerPacker(masks[0].shape, order=order)
     for m, lab in zip(masks, labels, strict=True):
-        runs = _half_packed(MaskRuns.from_array(m, order), dtype)
+        runs = MaskRuns.from_array(m, order)
+        if packed is not None:
+            runs = _half_packed(runs, packed)
         assert bool(runs) == bool(m.any()) and runs.count() == int(m.sum())
         np.testing.assert_array_equal(runs.to_array(), m)
         packer.add(lab, runs, record_overlaps=record)
@@ -74,7 +61,9 @@ def test_property_packed_segments_pack_like_listed_ones(masks, order, record, dt
     assert len(packer.layers) == len(want)
     for got, ref in zip(packer.layers, want, strict=True):
         np.testing.assert_array_equal(got, ref)
+        assert got.flags.c_contiguous if order == "C" else got.flags.f_contiguous
     assert packer.overlaps == (overlaps if record else set())
+    assert [sorted(x) for x in packer.labels] == [sorted(int(v) for v in np.unique(a) if v) for a in want]
 
 
 @given(arrays(np.uint8, st.integers(1, 200), elements=st.sampled_from([0, 0, 0, 1, 255])),

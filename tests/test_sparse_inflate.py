@@ -145,6 +145,14 @@ def test_sparse_and_stream_readers_give_the_same_runs(samples, tmp_path, monkeyp
         np.testing.assert_array_equal(sparse.to_array(), stream.to_array())
         np.testing.assert_array_equal(aff, aff2)
         assert sparse.count() == int((seg == lid).sum())
+    # a uint16 mask whose foreground voxels have a zero low byte: segments in whole voxels, starts in voxels
+    f = tmp_path / "m16.nii.gz"
+    want = seg == 13
+    nib.save(nib.Nifti1Image(want.astype(np.uint16) * 256, img.affine), str(f))
+    sparse, _ = read_mask_runs(f)
+    assert sparse.packed is not None and sparse.packed[2].dtype == np.uint16
+    np.testing.assert_array_equal(sparse.to_array(), want)
+    np.testing.assert_array_equal(read_mask_runs(f, backend_name="isal")[0].to_array(), want)
     monkeypatch.setenv("MEDREG_MASK_INFLATE", "stream")
     assert not sparse_inflate_on()
     monkeypatch.setenv("MEDREG_MASK_INFLATE", "fast")

@@ -43,7 +43,7 @@ from pipeline.ingest.readers._inflate_huffman import FB, HAVE_NUMBA
 if HAVE_NUMBA:
     from numba import njit
 
-    from pipeline.ingest.readers._inflate_huffman import _build, _decode, _dynamic, _match, _refill, _unowned
+    from pipeline.ingest.readers._inflate_huffman import _build, _decode, _dynamic, _helper, _match, _refill, _unowned
 
 W = 1 << 15  # the deflate window; also the ring size
 SPARSE_MAX_BYTES = 1 << 28  # compressed files up to this size are read whole into memory
@@ -362,8 +362,6 @@ def _trailer_py(inp, ip, bb, bc, pos, st, z, dend, starts, offs, data, n):  # pr
 
 
 if HAVE_NUMBA:
-
-    _helper = njit(cache=True, nogil=True, inline="always")
     _zero_run = _helper(_zero_run_py)
     _pattern = _helper(_pattern_py)
     _skip_repeats = _helper(_skip_repeats_py)

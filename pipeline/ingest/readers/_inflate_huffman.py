@@ -180,7 +180,7 @@ if HAVE_NUMBA:
 
         return arr(arr), codegen
 
-    _helper = njit(cache=True, nogil=True, inline="always")
+    _helper = njit(cache=True, nogil=True, inline="always")  # the helpers inlined into the symbol loop (both modules)
     _refill = _helper(_refill_py)
     _decode = _helper(_decode_py)
     _repeat = _helper(_repeat_py)
