@@ -89,6 +89,25 @@ def test_a_structure_that_fills_whole_rows():
             _check(gzip.compress(raw, level), raw, 352, 8)
 
 
+@pytest.mark.parametrize("level", [1, 6, 9])
+def test_long_zero_stretches_end_where_the_stream_says(level):
+    """Megabytes of zeros between short structures: the kernel skips most of each stretch bytewise (the
+    repeated zero match repeats its bytes) and must stop at the exact match where the structure begins,
+    whatever the bit phase there; a stretch that runs into the end of a block or of the file too."""
+    rng = np.random.default_rng(level)
+    raw = bytearray(rng.integers(1, 256, size=352, dtype=np.uint8).tobytes())
+    for gap in (3_000_000, 1_048_576 + 1, 700_001, 65_536 * 3 + 7, 40_000, 2_500_000):
+        raw += bytes(gap)
+        k = int(rng.integers(1, 300))
+        raw += rng.integers(0, 4, size=k, dtype=np.uint8).tobytes()
+    raw += bytes(1_500_000)
+    raw = bytes(raw)
+    for row in (512, 640):
+        _check(gzip.compress(raw, level, mtime=0), raw, 352, row)
+    c = zlib.compressobj(level, zlib.DEFLATED, 31, 9, zlib.Z_RLE)
+    _check(c.compress(raw) + c.flush(), raw, 352, 512)
+
+
 def test_empty_and_full_volumes():
     for raw in (bytes(400_000), b"\x01" * 100_000, bytes(352) + b"\x01" + bytes(99_999)):
         _check(gzip.compress(raw, 1), raw, 352 if len(raw) != 100_000 else 0, 512)

@@ -81,7 +81,7 @@ def _copy_py(ring, words, pos, length, dist, st, t, z, off, dend, row):  # pragm
     s0 = (pos - dist) & _M
     if dist >= length and d0 + length <= W and s0 + length <= W:
         for i in range(length):
-            ring[d0 + i] = ring[s0 + i]
+            ring[np.uint64(d0 + i)] = ring[np.uint64(s0 + i)]
         q = pos  # the first position whose zero bytes are not counted yet
         i = 0
         while i < length:
@@ -129,8 +129,12 @@ def _nonzero_py(p, b, crc, zrun, lo, hi, hi_end, t, z, off, dend, row):  # pragm
 def _zero_run_py(ring, pos, length):  # pragma: no cover - compiled
     """Write ``length`` zero bytes at ``pos`` (the window still holds a non-zero byte); a loop, not a
     slice assignment, which costs more than the ~250 bytes it writes."""
-    for i in range(length):
-        ring[(pos + i) & _M] = 0
+    d0 = pos & _M
+    a = min(length, W - d0)
+    for i in range(a):  # unsigned indices: no negative-index wrap, so these loops are vectorised
+        ring[np.uint64(d0 + i)] = 0
+    for i in range(length - a):
+        ring[np.uint64(i)] = 0
 
 
 def _flush_py(ring, words, pos, st, off, row, item, starts, offs, data, n):  # pragma: no cover - compiled
@@ -207,10 +211,10 @@ def _block_py(inp, ip, bb, bc, ring, pos, st, lft, lcnt, lsrt, dft, dcnt, dsrt, 
     limit = inp.size + 16
     last_nz, zrun = st[0], st[2]
     status = BAD
-    pbits, pmask, prep, pbytes = 0, np.uint64(0), np.uint64(0), 0  # the repeated zero match, if any
+    pbits, pmask, prep, pbytes, one = 0, np.uint64(0), np.uint64(0), 0, 0  # the repeated zero match, if any
     while ip <= limit:
         if pbits and last_nz < pos - W:
-            ip, bb, bc, pos, zrun = _skip_repeats(inp, ip, bb, bc, pos, zrun, pbits, pmask, prep, pbytes)
+            ip, bb, bc, pos, zrun = _skip_repeats(inp, ip, bb, bc, pos, zrun, pbits, pmask, prep, pbytes, one)
         if bc < 48:
             ip, bb, bc = _refill(inp, ip, bb, bc)
         bb0, bc0 = bb, bc
@@ -232,7 +236,7 @@ def _block_py(inp, ip, bb, bc, ring, pos, st, lft, lcnt, lsrt, dft, dcnt, dsrt, 
         if last_nz < pos - W and (dist == 0 and sym == 0 or dist > 0 and last_nz < pos - dist):
             zrun += length  # zeros into a window of zeros: nothing to write
             if dist > 0 and 2 * (bc0 - bc) <= 56:
-                pbits, pmask, prep, pbytes = _pattern(bb0, bc0 - bc, length)
+                pbits, pmask, prep, pbytes, one = _pattern(bb0, bc0 - bc, length)
         elif dist > 0 and last_nz < pos - dist:
             _zero_run(ring, pos, length)
             zrun += length
@@ -252,17 +256,24 @@ def _block_py(inp, ip, bb, bc, ring, pos, st, lft, lcnt, lsrt, dft, dcnt, dsrt, 
 
 def _pattern_py(bits, nbits, length):  # pragma: no cover - compiled
     """The code of one zero match (its ``nbits`` low bits of ``bits``) repeated as often as 56 bits hold:
-    (bits, mask, repeated code, bytes covered)."""
+    (bits, mask, repeated code, bytes covered, ``nbits``)."""
     one = bits & ((np.uint64(1) << np.uint64(nbits)) - np.uint64(1))
     k = 56 // nbits
     rep = np.uint64(0)
     for i in range(k):
         rep |= one << np.uint64(i * nbits)
-    return k * nbits, (np.uint64(1) << np.uint64(k * nbits)) - np.uint64(1), rep, k * length
+    return k * nbits, (np.uint64(1) << np.uint64(k * nbits)) - np.uint64(1), rep, k * length, nbits
 
 
-def _skip_repeats_py(inp, ip, bb, bc, pos, zrun, pbits, pmask, prep, pbytes):  # pragma: no cover - compiled
-    """Skip whole groups of the remembered zero match while the bit stream repeats it."""
+def _skip_repeats_py(inp, ip, bb, bc, pos, zrun, pbits, pmask, prep, pbytes, one):  # pragma: no cover - compiled
+    """Skip whole groups of the remembered zero match while the bit stream repeats it.
+
+    Once ``8 * one + 7`` bits (``one``: the bits of a single match) are seen to repeat it, the rest of the
+    stretch is found bytewise: a stream that repeats a ``one``-bit code repeats its bytes every ``one``
+    bytes, so the stretch goes on up to the first byte that differs from the byte ``one`` before it (the
+    bytes behind are the code, so by induction every byte up to there is). Those whole matches are
+    skipped at once, and the group check goes on from there: it is what ends the stretch."""
+    seen = 0  # bits of the stream seen to repeat the code since the call, -1 after the bytewise skip
     while True:
         if bc < 56:
             ip, bb, bc = _refill(inp, ip, bb, bc)
@@ -272,6 +283,34 @@ def _skip_repeats_py(inp, ip, bb, bc, pos, zrun, pbits, pmask, prep, pbytes):  #
         bc -= pbits
         pos += pbytes
         zrun += pbytes
+        if seen >= 0:
+            seen += pbits
+            if seen >= 8 * one + 7:
+                at = ip * 8 - bc  # the bit position of the next symbol
+                m = (8 * _same_bytes_to(inp, at >> 3, one) - at) // one  # whole matches ahead
+                if m > 0:
+                    at += m * one
+                    pos += m * (pbytes // (pbits // one))
+                    zrun += m * (pbytes // (pbits // one))
+                    ip, bb, bc = _refill(inp, at >> 3, np.uint64(0), 0)
+                    bb >>= np.uint64(at & 7)
+                    bc -= at & 7
+                seen = -1
+
+
+def _same_bytes_to_py(inp, j, lag):  # pragma: no cover - compiled
+    """The first index from ``j`` on whose byte differs from the byte ``lag`` before it (or the end)."""
+    n = inp.size
+    while j + 64 <= n:
+        acc = np.uint8(0)
+        for i in range(64):  # unsigned indices: no negative-index wrap, so the loop is vectorised (30x)
+            acc |= inp[np.uint64(j + i)] ^ inp[np.uint64(j + i - lag)]
+        if acc:
+            break
+        j += 64
+    while j < n and inp[j] == inp[j - lag]:
+        j += 1
+    return j
 
 
 def _stored_py(inp, ip, bb, bc, ring, pos, st, t, z, off, dend, row, item, starts, offs, data,
@@ -364,6 +403,7 @@ def _trailer_py(inp, ip, bb, bc, pos, st, z, dend, starts, offs, data, n):  # pr
 if HAVE_NUMBA:
     _zero_run = _helper(_zero_run_py)
     _pattern = _helper(_pattern_py)
+    _same_bytes_to = _helper(_same_bytes_to_py)
     _skip_repeats = _helper(_skip_repeats_py)
     _flush = _helper(_flush_py)
     _nonzero = _helper(_nonzero_py)
