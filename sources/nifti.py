@@ -84,13 +84,18 @@ def _mask_runs(f: Path, image_shape: tuple[int, ...], img_aff: np.ndarray, notes
     from pipeline.ingest.packing import MaskRuns
     from pipeline.ingest.readers.nifti import read_nifti
 
-    if got is not None and got[0].shape == tuple(image_shape) and np.allclose(got[1], img_aff, atol=1e-3):
+    if got is not None and got[0].shape == tuple(image_shape) and _same_grid(got[1], img_aff):
         return got[0]
     mask, aff = read_nifti(f, integer_labels=True, notes=notes)
     if mask.shape != image_shape or not np.allclose(aff, img_aff, atol=1e-3):
         mask, note = align_labels_to_image(mask, aff, image_shape, img_aff, label_file=str(f))
         notes.append(note)
     return MaskRuns.from_array(mask > 0, "F")
+
+
+def _same_grid(aff: np.ndarray, img_aff: np.ndarray) -> bool:
+    """The mask's affine is the image's (to 1e-3; equal bytes, the usual case, without allclose's cost)."""
+    return bool(np.array_equal(aff, img_aff)) or np.allclose(aff, img_aff, atol=1e-3)
 
 
 def _read_mask(f: Path) -> tuple[tuple[MaskRuns, np.ndarray] | None, list[str]]:

@@ -166,8 +166,12 @@ def _flush_py(ring, words, pos, st, off, row, item, starts, offs, data, n):  # p
             j1 -= 1
         c0 = j0 // item * item
         c1 = (j1 // item + 1) * item
-        for j in range(c0, c1):
-            data[used + j - c0] = ring[(a + j) & _M]
+        s0 = (a + c0) & _M
+        k = min(c1 - c0, W - s0)  # the row's bytes up to the ring's end, then from its start
+        for j in range(k):  # unsigned indices: vectorised copies
+            data[np.uint64(used + j)] = ring[np.uint64(s0 + j)]
+        for j in range(k, c1 - c0):
+            data[np.uint64(used + j)] = ring[np.uint64(j - k)]
         used += c1 - c0
         starts[n] = r * row + c0
         n += 1

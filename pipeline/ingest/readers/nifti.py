@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from math import prod
 from pathlib import Path
-from typing import Literal, cast
+from typing import cast
 
 import nibabel as nib
 import numpy as np
@@ -69,14 +69,16 @@ def _raw_header(path: Path, name: str, prefix: bytes | None = None):  # a nibabe
                     file=str(path), hint=_HINT_DAMAGED)
 
 
-def _check_header(path: Path, name: str, hdr, notes: list[str] | None) -> None:
+def _check_header(path: Path, name: str, hdr, notes: list[str] | None, size: int | None = None) -> None:
+    """The header's shape, claimed size (against the file's ``size``, default: its size on disk) and voxel
+    size; a ReadError naming the file, or a note."""
     dim = [int(d) for d in hdr["dim"]]
     if not 1 <= dim[0] <= 7 or any(d < 1 for d in dim[1 : dim[0] + 1]):
         raise ReadError(f"{name}: header dim {dim[: dim[0] + 1] if 0 <= dim[0] <= 7 else dim} is not a valid shape",
                         file=str(path), hint="the header is damaged; re-export the file")
     n = int(np.prod(np.asarray(dim[1 : dim[0] + 1], dtype=np.float64)))
     claimed = n * hdr.get_data_dtype().itemsize
-    size = path.stat().st_size
+    size = path.stat().st_size if size is None else size
     if str(path).endswith(".gz"):
         check_claim(claimed, file=str(path), name=name, what="voxel data", available=size, compressed=True)
     else:
@@ -280,15 +282,15 @@ def read_mask_runs(path: str | Path, *, notes: list[str] | None = None, backend_
         return None
     name = shown(path)
     buf = head = None
-    if backend_name is None and sparse_inflate_on() and path.stat().st_size <= SPARSE_MAX_BYTES:
+    size = path.stat().st_size
+    if backend_name is None and sparse_inflate_on() and size <= SPARSE_MAX_BYTES:
         buf = path.read_bytes()
         head = _gz_prefix(buf)
-    _check_header(path, name, _raw_header(path, name, head), notes)
     try:
-        if buf is not None and head is not None:
-            got = _mask_runs_sparse(path, name, buf, head)
-            if got is not False:
-                return got
+        info = _header_size(head) if buf is not None and head is not None else None
+        if buf is not None and head is not None and info is not None and len(head) >= max(info[2], info[1] + 4):
+            return _mask_runs_sparse(path, name, buf, head, info, notes)
+        _check_header(path, name, _raw_header(path, name, head), notes, size)
         return _mask_runs_gz(path, name, backend_name)
     except _NIFTI_ERRORS as exc:
         raise ReadError(f"cannot read NIfTI {name}: {type(exc).__name__}: {exc}", file=str(path),
@@ -296,29 +298,47 @@ def read_mask_runs(path: str | Path, *, notes: list[str] | None = None, backend_
 
 
 def _gz_prefix(buf: bytes) -> bytes | None:
-    """Up to 64 KiB of the start of the gzip file ``buf``, decompressed; None if that fails (the general
-    reader then reports why)."""
+    """Up to 16 KiB of the start of the gzip file ``buf``, decompressed (the header and its extensions); None
+    if that fails (the general reader then reports why)."""
     try:
-        return backend().decompressobj(wbits=31).decompress(buf[: 1 << 16], 1 << 16)
+        return backend().decompressobj(wbits=31).decompress(buf[: 1 << 14], 1 << 14)
     except Exception:  # isal's and zlib's errors alike: the general reader names the problem
         return None
 
 
-def _mask_runs_sparse(path: Path, name: str, buf: bytes, head: bytes,
-                      ) -> tuple[MaskRuns, np.ndarray] | None | Literal[False]:
-    """The mask through the sparse inflater; False when it does not take the file (read it in full)."""
-    info = _header_size(head)
-    if info is None or len(head) < max(info[2], info[1] + 4):
-        return False  # an unusual or long header: the general reader
-    nh, _ = _stream_header(iter([head]))
-    shape = _mask_shape(nh, path, name)
+_HEADERS: dict[bytes, tuple[object, NiftiHeader | None, tuple[int, ...] | None]] = {}  # see _mask_runs_sparse
+
+
+def _mask_runs_sparse(path: Path, name: str, buf: bytes, head: bytes, info: tuple[type[nib.Nifti1Header], int, int],
+                      notes: list[str] | None) -> tuple[MaskRuns, np.ndarray] | None:
+    """The mask through the sparse inflater (``head``: the file's first bytes decompressed, with the whole
+    header; ``info``: what :func:`_header_size` found in it). A file the inflater does not take is read
+    in full.
+
+    The masks of a case share one header byte for byte (TotalSegmentator: 117 of them), so the parse and
+    geometry checks of a header are kept by its bytes (a few per process, :data:`_HEADERS`) and done once;
+    a header that fails a check is never kept, so every file with it gets its own error. The size and
+    voxel-size checks (:func:`_check_header`) run for every file."""
+    key = head[: max(info[2], 540)]
+    got = _HEADERS.get(key)
+    raw = _raw_header(path, name, head) if got is None else got[0]
+    _check_header(path, name, raw, notes, len(buf))
+    if got is None:
+        nh, _ = _stream_header(iter([head]))
+        if nh is not None:
+            nh.affine.setflags(write=False)  # shared by every file with this header
+        got = (raw, nh, _mask_shape(nh, path, name))
+        if len(_HEADERS) >= 32:
+            _HEADERS.clear()
+        _HEADERS[key] = got
+    _, nh, shape = got
     if nh is None or shape is None:
         return None
     item = nh.dtype.itemsize
-    got = sparse_segments(buf, nh.offset, prod(shape) * item, shape[0] * item, item)
-    if got is None:
-        return False  # corrupt, truncated or multi-member: the general reader gives the error or reads it
-    return _segments_to_runs(shape, nh.dtype, *got), nh.affine
+    segs = sparse_segments(buf, nh.offset, prod(shape) * item, shape[0] * item, item)
+    if segs is None:  # corrupt, truncated or multi-member: the general reader gives the error or reads it
+        return _mask_runs_gz(path, name, None)
+    return _segments_to_runs(shape, nh.dtype, *segs), nh.affine
 
 
 def _mask_runs_gz(path: Path, name: str, backend_name: str | None) -> tuple[MaskRuns, np.ndarray] | None:
@@ -345,7 +365,9 @@ def _segments_to_runs(shape: tuple[int, ...], dtype: np.dtype, starts: np.ndarra
     """The sparse inflater's foreground segments (byte offsets; Fortran order: a row runs along the first
     axis) as packed runs in voxels; the values are a view of ``data``."""
     item = dtype.itemsize
-    return MaskRuns(shape, "F", packed=(starts // item, offs // item, data.view(dtype)))
+    if item > 1:
+        starts, offs = starts // item, offs // item
+    return MaskRuns(shape, "F", packed=(starts, offs, data.view(dtype)))
 
 
 def _stream_runs(chunks: Iterator[bytes], head: bytes, nh: NiftiHeader, shape: tuple[int, ...], name: str,
