@@ -34,26 +34,32 @@ def _reference(masks: list[np.ndarray], labels: list[int]) -> tuple[list[np.ndar
 shapes = st.tuples(st.integers(1, 5), st.integers(1, 7), st.integers(1, 9))
 
 
-def _half_packed(runs: MaskRuns, dtype: type) -> MaskRuns:
-    """The same mask with its later segments in the packed form (the sparse NIfTI reader's)."""
-    segs = [(s, np.asarray(v, dtype)) for s, v in runs.runs]
-    keep, rest = segs[: len(segs) // 2], segs[len(segs) // 2 :]
+def _packed_form(runs: MaskRuns, dtype: type, whole: bool) -> MaskRuns:
+    """The same mask with its later half of segments, or all of them, in the packed form (the sparse NIfTI
+    reader's); all packed, the packer checks and places in one pass (and clears a placement that clashes)."""
+    row = runs.row
+    segs = [(a, np.asarray(v[a - s : a - s + row - a % row], dtype))  # one segment a row, as the reader's
+            for s, v in runs.runs for a in range(s, s + v.size, 1) if a == s or a % row == 0]
+    cut = 0 if whole else len(segs) // 2
+    keep, rest = segs[:cut], segs[cut:]
     offs = np.cumsum([0] + [v.size for _, v in rest]).astype(np.int64)
     values = np.concatenate([v for _, v in rest]) if rest else np.zeros(0, dtype)
     return MaskRuns(runs.shape, runs.order, keep, (np.array([s for s, _ in rest], np.int64), offs, values))
 
 
 @given(shapes.flatmap(lambda s: st.lists(arrays(np.bool_, s), min_size=1, max_size=6)), st.sampled_from(["C", "F"]),
-       st.sampled_from([None, np.uint8, np.uint16]), st.booleans())
-def test_property_packer_equals_full_array_packing(masks, order, packed, record):
-    """Listed runs, or half of them packed (the sparse NIfTI reader's form, uint8 or uint16 values), with and
-    without overlap recording: the same layers as first-fit packing on full arrays."""
+       st.sampled_from([None, np.uint8, np.uint16, np.bool_]), st.booleans(), st.booleans(),
+       st.sampled_from([np.uint8, np.uint16]))
+def test_property_packer_equals_full_array_packing(masks, order, packed, whole, record, layer_dtype):
+    """Listed runs, or half or all of them packed (the sparse NIfTI reader's form, uint8, uint16 or bool
+    values), with and without overlap recording, in uint8 or uint16 layers: the same layers as first-fit
+    packing on full arrays."""
     labels = [3 * i + 2 for i in range(len(masks))]
-    packer = LayerPacker(masks[0].shape, order=order)
+    packer = LayerPacker(masks[0].shape, order=order, dtype=layer_dtype)
     for m, lab in zip(masks, labels, strict=True):
         runs = MaskRuns.from_array(m, order)
         if packed is not None:
-            runs = _half_packed(runs, packed)
+            runs = _packed_form(runs, packed, whole)
         assert bool(runs) == bool(m.any()) and runs.count() == int(m.sum())
         np.testing.assert_array_equal(runs.to_array(), m)
         packer.add(lab, runs, record_overlaps=record)
@@ -61,6 +67,7 @@ def test_property_packer_equals_full_array_packing(masks, order, packed, record)
     assert len(packer.layers) == len(want)
     for got, ref in zip(packer.layers, want, strict=True):
         np.testing.assert_array_equal(got, ref)
+        assert got.dtype == layer_dtype
         assert got.flags.c_contiguous if order == "C" else got.flags.f_contiguous
     assert packer.overlaps == (overlaps if record else set())
     assert [sorted(x) for x in packer.labels] == [sorted(int(v) for v in np.unique(a) if v) for a in want]
@@ -94,3 +101,21 @@ def test_sparse_slices_and_checks():
         packer.add(9, MaskRuns.from_array(full, "F"))
     with pytest.raises(ValueError, match="does not fit a uint16"):
         packer.add(70000, runs)
+
+
+@pytest.mark.parametrize("layer_dtype", [np.uint8, np.uint16])
+def test_a_packed_mask_that_clashes_late_leaves_the_layer_as_it_was(layer_dtype):
+    """All packed, a mask is checked and placed segment by segment in one pass: when a later segment meets
+    a labelled voxel, the segments already written are cleared, and the mask goes to the next layer."""
+    shape = (4, 3, 2)
+    first = np.zeros(shape, bool)
+    first[:, 2, 1] = True
+    second = np.zeros(shape, bool)
+    second[:, 0, 0] = second[:, 1, 0] = second[:, 2, 1] = True  # clashes only in its last row
+    packer = LayerPacker(shape, order="F", dtype=layer_dtype)
+    runs = [_packed_form(MaskRuns.from_array(m, "F"), np.uint8, True) for m in (first, second)]
+    assert runs[1].packed is not None and runs[1].packed[0].size == 3 and not runs[1].runs
+    assert packer.add(5, runs[0]) == 0 and packer.add(7, runs[1]) == 1
+    np.testing.assert_array_equal(packer.layers[0], first * 5)
+    np.testing.assert_array_equal(packer.layers[1], second * 7)
+    assert packer.labels == [[5], [7]]

@@ -147,6 +147,35 @@ def _put_packed(flat: np.ndarray, starts: np.ndarray, offs: np.ndarray, values: 
 
 
 @njit(cache=True, nogil=True)
+def _place_packed(flat: np.ndarray, starts: np.ndarray, offs: np.ndarray, values: np.ndarray,
+                  label: int) -> bool:  # pragma: no cover - compiled
+    """:func:`_put_packed` unless a segment's foreground meets a labelled voxel: then the segments written
+    so far are cleared again (their foreground voxels were all unlabelled) and False. One pass over the
+    segments instead of a check and a put (the cost is per segment: ~350,000 in a TotalSegmentator case);
+    each segment is checked whole without a branch (vectorised) before it is written."""
+    lab = flat.dtype.type(label)
+    for k in range(starts.size):
+        a, o, m = starts[k], offs[k], offs[k + 1] - offs[k]
+        hit = flat.dtype.type(0)
+        for i in range(m):  # non-zero where both are (unsigned); unsigned indices: vectorised
+            hit |= min(values[np.uint64(o + i)], flat[np.uint64(a + i)])
+        if hit:
+            for j in range(k):
+                seg = values[offs[j] : offs[j + 1]]
+                out = flat[starts[j] : starts[j] + seg.size]
+                for i in range(seg.size):
+                    if seg[i] != 0:
+                        out[i] = 0
+            return False
+        seg = values[o : o + m]
+        out = flat[a : a + m]
+        for i in range(m):
+            if seg[i] != 0:
+                out[i] = lab
+    return True
+
+
+@njit(cache=True, nogil=True)
 def _put_label(flat: np.ndarray, start: int, seg: np.ndarray, label: int) -> None:  # pragma: no cover - compiled
     """``flat[start + i] = label`` where ``seg[i]`` is foreground, as a bit select (no branch: vectorised,
     3x faster on the row blocks of a mask)."""
@@ -262,6 +291,11 @@ class LayerPacker:
                 self.overlaps.update((min(label, c), max(label, c)) for c in clash)
                 if clash:
                     continue
+            elif runs.packed is not None and not runs.runs:  # check and place in one pass
+                if not _place_packed(self._flat[i], *runs.packed, label):
+                    continue
+                self.labels[i].append(label)
+                return i
             elif self.overlaps_layer(i, runs):
                 continue
             self._put(i, label, runs)
