@@ -69,9 +69,10 @@ def _raw_header(path: Path, name: str, prefix: bytes | None = None):  # a nibabe
                     file=str(path), hint=_HINT_DAMAGED)
 
 
-def _check_header(path: Path, name: str, hdr, notes: list[str] | None, size: int | None = None) -> None:
+def _check_header(path: Path, name: str, hdr, notes: list[str] | None, size: int | None = None) -> int | None:
     """The header's shape, claimed size (against the file's ``size``, default: its size on disk) and voxel
-    size; a ReadError naming the file, or a note."""
+    size; a ReadError naming the file, or a note. Returns the claimed data bytes when nothing was noted
+    (another file with this header needs only the size check), else None."""
     dim = [int(d) for d in hdr["dim"]]
     if not 1 <= dim[0] <= 7 or any(d < 1 for d in dim[1 : dim[0] + 1]):
         raise ReadError(f"{name}: header dim {dim[: dim[0] + 1] if 0 <= dim[0] <= 7 else dim} is not a valid shape",
@@ -86,11 +87,11 @@ def _check_header(path: Path, name: str, hdr, notes: list[str] | None, size: int
                     available=max(0, size - int(hdr.get_data_offset())))
     pixdim = np.asarray(hdr["pixdim"][1 : 1 + min(3, dim[0])], dtype=float)
     if np.all(np.isfinite(pixdim)) and np.all(pixdim > 0):
-        return
+        return claimed
     if int(hdr["sform_code"]) > 0:
         if notes is not None:
             notes.append(f"{name}: header voxel size (pixdim) is {pixdim.tolist()}; geometry taken from the sform")
-        return
+        return None
     raise ReadError(f"{name}: header voxel size (pixdim) is {pixdim.tolist()} and no sform gives the geometry",
                     file=str(path), hint="fix the header: set the voxel size (pixdim[1..3] > 0) or an sform")
 
@@ -306,7 +307,8 @@ def _gz_prefix(buf: bytes) -> bytes | None:
         return None
 
 
-_HEADERS: dict[bytes, tuple[object, NiftiHeader | None, tuple[int, ...] | None]] = {}  # see _mask_runs_sparse
+# header bytes -> (raw header, claimed data bytes when the header checks note nothing, parsed header, mask shape)
+_HEADERS: dict[bytes, tuple[object, int | None, NiftiHeader | None, tuple[int, ...] | None]] = {}
 
 
 def _mask_runs_sparse(path: Path, name: str, buf: bytes, head: bytes, info: tuple[type[nib.Nifti1Header], int, int],
@@ -317,21 +319,25 @@ def _mask_runs_sparse(path: Path, name: str, buf: bytes, head: bytes, info: tupl
 
     The masks of a case share one header byte for byte (TotalSegmentator: 117 of them), so the parse and
     geometry checks of a header are kept by its bytes (a few per process, :data:`_HEADERS`) and done once;
-    a header that fails a check is never kept, so every file with it gets its own error. The size and
-    voxel-size checks (:func:`_check_header`) run for every file."""
+    a header that fails a check is never kept, so every file with it gets its own error. The claimed size
+    is checked against every file; the other checks of :func:`_check_header` run again for a file only
+    when its header made them note something."""
     key = head[: max(info[2], 540)]
     got = _HEADERS.get(key)
-    raw = _raw_header(path, name, head) if got is None else got[0]
-    _check_header(path, name, raw, notes, len(buf))
+    if got is not None and got[1] is not None:  # a clean header seen before: only this file's size to check
+        check_claim(got[1], file=str(path), name=name, what="voxel data", available=len(buf), compressed=True)
+    else:
+        raw = _raw_header(path, name, head) if got is None else got[0]
+        claimed = _check_header(path, name, raw, notes, len(buf))
     if got is None:
         nh, _ = _stream_header(iter([head]))
         if nh is not None:
             nh.affine.setflags(write=False)  # shared by every file with this header
-        got = (raw, nh, _mask_shape(nh, path, name))
+        got = (raw, claimed, nh, _mask_shape(nh, path, name))
         if len(_HEADERS) >= 32:
             _HEADERS.clear()
         _HEADERS[key] = got
-    _, nh, shape = got
+    _, _, nh, shape = got
     if nh is None or shape is None:
         return None
     item = nh.dtype.itemsize
