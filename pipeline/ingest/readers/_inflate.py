@@ -214,6 +214,8 @@ def _block_py(inp, ip, bb, bc, ring, pos, st, lft, lcnt, lsrt, dft, dcnt, dsrt, 
     room = W // row + 2
     limit = inp.size + 16
     last_nz, zrun = st[0], st[2]
+    never = np.int64(1) << 62
+    due = off + (st[3] + 1) * row if st[3] >= 0 else never  # where the first pending row ends
     status = BAD
     pbits, pmask, prep, pbytes, one = 0, np.uint64(0), np.uint64(0), 0, 0  # the repeated zero match, if any
     while ip <= limit:
@@ -248,9 +250,11 @@ def _block_py(inp, ip, bb, bc, ring, pos, st, lft, lcnt, lsrt, dft, dcnt, dsrt, 
             st[0], st[2] = last_nz, zrun
             _copy(ring, words, pos, length, dist, st, t, z, off, dend, row)
             last_nz, zrun = st[0], st[2]
+            due = off + (st[3] + 1) * row if st[3] >= 0 else never
         pos += length
-        if st[3] >= 0 and pos >= off + (st[3] + 1) * row:  # a pending row is complete
+        if pos >= due:  # a pending row is complete
             n = _flush(ring, words, pos, st, off, row, item, starts, offs, data, n)
+            due = off + (st[3] + 1) * row if st[3] >= 0 else never
             if n + room > starts.size or offs[n] + room * row > data.size:
                 status = MORE
                 break
