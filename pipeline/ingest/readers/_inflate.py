@@ -218,9 +218,14 @@ def _block_py(inp, ip, bb, bc, ring, pos, st, lft, lcnt, lsrt, dft, dcnt, dsrt, 
     due = off + (st[3] + 1) * row if st[3] >= 0 else never  # where the first pending row ends
     status = BAD
     pbits, pmask, prep, pbytes, one = 0, np.uint64(0), np.uint64(0), 0, 0  # the repeated zero match, if any
+    pdist = 0  # its distance
     while ip <= limit:
-        if pbits and last_nz < pos - W:
-            ip, bb, bc, pos, zrun = _skip_repeats(inp, ip, bb, bc, pos, zrun, pbits, pmask, prep, pbytes, one)
+        if pbits:
+            if last_nz < pos - W:
+                ip, bb, bc, pos, zrun = _skip_repeats(inp, ip, bb, bc, pos, zrun, pbits, pmask, prep, pbytes, one)
+            elif last_nz < pos - pdist:
+                ip, bb, bc, pos, zrun = _skip_dirty(inp, ip, bb, bc, ring, pos, zrun, pbits, pmask, prep, pbytes,
+                                                    last_nz, due)
         if bc < 48:
             ip, bb, bc = _refill(inp, ip, bb, bc)
         bb0, bc0 = bb, bc
@@ -243,9 +248,13 @@ def _block_py(inp, ip, bb, bc, ring, pos, st, lft, lcnt, lsrt, dft, dcnt, dsrt, 
             zrun += length  # zeros into a window of zeros: nothing to write
             if dist > 0 and 2 * (bc0 - bc) <= 56:
                 pbits, pmask, prep, pbytes, one = _pattern(bb0, bc0 - bc, length)
+                pdist = dist
         elif dist > 0 and last_nz < pos - dist:
             _zero_run(ring, pos, length)
             zrun += length
+            if 2 * (bc0 - bc) <= 56:
+                pbits, pmask, prep, pbytes, one = _pattern(bb0, bc0 - bc, length)
+                pdist = dist
         else:
             st[0], st[2] = last_nz, zrun
             _copy(ring, words, pos, length, dist, st, t, z, off, dend, row)
@@ -304,6 +313,25 @@ def _skip_repeats_py(inp, ip, bb, bc, pos, zrun, pbits, pmask, prep, pbytes, one
                     bb >>= np.uint64(at & 7)
                     bc -= at & 7
                 seen = -1
+
+
+def _skip_dirty_py(inp, ip, bb, bc, ring, pos, zrun, pbits, pmask, prep, pbytes, last_nz,
+                   due):  # pragma: no cover - compiled
+    """Skip whole groups of the remembered zero match while the window still holds a non-zero byte (the
+    32 KiB after a structure's last row): its source lies past that byte, so it copies zeros, which are
+    written to the ring (the invariant) a group at a time. Stops before a pending row completes (the symbol
+    loop hands it back) and once the window is clean (:func:`_skip_repeats` writes nothing)."""
+    while last_nz >= pos - W and pos + pbytes <= due:
+        if bc < 56:
+            ip, bb, bc = _refill(inp, ip, bb, bc)
+        if (bb & pmask) != prep or ip > inp.size + 8:
+            break
+        bb >>= np.uint64(pbits)
+        bc -= pbits
+        _zero_run(ring, pos, pbytes)
+        pos += pbytes
+        zrun += pbytes
+    return ip, bb, bc, pos, zrun
 
 
 def _same_bytes_to_py(inp, j, lag):  # pragma: no cover - compiled
@@ -413,6 +441,7 @@ if HAVE_NUMBA:
     _pattern = _helper(_pattern_py)
     _same_bytes_to = _helper(_same_bytes_to_py)
     _skip_repeats = _helper(_skip_repeats_py)
+    _skip_dirty = _helper(_skip_dirty_py)
     _flush = _helper(_flush_py)
     _nonzero = _helper(_nonzero_py)
     _copy = _helper(_copy_py)
