@@ -221,11 +221,8 @@ def _block_py(inp, ip, bb, bc, ring, pos, st, lft, lcnt, lsrt, dft, dcnt, dsrt, 
     pdist = 0  # its distance
     while ip <= limit:
         if pbits:
-            if last_nz < pos - W:
-                ip, bb, bc, pos, zrun = _skip_repeats(inp, ip, bb, bc, pos, zrun, pbits, pmask, prep, pbytes, one)
-            elif last_nz < pos - pdist:
-                ip, bb, bc, pos, zrun = _skip_dirty(inp, ip, bb, bc, ring, pos, zrun, pbits, pmask, prep, pbytes,
-                                                    last_nz, due)
+            ip, bb, bc, pos, zrun = _skip(inp, ip, bb, bc, ring, pos, zrun, pbits, pmask, prep, pbytes, one, pdist,
+                                          last_nz, due)
         if bc < 48:
             ip, bb, bc = _refill(inp, ip, bb, bc)
         bb0, bc0 = bb, bc
@@ -313,6 +310,17 @@ def _skip_repeats_py(inp, ip, bb, bc, pos, zrun, pbits, pmask, prep, pbytes, one
                     bb >>= np.uint64(at & 7)
                     bc -= at & 7
                 seen = -1
+
+
+def _skip_py(inp, ip, bb, bc, ring, pos, zrun, pbits, pmask, prep, pbytes, one, pdist, last_nz,
+             due):  # pragma: no cover - compiled
+    """Skip what the remembered zero match (``pdist`` back) repeats: in a clean window without writing,
+    else while its source lies past the last non-zero byte."""
+    if last_nz < pos - W:
+        return _skip_repeats(inp, ip, bb, bc, pos, zrun, pbits, pmask, prep, pbytes, one)
+    if last_nz < pos - pdist:
+        return _skip_dirty(inp, ip, bb, bc, ring, pos, zrun, pbits, pmask, prep, pbytes, last_nz, due)
+    return ip, bb, bc, pos, zrun
 
 
 def _skip_dirty_py(inp, ip, bb, bc, ring, pos, zrun, pbits, pmask, prep, pbytes, last_nz,
@@ -442,6 +450,7 @@ if HAVE_NUMBA:
     _same_bytes_to = _helper(_same_bytes_to_py)
     _skip_repeats = _helper(_skip_repeats_py)
     _skip_dirty = _helper(_skip_dirty_py)
+    _skip = _helper(_skip_py)
     _flush = _helper(_flush_py)
     _nonzero = _helper(_nonzero_py)
     _copy = _helper(_copy_py)
