@@ -8,6 +8,8 @@ the same stream symbol by symbol but keeps only the last 32 KiB window, and a ma
 while the window holds no non-zero byte is just counted: nothing is written. What it hands back is every
 image row (``row`` bytes from the data offset) that holds a non-zero byte, trimmed to its first and last
 non-zero voxel: a segment a row, packed end to end (a structure's rows are ~10x shorter trimmed).
+A zero stretch is one short match code repeated: it is skipped a group of codes at a time (with zeros
+written to the ring while the window still holds foreground), then bytewise (:func:`_skip_repeats_py`).
 
 The gzip CRC-32 and length are checked as usual: a run of ``n`` zero bytes advances the CRC through
 precomputed operators for ``2**k`` zeros (the CRC of zeros is linear in the register), so no byte is
