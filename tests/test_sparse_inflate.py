@@ -196,3 +196,28 @@ def test_a_mask_the_sparse_reader_leaves_still_reads(samples, tmp_path):
     bad.write_bytes(bytes(data))
     with pytest.raises(ReadError, match="bad.nii.gz"):
         read_mask_runs(bad)
+
+
+def test_a_shared_header_is_checked_for_every_file(tmp_path):
+    """The masks of a case share one header, parsed and checked once: each file's own size is still checked
+    against it (a truncated one fails with its name), and a header whose checks note something (no voxel size,
+    geometry from the sform) notes it for every file."""
+    vol = np.zeros((64, 64, 64), np.uint8, order="F")
+    vol[10:20, 10:20, 10:20] = 1
+    img = nib.Nifti1Image(vol, np.diag([1.5, 1.5, 2.0, 1.0]))
+    good = tmp_path / "a.nii.gz"
+    nib.save(img, str(good))
+    cut = tmp_path / "b.nii.gz"
+    cut.write_bytes(good.read_bytes()[:200])  # the same header, 262 KB claimed from 200 bytes
+    runs, _ = read_mask_runs(good)
+    assert runs.count() == 1000
+    with pytest.raises(ReadError, match="b.nii.gz: header claims"):
+        read_mask_runs(cut)
+    noted = nib.Nifti1Image(vol, np.diag([1.5, 1.5, 2.0, 1.0]))
+    noted.header["pixdim"][1:4] = 0  # the sform still gives the geometry
+    for name in ("c.nii.gz", "d.nii.gz"):
+        nib.save(noted, str(tmp_path / name))
+    for name in ("c.nii.gz", "d.nii.gz"):
+        notes: list[str] = []
+        runs, _ = read_mask_runs(tmp_path / name, notes=notes)
+        assert runs.count() == 1000 and len(notes) == 1 and notes[0].startswith(f"{name}: header voxel size")

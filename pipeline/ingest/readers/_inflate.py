@@ -219,11 +219,11 @@ def _block_py(inp, ip, bb, bc, ring, pos, st, lft, lcnt, lsrt, dft, dcnt, dsrt, 
     never = np.int64(1) << 62
     due = off + (st[3] + 1) * row if st[3] >= 0 else never  # where the first pending row ends
     status = BAD
-    pbits, pmask, prep, pbytes, one = 0, np.uint64(0), np.uint64(0), 0, 0  # the repeated zero match, if any
+    pbits, pmask, prep, pbytes, mbits = 0, np.uint64(0), np.uint64(0), 0, 0  # the repeated zero match, if any
     pdist = 0  # its distance
     while ip <= limit:
         if pbits:
-            ip, bb, bc, pos, zrun = _skip(inp, ip, bb, bc, ring, pos, zrun, pbits, pmask, prep, pbytes, one, pdist,
+            ip, bb, bc, pos, zrun = _skip(inp, ip, bb, bc, ring, pos, zrun, pbits, pmask, prep, pbytes, mbits, pdist,
                                           last_nz, due)
         if bc < 48:
             ip, bb, bc = _refill(inp, ip, bb, bc)
@@ -246,13 +246,13 @@ def _block_py(inp, ip, bb, bc, ring, pos, st, lft, lcnt, lsrt, dft, dcnt, dsrt, 
         if last_nz < pos - W and (dist == 0 and sym == 0 or dist > 0 and last_nz < pos - dist):
             zrun += length  # zeros into a window of zeros: nothing to write
             if dist > 0 and 2 * (bc0 - bc) <= 56:
-                pbits, pmask, prep, pbytes, one = _pattern(bb0, bc0 - bc, length)
+                pbits, pmask, prep, pbytes, mbits = _pattern(bb0, bc0 - bc, length)
                 pdist = dist
         elif dist > 0 and last_nz < pos - dist:
             _zero_run(ring, pos, length)
             zrun += length
             if 2 * (bc0 - bc) <= 56:
-                pbits, pmask, prep, pbytes, one = _pattern(bb0, bc0 - bc, length)
+                pbits, pmask, prep, pbytes, mbits = _pattern(bb0, bc0 - bc, length)
                 pdist = dist
         else:
             st[0], st[2] = last_nz, zrun
@@ -281,12 +281,12 @@ def _pattern_py(bits, nbits, length):  # pragma: no cover - compiled
     return k * nbits, (np.uint64(1) << np.uint64(k * nbits)) - np.uint64(1), rep, k * length, nbits
 
 
-def _skip_repeats_py(inp, ip, bb, bc, pos, zrun, pbits, pmask, prep, pbytes, one):  # pragma: no cover - compiled
+def _skip_repeats_py(inp, ip, bb, bc, pos, zrun, pbits, pmask, prep, pbytes, mbits):  # pragma: no cover - compiled
     """Skip whole groups of the remembered zero match while the bit stream repeats it.
 
-    Once ``8 * one + 7`` bits (``one``: the bits of a single match) are seen to repeat it, the rest of the
-    stretch is found bytewise: a stream that repeats a ``one``-bit code repeats its bytes every ``one``
-    bytes, so the stretch goes on up to the first byte that differs from the byte ``one`` before it (the
+    Once ``8 * mbits + 7`` bits (``mbits``: the bits of a single match) are seen to repeat it, the rest of the
+    stretch is found bytewise: a stream that repeats an ``mbits``-bit code repeats its bytes every ``mbits``
+    bytes, so the stretch goes on up to the first byte that differs from the byte ``mbits`` before it (the
     bytes behind are the code, so by induction every byte up to there is). Those whole matches are
     skipped at once, and the group check goes on from there: it is what ends the stretch."""
     seen = 0  # bits of the stream seen to repeat the code since the call, -1 after the bytewise skip
@@ -301,25 +301,25 @@ def _skip_repeats_py(inp, ip, bb, bc, pos, zrun, pbits, pmask, prep, pbytes, one
         zrun += pbytes
         if seen >= 0:
             seen += pbits
-            if seen >= 8 * one + 7:
+            if seen >= 8 * mbits + 7:
                 at = ip * 8 - bc  # the bit position of the next symbol
-                m = (8 * _same_bytes_to(inp, at >> 3, one) - at) // one  # whole matches ahead
+                m = (8 * _same_bytes_to(inp, at >> 3, mbits) - at) // mbits  # whole matches ahead
                 if m > 0:
-                    at += m * one
-                    pos += m * (pbytes // (pbits // one))
-                    zrun += m * (pbytes // (pbits // one))
+                    at += m * mbits
+                    pos += m * (pbytes // (pbits // mbits))
+                    zrun += m * (pbytes // (pbits // mbits))
                     ip, bb, bc = _refill(inp, at >> 3, np.uint64(0), 0)
                     bb >>= np.uint64(at & 7)
                     bc -= at & 7
                 seen = -1
 
 
-def _skip_py(inp, ip, bb, bc, ring, pos, zrun, pbits, pmask, prep, pbytes, one, pdist, last_nz,
+def _skip_py(inp, ip, bb, bc, ring, pos, zrun, pbits, pmask, prep, pbytes, mbits, pdist, last_nz,
              due):  # pragma: no cover - compiled
     """Skip what the remembered zero match (``pdist`` back) repeats: in a clean window without writing,
     else while its source lies past the last non-zero byte."""
     if last_nz < pos - W:
-        return _skip_repeats(inp, ip, bb, bc, pos, zrun, pbits, pmask, prep, pbytes, one)
+        return _skip_repeats(inp, ip, bb, bc, pos, zrun, pbits, pmask, prep, pbytes, mbits)
     if last_nz < pos - pdist:
         return _skip_dirty(inp, ip, bb, bc, ring, pos, zrun, pbits, pmask, prep, pbytes, last_nz, due)
     return ip, bb, bc, pos, zrun

@@ -288,9 +288,10 @@ def read_mask_runs(path: str | Path, *, notes: list[str] | None = None, backend_
         buf = path.read_bytes()
         head = _gz_prefix(buf)
     try:
-        info = _header_size(head) if buf is not None and head is not None else None
-        if buf is not None and head is not None and info is not None and len(head) >= max(info[2], info[1] + 4):
-            return _mask_runs_sparse(path, name, buf, head, info, notes)
+        if buf is not None and head is not None:
+            info = _header_size(head)
+            if info is not None and len(head) >= max(info[2], info[1] + 4):  # else an unusual or long header
+                return _mask_runs_sparse(path, name, buf, head, info, notes)
         _check_header(path, name, _raw_header(path, name, head), notes, size)
         return _mask_runs_gz(path, name, backend_name)
     except _NIFTI_ERRORS as exc:
